@@ -1,0 +1,22 @@
+"""Deers: a minimal deep-learning framework — PyTorch from scratch, small enough to read.
+
+    import deers
+    x = deers.randn(4, 3)
+    w = deers.Var(deers.randn(3, 2))
+    grads = (x @ w).relu().sum().backward()
+    grads[w]            # a Tensor shaped like w
+"""
+from . import loss
+from .autograd import Grads, Op, is_grad_enabled, no_grad
+from .creation import (arange, from_numpy, full, get_rng_state, host_rng, manual_seed, ones, ones_like, rand,
+                       randint, randn, set_rng_state, tensor, zeros, zeros_like)
+from .device import Device
+from .dtype import DType, bf16, bool_, f16, f32, f64, i64, u8
+from .errors import BackendUnavailable, DeersError, DeviceError, DTypeError, ShapeError
+from .ops.elementwise import maximum, minimum, where
+from .ops.indexing import embedding, gather, index_select
+from .ops.linalg import matmul
+from .ops.shape import cat, stack
+from .tensor import Tensor, Var, apply
+
+__version__ = "0.1.0"

@@ -1,0 +1,270 @@
+"""The CPU backend: the numbered primitives of `deers.backend` on NumPy.
+
+Buffers are flat 1-D NumPy arrays. `_view` turns (buffer, layout) into a strided NumPy view
+without copying, so every primitive runs on the layout as it is (permuted, broadcast, narrowed);
+matmul goes straight to BLAS through numpy.matmul.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtype import DType
+from ..layout import Layout
+
+_UNARY = {
+    "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
+    "tanh": np.tanh, "abs": np.abs, "sign": np.sign, "square": np.square, "logical_not": np.logical_not,
+}
+_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
+    "maximum": np.maximum, "minimum": np.minimum,
+    "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
+}
+_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
+
+
+def _view(buf: np.ndarray, layout: Layout) -> np.ndarray:
+    """A zero-copy strided NumPy view of `buf` under `layout`."""
+    if layout.offset == 0 and layout.numel == buf.size and layout.is_contiguous():
+        return buf.reshape(layout.shape)
+    if layout.numel == 0:
+        return np.empty(layout.shape, buf.dtype)
+    item = buf.itemsize
+    return np.ndarray(layout.shape, buf.dtype, buf, layout.offset * item, tuple(s * item for s in layout.strides))
+
+
+def _check_index(idx: np.ndarray, size: int, op: str) -> None:
+    if idx.size and (idx.min() < -size or idx.max() >= size):
+        raise IndexError(f"{op}: index out of range for dimension of size {size} "
+                         f"(got values in [{idx.min()}, {idx.max()}])")
+
+
+class CPUBackend:
+    """NumPy implementation of the backend contract (see deers.backend)."""
+
+    name = "cpu"
+
+    def __init__(self):
+        self.rng = np.random.default_rng()
+
+    # 1. allocation ---------------------------------------------------------------------------
+    def empty(self, numel: int, dtype: DType) -> np.ndarray:
+        return np.empty(numel, dtype.numpy)
+
+    def full(self, numel: int, value, dtype: DType) -> np.ndarray:
+        return np.full(numel, value, dtype.numpy)
+
+    # 2. host transfer --------------------------------------------------------------------------
+    def from_numpy(self, array: np.ndarray, dtype: DType) -> np.ndarray:
+        return np.ascontiguousarray(array, dtype=dtype.numpy).reshape(-1)
+
+    def to_numpy(self, buf: np.ndarray, layout: Layout) -> np.ndarray:
+        return np.array(_view(buf, layout), copy=True)
+
+    # 3. random ---------------------------------------------------------------------------------
+    def seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def get_rng_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def randn(self, numel: int, dtype: DType) -> np.ndarray:
+        return self.rng.standard_normal(numel, dtype=np.float32 if dtype.itemsize <= 4 else np.float64).astype(
+            dtype.numpy, copy=False)
+
+    def rand(self, numel: int, dtype: DType) -> np.ndarray:
+        return self.rng.random(numel, dtype=np.float32 if dtype.itemsize <= 4 else np.float64).astype(
+            dtype.numpy, copy=False)
+
+    def randint(self, numel: int, low: int, high: int) -> np.ndarray:
+        return self.rng.integers(low, high, numel, dtype=np.int64)
+
+    # 4-8. element-wise -------------------------------------------------------------------------
+    def unary(self, name: str, a: np.ndarray, la: Layout, out: np.ndarray | None = None) -> np.ndarray:
+        x = _view(a, la)
+        res = np.empty(la.numel, bool if name == "logical_not" else a.dtype) if out is None else out
+        dst = res.reshape(la.shape)
+        if name == "relu":
+            np.maximum(x, 0, out=dst)
+        elif name == "sigmoid":  # 1 / (1 + exp(-x)), written via tanh so it never overflows
+            np.multiply(x, 0.5, out=dst)
+            np.tanh(dst, out=dst)
+            dst *= 0.5
+            dst += 0.5
+        elif name == "rsqrt":
+            np.sqrt(x, out=dst)
+            np.reciprocal(dst, out=dst)
+        else:
+            _UNARY[name](x, out=dst)
+        return res
+
+    def binary(self, name: str, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout,
+               out: np.ndarray | None = None) -> np.ndarray:
+        res = np.empty(la.numel, bool if name in _COMPARE else a.dtype) if out is None else out
+        _BINARY[name](_view(a, la), _view(b, lb), out=res.reshape(la.shape))
+        return res
+
+    def scalar(self, name: str, a: np.ndarray, la: Layout, value, reverse: bool = False,
+               out: np.ndarray | None = None) -> np.ndarray:
+        res = np.empty(la.numel, bool if name in _COMPARE else a.dtype) if out is None else out
+        x = _view(a, la)
+        value = a.dtype.type(value) if name not in _COMPARE else value
+        if reverse:
+            _BINARY[name](value, x, out=res.reshape(la.shape))
+        else:
+            _BINARY[name](x, value, out=res.reshape(la.shape))
+        return res
+
+    def where(self, c: np.ndarray, lc: Layout, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout) -> np.ndarray:
+        return np.where(_view(c, lc), _view(a, la), _view(b, lb)).reshape(-1)
+
+    def cast(self, a: np.ndarray, la: Layout, dtype: DType) -> np.ndarray:
+        return np.ascontiguousarray(_view(a, la)).astype(dtype.numpy).reshape(-1)
+
+    # 9. reductions -----------------------------------------------------------------------------
+    def reduce(self, name: str, a: np.ndarray, la: Layout, axes: tuple[int, ...]) -> np.ndarray:
+        x = _view(a, la)
+        if name == "sum":
+            res = np.sum(x, axis=axes, keepdims=True, dtype=a.dtype if a.dtype.kind == "f" else None)
+        elif name == "max":
+            res = np.max(x, axis=axes, keepdims=True)
+        elif name == "min":
+            res = np.min(x, axis=axes, keepdims=True)
+        elif name == "argmax":
+            (axis,) = axes
+            res = np.argmax(x, axis=axis, keepdims=True).astype(np.int64)
+        else:
+            raise ValueError(f"unknown reduction {name!r}")
+        return np.ascontiguousarray(res).reshape(-1)
+
+    # 10. matmul --------------------------------------------------------------------------------
+    def matmul(self, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout) -> np.ndarray:
+        x, y = _view(a, la), _view(b, lb)
+        out_shape = la.shape[:-1] + (lb.shape[-1],)
+        res = np.empty(int(np.prod(out_shape)), a.dtype)
+        np.matmul(x, y, out=res.reshape(out_shape))
+        return res
+
+    # 11-12. indexing ---------------------------------------------------------------------------
+    def index_select(self, a: np.ndarray, la: Layout, dim: int, idx: np.ndarray, lidx: Layout) -> np.ndarray:
+        index = _view(idx, lidx)
+        _check_index(index, la.shape[dim], "index_select")
+        return np.ascontiguousarray(np.take(_view(a, la), index, axis=dim)).reshape(-1)
+
+    def index_add(self, shape: tuple[int, ...], dtype: DType, dim: int, idx: np.ndarray, lidx: Layout,
+                  src: np.ndarray, lsrc: Layout) -> np.ndarray:
+        index = _view(idx, lidx)
+        _check_index(index, shape[dim], "index_add")
+        res = np.zeros(shape, dtype.numpy)
+        source = _view(src, lsrc)
+        if dim == 0 and res.ndim == 2:  # the embedding backward: sum rows with bincount-free add.at
+            np.add.at(res, index, source)
+        else:
+            np.add.at(res, (slice(None),) * dim + (index,), source)
+        return res.reshape(-1)
+
+    def gather(self, a: np.ndarray, la: Layout, dim: int, idx: np.ndarray, lidx: Layout) -> np.ndarray:
+        index = _view(idx, lidx)
+        _check_index(index, la.shape[dim], "gather")
+        return np.ascontiguousarray(np.take_along_axis(_view(a, la), index % la.shape[dim], axis=dim)).reshape(-1)
+
+    def scatter_add(self, shape: tuple[int, ...], dtype: DType, dim: int, idx: np.ndarray, lidx: Layout,
+                    src: np.ndarray, lsrc: Layout) -> np.ndarray:
+        index = _view(idx, lidx)
+        _check_index(index, shape[dim], "scatter_add")
+        res = np.zeros(shape, dtype.numpy)
+        grid = list(np.indices(index.shape, sparse=True))
+        grid[dim] = index
+        np.add.at(res, tuple(grid), _view(src, lsrc))
+        return res.reshape(-1)
+
+    # 13. copy ----------------------------------------------------------------------------------
+    def copy(self, src: np.ndarray, lsrc: Layout, dst: np.ndarray, ldst: Layout) -> None:
+        _view(dst, ldst)[...] = _view(src, lsrc)
+
+    # 14-17. fused kernels ----------------------------------------------------------------------
+    def softmax(self, a: np.ndarray, la: Layout, log: bool) -> np.ndarray:
+        x = _view(a, la)
+        res = np.empty(la.numel, a.dtype)
+        out = res.reshape(la.shape)
+        np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+        if log:
+            out -= np.log(np.exp(out).sum(axis=-1, keepdims=True))
+        else:
+            np.exp(out, out=out)
+            out /= out.sum(axis=-1, keepdims=True)
+        return res
+
+    def softmax_backward(self, y: np.ndarray, g: np.ndarray, shape: tuple[int, ...], log: bool) -> np.ndarray:
+        y, g = y.reshape(shape), g.reshape(shape)
+        if log:  # d/dx log_softmax: g - softmax * sum(g)
+            res = g - np.exp(y) * g.sum(axis=-1, keepdims=True)
+        else:  # d/dx softmax: y * (g - sum(g * y))
+            res = y * (g - (g * y).sum(axis=-1, keepdims=True))
+        return res.reshape(-1)
+
+    def cross_entropy(self, logits: np.ndarray, targets: np.ndarray, n: int, c: int, ignore_index: int,
+                      label_smoothing: float) -> tuple[float, int, np.ndarray]:
+        x = logits.reshape(n, c)
+        valid = targets != ignore_index
+        count = int(valid.sum())
+        safe_targets = np.where(valid, targets, 0)
+        if valid.any() and (safe_targets.min() < 0 or safe_targets.max() >= c):
+            raise IndexError(f"cross_entropy: target out of range for {c} classes "
+                             f"(got values in [{targets[valid].min()}, {targets[valid].max()}])")
+        grad = np.empty((n, c), logits.dtype)
+        np.subtract(x, x.max(axis=1, keepdims=True), out=grad)  # shifted logits
+        np.exp(grad, out=grad)
+        sums = grad.sum(axis=1, keepdims=True)
+        rows = np.arange(n)
+        # loss_i = logsumexp(x_i) - (1-s) x_i[t] - s * mean(x_i)
+        lse = np.log(sums[:, 0]) + x.max(axis=1)
+        picked = x[rows, safe_targets]
+        per_row = lse - (1.0 - label_smoothing) * picked
+        if label_smoothing:
+            per_row -= label_smoothing * x.mean(axis=1, dtype=np.float64).astype(x.dtype)
+        loss_sum = float(per_row[valid].sum(dtype=np.float64))
+        # dloss_i/dx_i = softmax_i - (1-s) one_hot(t) - s/C, divided by the count for the mean
+        scale = 1.0 / max(count, 1)
+        grad *= (scale / sums).astype(grad.dtype)
+        grad[rows, safe_targets] -= (1.0 - label_smoothing) * scale
+        if label_smoothing:
+            grad -= label_smoothing * scale / c
+        grad[~valid] = 0
+        return loss_sum, count, grad.reshape(-1)
+
+    def rmsnorm(self, x: np.ndarray, w: np.ndarray, rows: int, d: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        xv = x.reshape(rows, d)
+        rstd = 1.0 / np.sqrt(np.einsum("ij,ij->i", xv, xv) / d + eps)  # (rows,)
+        rstd = rstd.astype(x.dtype)
+        y = xv * rstd[:, None]
+        y *= w
+        return y.reshape(-1), rstd
+
+    def rmsnorm_backward(self, g: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarray, rows: int,
+                         d: int) -> tuple[np.ndarray, np.ndarray]:
+        gv, xv = g.reshape(rows, d), x.reshape(rows, d)
+        xhat = xv * rstd[:, None]
+        gw = np.einsum("ij,ij->j", gv, xhat)
+        gxhat = gv * w
+        # dx = rstd * (gxhat - xhat * mean(gxhat * xhat))
+        proj = np.einsum("ij,ij->i", gxhat, xhat) / d
+        gx = (gxhat - xhat * proj[:, None].astype(x.dtype)) * rstd[:, None]
+        return gx.reshape(-1), gw.astype(w.dtype)
+
+    def adamw_step(self, param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
+                   beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
+        if weight_decay:
+            param *= param.dtype.type(1.0 - lr * weight_decay)
+        m *= beta1
+        m += (1.0 - beta1) * grad
+        v *= beta2
+        v += (1.0 - beta2) * np.square(grad)
+        bias1 = 1.0 - beta1 ** step
+        bias2 = 1.0 - beta2 ** step
+        denom = np.sqrt(v / bias2)
+        denom += eps
+        param -= (lr / bias1) * m / denom

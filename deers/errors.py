@@ -1,0 +1,27 @@
+"""Errors raised by Deers. Each names the op and describes the operands it got."""
+from __future__ import annotations
+
+
+class DeersError(Exception):
+    """Base class of every error Deers raises on purpose."""
+
+
+class ShapeError(DeersError, ValueError):
+    """Operand shapes do not fit the op."""
+
+
+class DTypeError(DeersError, TypeError):
+    """Operand dtypes do not fit the op (mixed dtypes, integers where floats are needed)."""
+
+
+class DeviceError(DeersError, ValueError):
+    """Operands live on different devices, or a device is not available."""
+
+
+class BackendUnavailable(DeviceError):
+    """A device was asked for whose backend package is not installed."""
+
+
+def describe(t) -> str:
+    """One operand as `shape (2, 3) f32 cpu` for error messages."""
+    return f"shape {tuple(t.shape)} {t.dtype.name} {t.device}"

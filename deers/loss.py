@@ -1,0 +1,1 @@
+"""Loss functions (placeholder until the training-stack work lands)."""

@@ -1,0 +1,380 @@
+"""Element-wise ops. Binary ops broadcast through `broadcast_pair`, which records a BroadcastTo
+view on each input that needs one; its backward sums the gradient back (deers/ops/shape.py), so
+no op here has to un-broadcast anything itself."""
+from __future__ import annotations
+
+from numbers import Number
+
+from ..array import NDArray
+from ..autograd import Op
+from ..device import Device
+from ..dtype import DType, default_float
+from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..layout import broadcast_shapes
+from ..tensor import Tensor, apply
+
+_FLOAT_ONLY = {"log", "exp", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "div", "pow"}
+
+
+def require_float(name: str, t: Tensor) -> None:
+    if not t.dtype.is_float:
+        raise DTypeError(f"{name}: needs a floating-point tensor, got {describe(t)}; "
+                         f"cast with .to_dtype(deers.f32)")
+
+
+def broadcast_pair(name: str, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Check devices and dtypes of two operands and broadcast them to one shape (recorded)."""
+    from .shape import broadcast_to
+
+    if a.device != b.device:
+        raise DeviceError(f"{name}: operands are on different devices: {describe(a)} and {describe(b)}")
+    if a.dtype is not b.dtype:
+        raise DTypeError(f"{name}: mixed dtypes {describe(a)} and {describe(b)}; cast one with .to_dtype()")
+    if a.shape == b.shape:
+        return a, b
+    shape = broadcast_shapes(a.shape, b.shape)
+    if shape is None:
+        raise ShapeError(f"{name}: shapes cannot broadcast: {describe(a)} and {describe(b)}")
+    return broadcast_to(a, shape), broadcast_to(b, shape)
+
+
+def _scalar_operand(name: str, t: Tensor, value) -> Tensor:
+    """An int tensor meeting a float scalar is promoted to the default float type, like PyTorch."""
+    if isinstance(value, float) and not t.dtype.is_float:
+        return cast(t, default_float())
+    return t
+
+
+# ---- unary ---------------------------------------------------------------------------------------
+class Unary(Op):
+    """y = f(x) for the backend's unary primitives; the derivative per function below."""
+
+    def __init__(self, fn: str):
+        self.name = fn
+
+    def forward(self, a: NDArray) -> NDArray:
+        self.a = a
+        self.out = a.unary(self.name)
+        return self.out
+
+    def backward(self, g: NDArray):
+        a, y, fn = self.a, self.out, self.name
+        if fn == "neg":  # d(-x) = -1
+            return (-g,)
+        if fn == "exp":  # d exp(x) = exp(x)
+            return (g * y,)
+        if fn == "log":  # d log(x) = 1/x
+            return (g / a,)
+        if fn == "sqrt":  # d sqrt(x) = 1 / (2 sqrt(x))
+            return (g / (y * 2.0),)
+        if fn == "rsqrt":  # d x^-1/2 = -1/2 x^-3/2 = -y^3 / 2
+            return (g * (y * y * y) * -0.5,)
+        if fn == "sin":  # d sin = cos
+            return (g * a.cos(),)
+        if fn == "cos":  # d cos = -sin
+            return (-(g * a.sin()),)
+        if fn == "tanh":  # d tanh = 1 - tanh^2
+            return (g * (1.0 - y * y),)
+        if fn == "sigmoid":  # d s = s (1 - s)
+            return (g * (y * (1.0 - y)),)
+        if fn == "relu":  # d relu = [x > 0]
+            return (g * (a > 0).cast(g.dtype),)
+        if fn == "abs":  # d |x| = sign(x)
+            return (g * a.sign(),)
+        if fn == "square":  # d x^2 = 2x
+            return (g * a * 2.0,)
+        raise NotImplementedError(f"no derivative for {fn}")
+
+
+def unary(fn: str, x: Tensor) -> Tensor:
+    if fn in _FLOAT_ONLY:
+        require_float(fn, x)
+    return apply(Unary(fn), x)
+
+
+def neg(x: Tensor) -> Tensor:
+    return apply(Unary("neg"), x)
+
+
+# ---- binary ----------------------------------------------------------------------------------------
+class Add(Op):
+    name = "add"
+
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, g):  # d(a+b) = (1, 1)
+        return g, g
+
+
+class Sub(Op):
+    name = "sub"
+
+    def forward(self, a, b):
+        return a - b
+
+    def backward(self, g):  # d(a-b) = (1, -1)
+        return g, -g
+
+
+class Mul(Op):
+    name = "mul"
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, g):  # d(ab) = (b, a)
+        return g * self.b, g * self.a
+
+
+class Div(Op):
+    name = "div"
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, g):  # d(a/b) = (1/b, -a/b^2)
+        gb = g / self.b
+        return gb, -(gb * self.a / self.b)
+
+
+class Pow(Op):
+    name = "pow"
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        self.out = a ** b
+        return self.out
+
+    def backward(self, g):  # d a^b = (b a^(b-1), a^b log a)
+        return g * self.b * (self.a ** (self.b - 1.0)), g * self.out * self.a.log()
+
+
+class Maximum(Op):
+    def __init__(self, fn: str):
+        self.name = fn
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a.binary(self.name, b)
+
+    def backward(self, g):  # the larger (smaller) operand gets the gradient; ties split it evenly
+        dtype = g.dtype
+        first = (self.a.binary("gt" if self.name == "maximum" else "lt", self.b)).cast(dtype)
+        tie = self.a.binary("eq", self.b).cast(dtype) * 0.5
+        return g * (first + tie), g * (1.0 - first - tie)
+
+
+def _binary(op: Op, a: Tensor, b: Tensor) -> Tensor:
+    a, b = broadcast_pair(op.name, a, b)
+    return apply(op, a, b)
+
+
+def add(a: Tensor, b) -> Tensor:
+    if isinstance(b, Number):
+        return apply(ScalarOp("add", b), _scalar_operand("add", a, b))
+    return _binary(Add(), a, b)
+
+
+def sub(a: Tensor, b) -> Tensor:
+    if isinstance(b, Number):
+        return apply(ScalarOp("add", -b), _scalar_operand("sub", a, b))
+    return _binary(Sub(), a, b)
+
+
+def rsub(a: Tensor, value) -> Tensor:
+    return apply(ScalarOp("sub", value, reverse=True), _scalar_operand("sub", a, value))
+
+
+def mul(a: Tensor, b) -> Tensor:
+    if isinstance(b, Number):
+        return apply(ScalarOp("mul", b), _scalar_operand("mul", a, b))
+    return _binary(Mul(), a, b)
+
+
+def div(a: Tensor, b) -> Tensor:
+    require_float("div", a)
+    if isinstance(b, Number):
+        return apply(ScalarOp("mul", 1.0 / b), a)
+    return _binary(Div(), a, b)
+
+
+def rdiv(a: Tensor, value) -> Tensor:
+    require_float("div", a)
+    return apply(ScalarOp("div", value, reverse=True), a)
+
+
+def pow(a: Tensor, exponent) -> Tensor:
+    require_float("pow", a)
+    if isinstance(exponent, Number):
+        return apply(ScalarOp("pow", exponent), a)
+    return _binary(Pow(), a, exponent)
+
+
+def rpow(a: Tensor, base) -> Tensor:
+    require_float("pow", a)
+    return apply(ScalarOp("pow", base, reverse=True), a)
+
+
+def maximum(a: Tensor, b) -> Tensor:
+    if isinstance(b, Number):
+        return clamp(a, min=b)
+    return _binary(Maximum("maximum"), a, b)
+
+
+def minimum(a: Tensor, b) -> Tensor:
+    if isinstance(b, Number):
+        return clamp(a, max=b)
+    return _binary(Maximum("minimum"), a, b)
+
+
+class ScalarOp(Op):
+    """x OP c (or c OP x when reverse) with a Python number c."""
+
+    def __init__(self, fn: str, value, reverse: bool = False):
+        self.name, self.value, self.reverse = fn, value, reverse
+
+    def forward(self, a):
+        self.a = a
+        self.out = a.scalar(self.name, self.value, self.reverse)
+        return self.out
+
+    def backward(self, g):
+        c, a = self.value, self.a
+        if self.name == "add":  # d(x + c) = 1
+            return (g,)
+        if self.name == "mul":  # d(cx) = c
+            return (g * c,)
+        if self.name == "sub":  # d(c - x) = -1
+            return (-g,)
+        if self.name == "div":  # d(c / x) = -c / x^2
+            return (g * (self.out / a) * -1.0,)
+        if self.name == "pow" and not self.reverse:  # d x^c = c x^(c-1)
+            return (g * (a ** (c - 1.0)) * c,)
+        if self.name == "pow":  # d c^x = c^x log c
+            import math
+
+            return (g * self.out * math.log(c),)
+        raise NotImplementedError(self.name)
+
+
+class Clamp(Op):
+    name = "clamp"
+
+    def __init__(self, low, high):
+        self.low, self.high = low, high
+
+    def forward(self, a):
+        out = a
+        if self.low is not None:
+            out = out.scalar("maximum", self.low)
+        if self.high is not None:
+            out = out.scalar("minimum", self.high)
+        self.inside = (out.binary("eq", a)).cast(a.dtype)
+        return out
+
+    def backward(self, g):  # gradient passes where x was inside [low, high]
+        return (g * self.inside,)
+
+
+def clamp(x: Tensor, min=None, max=None) -> Tensor:
+    return apply(Clamp(min, max), x)
+
+
+# ---- comparisons, where, masked_fill ---------------------------------------------------------------
+def compare(fn: str, a: Tensor, b) -> Tensor:
+    """Element-wise comparison -> a bool mask (no gradient)."""
+    if isinstance(b, Number):
+        return Tensor(a.data.scalar(fn, b))
+    a, b = broadcast_pair(fn, a.detach(), b.detach())
+    return Tensor(a.data.binary(fn, b.data))
+
+
+class Where(Op):
+    name = "where"
+
+    def forward(self, c, a, b):
+        self.c = c
+        return c.where(a, b)
+
+    def backward(self, g):  # the gradient flows to whichever side was picked
+        zero = NDArray.full((), 0, g.dtype, g.device)
+        return None, self.c.where(g, zero), self.c.where(zero, g)
+
+
+def where(condition: Tensor, a, b) -> Tensor:
+    """condition ? a : b, element-wise, with broadcasting (either side may be a Python number)."""
+    from ..creation import full
+
+    ref = a if isinstance(a, Tensor) else b
+    if isinstance(a, Number):
+        a = full((), a, dtype=ref.dtype, device=ref.device)
+    if isinstance(b, Number):
+        b = full((), b, dtype=ref.dtype, device=ref.device)
+    if condition.dtype.name != "bool":
+        condition = compare("ne", condition, 0)
+    a, b = broadcast_pair("where", a, b)
+    shape = broadcast_shapes(condition.shape, a.shape)
+    if shape is None:
+        raise ShapeError(f"where: condition {describe(condition)} does not broadcast with {describe(a)}")
+    if shape != a.shape:
+        from .shape import broadcast_to
+
+        a, b = broadcast_to(a, shape), broadcast_to(b, shape)
+    return apply(Where(), condition.broadcast_to(shape), a, b)
+
+
+def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
+    """x with `value` wherever mask is true (mask broadcasts against x)."""
+    return where(mask, value, x)
+
+
+# ---- casts and device moves --------------------------------------------------------------------------
+class Cast(Op):
+    name = "to_dtype"
+
+    def __init__(self, dtype: DType):
+        self.dtype = dtype
+
+    def forward(self, a):
+        self.source = a.dtype
+        return a.cast(self.dtype)
+
+    def backward(self, g):  # identity, cast back to the input's dtype
+        return (g.cast(self.source) if self.source.is_float else None,)
+
+
+def cast(x: Tensor, dtype: DType) -> Tensor:
+    if x.dtype is dtype:
+        return x
+    if not dtype.is_float and x.requires_grad:
+        return Tensor(x.data.cast(dtype))
+    return apply(Cast(dtype), x)
+
+
+class ToDevice(Op):
+    name = "to_device"
+
+    def __init__(self, device: Device):
+        self.device = device
+
+    def forward(self, a):
+        self.source = a.device
+        return _move(a, self.device)
+
+    def backward(self, g):  # identity, moved back
+        return (_move(g, self.source),)
+
+
+def _move(a: NDArray, device: Device) -> NDArray:
+    if a.device == device:
+        return a
+    return NDArray.from_numpy(a.numpy(), a.dtype, device)
+
+
+def to_device(x: Tensor, device: Device) -> Tensor:
+    if x.device == device:
+        return x
+    return apply(ToDevice(device), x)

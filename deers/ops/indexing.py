@@ -1,0 +1,70 @@
+"""Gather-style ops; their backward is the matching scatter-add."""
+from __future__ import annotations
+
+from ..autograd import Op
+from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..layout import normalize_dim
+from ..tensor import Tensor, apply
+
+
+def _check_index(name: str, x: Tensor, index: Tensor) -> None:
+    if index.dtype.name != "i64":
+        raise DTypeError(f"{name}: index must be i64, got {describe(index)}")
+    if index.device != x.device:
+        raise DeviceError(f"{name}: index {describe(index)} is not on the device of {describe(x)}")
+
+
+class IndexSelect(Op):
+    name = "index_select"
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def forward(self, a, index):
+        self.shape, self.index = a.shape, index
+        out = a._new(a.backend.index_select(a.buffer, a.layout, self.dim, index.buffer, index.layout),
+                     a.shape[:self.dim] + index.shape + a.shape[self.dim + 1:])
+        return out
+
+    def backward(self, g):  # rows picked several times receive the sum of their gradients
+        g = g.reshape(self.shape[:self.dim] + (self.index.numel,) + self.shape[self.dim + 1:])
+        flat_index = self.index.reshape((self.index.numel,))
+        grad = g.backend.index_add(self.shape, g.dtype, self.dim, flat_index.buffer, flat_index.layout,
+                                   g.buffer, g.layout)
+        return g._new(grad, self.shape), None
+
+
+def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
+    """Pick whole slices along `dim` by an i64 index tensor of any shape (embedding lookup at dim 0)."""
+    _check_index("index_select", x, index)
+    return apply(IndexSelect(normalize_dim(dim, x.ndim)), x, index)
+
+
+def embedding(weight: Tensor, ids: Tensor) -> Tensor:
+    """weight[ids]: (V, D) rows picked by ids of shape (...) -> (..., D)."""
+    return index_select(weight, 0, ids)
+
+
+class Gather(Op):
+    name = "gather"
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def forward(self, a, index):
+        self.shape, self.index = a.shape, index
+        return a._new(a.backend.gather(a.buffer, a.layout, self.dim, index.buffer, index.layout), index.shape)
+
+    def backward(self, g):  # scatter the gradient back to the gathered positions
+        idx = self.index
+        grad = g.backend.scatter_add(self.shape, g.dtype, self.dim, idx.buffer, idx.layout, g.buffer, g.layout)
+        return g._new(grad, self.shape), None
+
+
+def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:
+    """out[i][j] = x[i][index[i][j]] (for dim=1), like torch.gather."""
+    _check_index("gather", x, index)
+    d = normalize_dim(dim, x.ndim)
+    if index.ndim != x.ndim or any(s > t for i, (s, t) in enumerate(zip(index.shape, x.shape)) if i != d):
+        raise ShapeError(f"gather: index {describe(index)} does not fit {describe(x)} at dim {d}")
+    return apply(Gather(d), x, index)

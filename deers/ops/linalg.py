@@ -1,0 +1,57 @@
+"""Matrix multiplication, batched with broadcast batch dims, always through the backend's GEMM."""
+from __future__ import annotations
+
+from ..autograd import Op
+from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..layout import broadcast_shapes
+from ..tensor import Tensor, apply
+
+
+class MatMul(Op):
+    """(..., m, k) @ (..., k, n) with equal batch dims (broadcast beforehand)."""
+
+    name = "matmul"
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a.matmul(b)
+
+    def backward(self, g):  # dA = G B^T, dB = A^T G
+        a, b = self.a, self.b
+        return g.matmul(b.transpose(b.ndim - 1, b.ndim - 2)), a.transpose(a.ndim - 1, a.ndim - 2).matmul(g)
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b like numpy.matmul: 1-D operands are promoted and squeezed, batch dims broadcast.
+
+    A 2-D right operand (a Linear weight) is multiplied against a flattened left operand, so its
+    gradient is one GEMM instead of a batch of them summed afterwards.
+    """
+    from .shape import broadcast_to, reshape
+
+    if not isinstance(b, Tensor):
+        raise TypeError(f"matmul: expected a Tensor, got {type(b).__name__}")
+    if a.device != b.device:
+        raise DeviceError(f"matmul: operands are on different devices: {describe(a)} and {describe(b)}")
+    if a.dtype is not b.dtype:
+        raise DTypeError(f"matmul: mixed dtypes {describe(a)} and {describe(b)}")
+    if not a.dtype.is_float:
+        raise DTypeError(f"matmul: needs floating-point tensors, got {describe(a)}")
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(f"matmul: operands must have at least 1 dim: {describe(a)} and {describe(b)}")
+    if a.ndim == 1:
+        return reshape(matmul(reshape(a, (1, a.shape[0])), b), b.shape[:-2] + (b.shape[-1],))
+    if b.ndim == 1:
+        return reshape(matmul(a, reshape(b, (b.shape[0], 1))), a.shape[:-1])
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"matmul: inner dims differ: {describe(a)} @ {describe(b)}")
+    if b.ndim == 2 and a.ndim > 2:
+        lead = a.shape[:-1]
+        flat = reshape(a, (-1, a.shape[-1]))  # (prod(lead), k)
+        return reshape(apply(MatMul(), flat, b), lead + (b.shape[-1],))  # (*lead, n)
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    if batch is None:
+        raise ShapeError(f"matmul: batch dims cannot broadcast: {describe(a)} @ {describe(b)}")
+    a = broadcast_to(a, batch + a.shape[-2:])
+    b = broadcast_to(b, batch + b.shape[-2:])
+    return apply(MatMul(), a, b)

@@ -1,0 +1,268 @@
+"""View ops (only the layout changes) and the ops that copy: compact and cat.
+
+A view's backward is the reverse layout change (permute back, sum a broadcast back, reshape
+back) or, for slicing, the gradient written into the same view of a zero array.
+"""
+from __future__ import annotations
+
+from ..array import NDArray
+from ..autograd import Op
+from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..layout import Layout, infer_shape, normalize_dim
+from ..tensor import Tensor, apply
+
+
+class Permute(Op):
+    name = "permute"
+
+    def __init__(self, axes: tuple[int, ...]):
+        self.axes = axes
+
+    def forward(self, a):
+        return a.permute(self.axes)
+
+    def backward(self, g):  # permute by the inverse permutation
+        inverse = [0] * len(self.axes)
+        for i, axis in enumerate(self.axes):
+            inverse[axis] = i
+        return (g.permute(tuple(inverse)),)
+
+
+def permute(x: Tensor, axes: tuple[int, ...]) -> Tensor:
+    if sorted(a % max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
+        raise ShapeError(f"permute: {axes} is not a permutation of the dims of {describe(x)}")
+    return apply(Permute(tuple(a % x.ndim for a in axes)), x)
+
+
+def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
+    axes = list(range(x.ndim))
+    d0, d1 = normalize_dim(dim0, x.ndim), normalize_dim(dim1, x.ndim)
+    axes[d0], axes[d1] = axes[d1], axes[d0]
+    return apply(Permute(tuple(axes)), x)
+
+
+class BroadcastTo(Op):
+    name = "broadcast_to"
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+
+    def forward(self, a):
+        self.input_shape = a.shape
+        return a.broadcast_to(self.shape)
+
+    def backward(self, g):  # each input element was read by many outputs: sum their gradients
+        return (g.sum_to_shape(self.input_shape),)
+
+
+def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    shape = tuple(shape)
+    if shape == x.shape:
+        return x
+    lead = len(shape) - x.ndim
+    shape = tuple(x.shape[i - lead] if (s == -1 and i >= lead) else s for i, s in enumerate(shape))
+    ok = lead >= 0 and all(o == 1 or o == n for o, n in zip(x.shape, shape[lead:]))
+    if not ok:
+        raise ShapeError(f"broadcast_to: cannot broadcast {describe(x)} to {shape}")
+    return apply(BroadcastTo(shape), x)
+
+
+class Reshape(Op):
+    name = "reshape"
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+
+    def forward(self, a):
+        self.input_shape = a.shape
+        return a.reshape(self.shape)
+
+    def backward(self, g):  # reshape back
+        return (g.reshape(self.input_shape),)
+
+
+def reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    shape = infer_shape(shape, x.numel())
+    if x.numel() != _prod(shape):
+        raise ShapeError(f"reshape: cannot reshape {describe(x)} ({x.numel()} elements) to {shape}")
+    if shape == x.shape:
+        return x
+    return apply(Reshape(shape), x)
+
+
+def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    if x.ndim == 0:
+        return reshape(x, (1,))
+    s, e = normalize_dim(start_dim, x.ndim), normalize_dim(end_dim, x.ndim)
+    return reshape(x, x.shape[:s] + (_prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
+
+
+def squeeze(x: Tensor, dim: int | None = None) -> Tensor:
+    if dim is None:
+        return reshape(x, tuple(s for s in x.shape if s != 1))
+    d = normalize_dim(dim, x.ndim)
+    if x.shape[d] != 1:
+        return x
+    return reshape(x, x.shape[:d] + x.shape[d + 1:])
+
+
+def unsqueeze(x: Tensor, dim: int) -> Tensor:
+    d = dim if dim >= 0 else dim + x.ndim + 1
+    return reshape(x, x.shape[:d] + (1,) + x.shape[d:])
+
+
+class View(Op):
+    """A strided sub-view (narrow, slicing, integer indexing) given as a layout function."""
+
+    name = "view"
+
+    def __init__(self, make_layout):
+        self.make_layout = make_layout
+
+    def forward(self, a):
+        self.input = (a.shape, a.dtype, a.device)
+        return a._with_layout(self.make_layout(a.layout))
+
+    def backward(self, g):  # the gradient lands in the same view of a zero array
+        shape, dtype, device = self.input
+        zeros = NDArray.full(shape, 0, dtype, device)
+        target = self.make_layout(Layout(shape))
+        g.backend.copy(g.buffer, g.layout, zeros.buffer, target)
+        return (zeros,)
+
+
+def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
+    d = normalize_dim(dim, x.ndim)
+    if start < 0:
+        start += x.shape[d]
+    if start < 0 or length < 0 or start + length > x.shape[d]:
+        raise IndexError(f"narrow: [{start}, {start + length}) is out of range for dim {d} of {describe(x)}")
+    return apply(View(lambda layout: layout.narrow(d, start, length)), x)
+
+
+def getitem(x: Tensor, key) -> Tensor:
+    """x[...] with ints, slices (positive step), None and Ellipsis: a view; a Tensor key: index_select."""
+    if isinstance(key, Tensor):
+        from .indexing import index_select
+
+        return index_select(x, 0, key)
+    if not isinstance(key, tuple):
+        key = (key,)
+    n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if n_real > x.ndim:
+        raise IndexError(f"getitem: too many indices ({n_real}) for {describe(x)}")
+    if any(k is Ellipsis for k in key):
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (x.ndim - n_real) + key[i + 1:]
+    else:
+        key = key + (slice(None),) * (x.ndim - n_real)
+    steps = []  # (kind, dim_in_input, args) applied to the layout in order
+    new_axes = []  # positions (in the output) of None
+    dim = 0
+    out_dim = 0
+    for k in key:
+        if k is None:
+            new_axes.append(out_dim)
+            out_dim += 1
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(x.shape[dim])
+            if step <= 0:
+                raise IndexError("getitem: slice steps must be positive")
+            length = max(0, (stop - start + step - 1) // step)
+            steps.append(("slice", dim, (start, length, step)))
+            dim += 1
+            out_dim += 1
+        elif isinstance(k, int) or hasattr(k, "__index__"):
+            k = int(k)
+            size = x.shape[dim]
+            if not -size <= k < size:
+                raise IndexError(f"getitem: index {k} is out of range for dim {dim} of {describe(x)}")
+            steps.append(("select", dim, (k % size,)))
+            dim += 1
+        else:
+            raise TypeError(f"getitem: unsupported index {k!r}")
+
+    def make_layout(layout: Layout) -> Layout:
+        removed = 0
+        for kind, d, args in steps:
+            if kind == "slice":
+                layout = layout.slice(d - removed, *args)
+            else:
+                layout = layout.select(d - removed, *args)
+                removed += 1
+        return layout
+
+    out = apply(View(make_layout), x)
+    for axis in new_axes:
+        out = unsqueeze(out, axis)
+    return out
+
+
+class Compact(Op):
+    name = "compact"
+
+    def forward(self, a):
+        return a.compact()
+
+    def backward(self, g):  # a copy: identity
+        return (g,)
+
+
+def compact(x: Tensor) -> Tensor:
+    if x.is_contiguous():
+        return x
+    return apply(Compact(), x)
+
+
+class Cat(Op):
+    name = "cat"
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def forward(self, *arrays):
+        self.sizes = [a.shape[self.dim] for a in arrays]
+        first = arrays[0]
+        shape = first.shape[:self.dim] + (sum(self.sizes),) + first.shape[self.dim + 1:]
+        out = first._new(first.backend.empty(_prod(shape), first.dtype), shape)
+        start = 0
+        for a, size in zip(arrays, self.sizes):
+            first.backend.copy(a.buffer, a.layout, out.buffer, out.layout.narrow(self.dim, start, size))
+            start += size
+        return out
+
+    def backward(self, g):  # each input gets its slice of the gradient
+        grads, start = [], 0
+        for size in self.sizes:
+            grads.append(g.narrow(self.dim, start, size))
+            start += size
+        return tuple(grads)
+
+
+def cat(tensors: "list[Tensor]", dim: int = 0) -> Tensor:
+    """Concatenate tensors along an existing dim."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("cat: needs at least one tensor")
+    first = tensors[0]
+    d = normalize_dim(dim, first.ndim)
+    for t in tensors[1:]:
+        if t.device != first.device:
+            raise DeviceError(f"cat: tensors on different devices: {describe(first)} and {describe(t)}")
+        if t.dtype is not first.dtype:
+            raise DTypeError(f"cat: mixed dtypes {describe(first)} and {describe(t)}")
+        if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != d):
+            raise ShapeError(f"cat: shapes differ outside dim {d}: {describe(first)} and {describe(t)}")
+    return apply(Cat(d), *tensors)
+
+
+def stack(tensors: "list[Tensor]", dim: int = 0) -> Tensor:
+    """Join tensors along a new dim."""
+    return cat([unsqueeze(t, dim) for t in tensors], dim)
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

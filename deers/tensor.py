@@ -1,0 +1,291 @@
+"""Tensor: an NDArray plus its place in the autograd graph. Var: a trainable leaf tensor.
+
+Every method here is a thin, documented entry to a function in `deers.ops`, where each op is one
+`Op` subclass with its forward and backward. `apply` is the single place where an op runs and,
+when gradients are needed, is recorded in the graph.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .array import NDArray
+from .autograd import Grads, Op, grad_mode, run_backward
+from .device import Device, as_device
+from .dtype import DType, as_dtype
+from .errors import DTypeError, ShapeError, describe
+
+
+def apply(op: Op, *inputs: "Tensor") -> "Tensor":
+    """Run `op` on the inputs' arrays; record it in the graph when any input requires grad."""
+    out = op.forward(*[t.data for t in inputs])
+    if grad_mode.enabled and any(t.requires_grad for t in inputs):
+        return Tensor(out, requires_grad=True, _op=op, _inputs=inputs)
+    return Tensor(out)
+
+
+class Tensor:
+    """An n-d array on a device that can record the operations applied to it."""
+
+    __slots__ = ("data", "requires_grad", "_op", "_inputs", "__weakref__")
+    __array_priority__ = 1000  # so `numpy_scalar * tensor` defers to Tensor.__rmul__
+
+    def __init__(self, data: "NDArray | Tensor", requires_grad: bool = False, _op: Op | None = None,
+                 _inputs: tuple = ()):
+        if isinstance(data, Tensor):
+            data = data.data
+        if not isinstance(data, NDArray):
+            raise TypeError(f"Tensor() wraps an NDArray or a Tensor; use deers.tensor(...) for {type(data).__name__}")
+        if requires_grad and not data.dtype.is_float:
+            raise DTypeError(f"only floating-point tensors can require grad, got {data.dtype.name}")
+        self.data = data
+        self.requires_grad = requires_grad
+        self._op = _op
+        self._inputs = _inputs
+
+    # ---- metadata ------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.layout.shape
+
+    @property
+    def dtype(self) -> DType:
+        return self.data.dtype
+
+    @property
+    def device(self) -> Device:
+        return self.data.device
+
+    @property
+    def ndim(self) -> int:
+        return len(self.data.layout.shape)
+
+    def numel(self) -> int:
+        return self.data.numel
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def is_contiguous(self) -> bool:
+        return self.data.is_contiguous()
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._op is None
+
+    # ---- host access ---------------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """A NumPy copy of the values (moves from the device to the host)."""
+        return self.data.numpy()
+
+    def item(self) -> float | int | bool:
+        if self.numel() != 1:
+            raise ShapeError(f"item: needs a tensor with one element, got {describe(self)}")
+        return self.numpy().reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        return bool(self.item())
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"tensor({np.array2string(self.numpy(), separator=', ')}, dtype={self.dtype.name}, device={self.device}{grad})"
+
+    __hash__ = object.__hash__
+
+    # ---- autograd --------------------------------------------------------------------------------
+    def backward(self, grad: "Tensor | None" = None, grads: Grads | None = None,
+                 retain_graph: bool = False) -> Grads:
+        """Gradients of this tensor with respect to every leaf that requires grad.
+
+        A non-scalar tensor needs an explicit `grad` of its shape. Passing `grads=` accumulates
+        into an existing store (gradient accumulation over several backward calls).
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad (no Var or attached tensor "
+                               "reaches it, or it was computed under no_grad)")
+        if grad is None:
+            if self.numel() != 1:
+                raise ShapeError(f"backward: a non-scalar tensor ({describe(self)}) needs an explicit grad")
+            seed = NDArray.full(self.shape, 1.0, self.dtype, self.device)
+        else:
+            if tuple(grad.shape) != self.shape:
+                raise ShapeError(f"backward: grad {describe(grad)} does not match the tensor {describe(self)}")
+            seed = grad.data
+        return run_backward(self, seed, grads if grads is not None else Grads(), retain_graph)
+
+    def detach(self) -> "Tensor":
+        """The same values, cut from the graph (shares the buffer)."""
+        return Tensor(self.data)
+
+    def attach(self) -> "Tensor":
+        """A leaf tensor sharing this buffer that records operations and receives a gradient."""
+        return Tensor(self.data, requires_grad=True)
+
+    # ---- moves and casts -------------------------------------------------------------------------
+    def to_device(self, device: "Device | str") -> "Tensor":
+        from .ops.elementwise import to_device
+
+        return to_device(self, as_device(device))
+
+    def to(self, target) -> "Tensor":
+        """`to("cuda")` moves, `to(deers.f16)` casts, PyTorch style."""
+        if isinstance(target, DType) or (isinstance(target, str) and target not in ("cpu", "mps")
+                                         and not target.startswith("cuda")):
+            return self.to_dtype(target)
+        return self.to_device(target)
+
+    def to_dtype(self, dtype: "DType | str") -> "Tensor":
+        from .ops.elementwise import cast
+
+        return cast(self, as_dtype(dtype))
+
+    def float(self) -> "Tensor":
+        return self.to_dtype("f32")
+
+    def double(self) -> "Tensor":
+        return self.to_dtype("f64")
+
+    def long(self) -> "Tensor":
+        return self.to_dtype("i64")
+
+    # ---- element-wise -------------------------------------------------------------------------
+    def neg(self) -> "Tensor": return _ew.neg(self)
+    def add(self, other) -> "Tensor": return _ew.add(self, other)
+    def sub(self, other) -> "Tensor": return _ew.sub(self, other)
+    def mul(self, other) -> "Tensor": return _ew.mul(self, other)
+    def div(self, other) -> "Tensor": return _ew.div(self, other)
+    def pow(self, exponent) -> "Tensor": return _ew.pow(self, exponent)
+    def powf(self, exponent: float) -> "Tensor": return _ew.pow(self, float(exponent))
+    def log(self) -> "Tensor": return _ew.unary("log", self)
+    def exp(self) -> "Tensor": return _ew.unary("exp", self)
+    def sqrt(self) -> "Tensor": return _ew.unary("sqrt", self)
+    def rsqrt(self) -> "Tensor": return _ew.unary("rsqrt", self)
+    def sin(self) -> "Tensor": return _ew.unary("sin", self)
+    def cos(self) -> "Tensor": return _ew.unary("cos", self)
+    def tanh(self) -> "Tensor": return _ew.unary("tanh", self)
+    def sigmoid(self) -> "Tensor": return _ew.unary("sigmoid", self)
+    def relu(self) -> "Tensor": return _ew.unary("relu", self)
+    def abs(self) -> "Tensor": return _ew.unary("abs", self)
+    def square(self) -> "Tensor": return _ew.unary("square", self)
+    def maximum(self, other) -> "Tensor": return _ew.maximum(self, other)
+    def minimum(self, other) -> "Tensor": return _ew.minimum(self, other)
+    def clamp(self, min=None, max=None) -> "Tensor": return _ew.clamp(self, min, max)
+    def masked_fill(self, mask: "Tensor", value: float) -> "Tensor": return _ew.masked_fill(self, mask, value)
+    def where(self, condition: "Tensor", other) -> "Tensor": return _ew.where(condition, self, other)
+    def eq(self, other) -> "Tensor": return _ew.compare("eq", self, other)
+    def ne(self, other) -> "Tensor": return _ew.compare("ne", self, other)
+    def lt(self, other) -> "Tensor": return _ew.compare("lt", self, other)
+    def le(self, other) -> "Tensor": return _ew.compare("le", self, other)
+    def gt(self, other) -> "Tensor": return _ew.compare("gt", self, other)
+    def ge(self, other) -> "Tensor": return _ew.compare("ge", self, other)
+
+    __add__ = add
+    __sub__ = sub
+    __mul__ = mul
+    __truediv__ = div
+    __pow__ = pow
+    __neg__ = neg
+    __eq__ = eq  # element-wise, like PyTorch; tensors hash by identity
+    __ne__ = ne
+    __lt__ = lt
+    __le__ = le
+    __gt__ = gt
+    __ge__ = ge
+
+    def __radd__(self, other) -> "Tensor": return _ew.add(self, other)
+    def __rsub__(self, other) -> "Tensor": return _ew.rsub(self, other)
+    def __rmul__(self, other) -> "Tensor": return _ew.mul(self, other)
+    def __rtruediv__(self, other) -> "Tensor": return _ew.rdiv(self, other)
+    def __rpow__(self, other) -> "Tensor": return _ew.rpow(self, other)
+    def __abs__(self) -> "Tensor": return self.abs()
+
+    # ---- matmul, indexing ------------------------------------------------------------------------
+    def matmul(self, other: "Tensor") -> "Tensor": return _linalg.matmul(self, other)
+    __matmul__ = matmul
+
+    def gather(self, dim: int, index: "Tensor") -> "Tensor": return _index.gather(self, dim, index)
+    def index_select(self, dim: int, index: "Tensor") -> "Tensor": return _index.index_select(self, dim, index)
+    def __getitem__(self, key) -> "Tensor": return _shape.getitem(self, key)
+
+    # ---- reductions --------------------------------------------------------------------------------
+    def sum(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.sum(self, dim, keepdim)
+    def mean(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.mean(self, dim, keepdim)
+    def max(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.max(self, dim, keepdim)
+    def min(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.min(self, dim, keepdim)
+    def argmax(self, dim: int | None = None, keepdim: bool = False) -> "Tensor":
+        return _reduce.argmax(self, dim, keepdim)
+    def logsumexp(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.logsumexp(self, dim, keepdim)
+    def softmax(self, dim: int = -1) -> "Tensor": return _reduce.softmax(self, dim)
+    def log_softmax(self, dim: int = -1) -> "Tensor": return _reduce.log_softmax(self, dim)
+
+    # ---- views and shape ---------------------------------------------------------------------------
+    def permute(self, *axes) -> "Tensor": return _shape.permute(self, _dims(axes))
+    def transpose(self, dim0: int, dim1: int) -> "Tensor": return _shape.transpose(self, dim0, dim1)
+    def broadcast_to(self, *shape) -> "Tensor": return _shape.broadcast_to(self, _dims(shape))
+    def expand(self, *shape) -> "Tensor": return _shape.broadcast_to(self, _dims(shape))
+    def reshape(self, *shape) -> "Tensor": return _shape.reshape(self, _dims(shape))
+    view = reshape
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
+        return _shape.flatten(self, start_dim, end_dim)
+    def squeeze(self, dim: int | None = None) -> "Tensor": return _shape.squeeze(self, dim)
+    def unsqueeze(self, dim: int) -> "Tensor": return _shape.unsqueeze(self, dim)
+    def narrow(self, dim: int, start: int, length: int) -> "Tensor": return _shape.narrow(self, dim, start, length)
+    def compact(self) -> "Tensor": return _shape.compact(self)
+    contiguous = compact
+
+    @property
+    def T(self) -> "Tensor":
+        return _shape.permute(self, tuple(reversed(range(self.ndim))))
+
+
+class Var(Tensor):
+    """A trainable leaf tensor: always requires grad; optimizers update its buffer in place."""
+
+    __slots__ = ()
+
+    def __init__(self, value: "Tensor | NDArray", requires_grad: bool = True):
+        data = value.data if isinstance(value, Tensor) else value
+        super().__init__(data, requires_grad=requires_grad)
+
+    def set_data(self, value: "Tensor | NDArray") -> None:
+        """Replace the values in place (same buffer, same id), e.g. when loading a checkpoint."""
+        src = value.data if isinstance(value, Tensor) else value
+        if src.shape != self.shape:
+            raise ShapeError(f"set_data: value of shape {src.shape} does not fit Var of shape {self.shape}")
+        if src.device != self.device:
+            src = NDArray.from_numpy(src.numpy(), self.dtype, self.device)
+        src = src.cast(self.dtype)
+        self.data.backend.copy(src.buffer, src.layout, self.data.buffer, self.data.layout)
+
+
+def _dims(args: Sequence) -> tuple[int, ...]:
+    """Accept both x.reshape(2, 3) and x.reshape((2, 3))."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return tuple(args[0])
+    return tuple(args)
+
+
+# The op modules import Tensor and apply from this file, so they are bound after the class exists.
+from .ops import elementwise as _ew  # noqa: E402
+from .ops import indexing as _index  # noqa: E402
+from .ops import linalg as _linalg  # noqa: E402
+from .ops import reduce as _reduce  # noqa: E402
+from .ops import shape as _shape  # noqa: E402
