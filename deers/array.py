@@ -131,7 +131,7 @@ class NDArray:
             shape = broadcast_shapes(a.shape, b.shape)
             a, b = a.broadcast_to(shape), b.broadcast_to(shape)
         res = self.backend.binary(name, a.buffer, a.layout, b.buffer, b.layout)
-        return self._new(res, a.shape, bool_ if res.dtype == np.bool_ and self.dtype is not bool_ else None)
+        return self._new(res, a.shape, bool_ if name in ("eq", "ne", "lt", "le", "gt", "ge") else None)
 
     def scalar(self, name: str, value, reverse: bool = False) -> "NDArray":
         res = self.backend.scalar(name, self.buffer, self.layout, value, reverse)
