@@ -41,7 +41,7 @@ def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     count = 1
     for a in axes:
         count *= x.shape[a]
-    return sum(x, axes, keepdim) * (1.0 / max(count, 1))
+    return sum(x, axes, keepdim) * (1.0 / count if count else 1.0)  # not max(): shadowed by the op below
 
 
 class Max(Op):
