@@ -1,0 +1,363 @@
+"""The Apple-GPU backend ("mps"): the numbered primitives of `deers.backend` on MLX.
+
+Buffers are flat 1-D `mx.array`s. `_view` turns (buffer, layout) into an n-d array with
+`mx.as_strided` (strides in elements), so permuted, narrowed and broadcast layouts are read as
+they are. On a Mac MLX runs on the Apple GPU (Metal); on Linux the `mlx[cpu]` build runs the same
+code on the CPU, which is how this backend is tested.
+
+Lazy evaluation. MLX records a graph and computes only when a value is needed. Deers needs
+values at a few explicit points, and only there does this backend force evaluation:
+  * `to_numpy` (and so `Tensor.numpy()` / `item()`) copies to the host, which evaluates;
+  * index bounds checks read the index's min/max on the host (IndexError before any gather);
+  * `cross_entropy` returns the loss sum and count as Python numbers;
+  * `adamw_step` ends with `mx.eval(param, m, v)`, so one optimizer step is one evaluation and the
+    graph does not grow across training steps.
+Timing code should call `.item()` or `.numpy()` on a result before reading the clock.
+
+In-place writes. MLX arrays are values, but `a[idx] = v` rebinds the data of the array object
+`a` itself. Every NDArray view holds the same buffer object and builds its strided view only when
+an op reads it, so `copy` (and `adamw_step`) writing into `dst[...]` is seen by every view of that
+buffer, exactly like the NumPy backend's in-place writes. Results computed *before* the write
+keep the old values (the graph captured them), which is also what eager NumPy gives.
+
+dtypes: f16, f32, bf16, i64, bool, u8 everywhere; f64 only where MLX runs on the CPU (the Linux
+build). The Apple GPU has no float64, so there f64 raises DTypeError where it would enter the
+device (allocation, host transfer, cast, random).
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from ..dtype import DType
+from ..errors import DTypeError
+from ..layout import Layout
+from . import mlx_kernels
+
+_MX_DTYPES = {
+    "f16": mx.float16, "f32": mx.float32, "f64": mx.float64, "bf16": mx.bfloat16,
+    "i64": mx.int64, "bool": mx.bool_, "u8": mx.uint8,
+}
+_UNARY = {
+    "neg": mx.negative, "exp": mx.exp, "log": mx.log, "sqrt": mx.sqrt, "rsqrt": mx.rsqrt, "sin": mx.sin,
+    "cos": mx.cos, "tanh": mx.tanh, "sigmoid": mx.sigmoid, "abs": mx.abs, "sign": mx.sign,
+    "square": mx.square, "logical_not": mx.logical_not,
+}
+_BINARY = {
+    "add": mx.add, "sub": mx.subtract, "mul": mx.multiply, "div": mx.divide, "pow": mx.power,
+    "maximum": mx.maximum, "minimum": mx.minimum,
+    "eq": mx.equal, "ne": mx.not_equal, "lt": mx.less, "le": mx.less_equal, "gt": mx.greater,
+    "ge": mx.greater_equal,
+}
+_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
+
+
+def on_gpu() -> bool:
+    """Whether MLX computes on the Apple GPU (Metal) rather than the CPU."""
+    return mx.default_device().type == mx.gpu
+
+
+def _mx_dtype(dtype: DType, op: str) -> mx.Dtype:
+    """The MLX dtype of a Deers dtype; f64 is refused on the Apple GPU, which has no float64."""
+    if dtype.name == "f64" and on_gpu():
+        raise DTypeError(f"{op}: f64 is not supported on device mps (the Apple GPU has no float64); "
+                         f"use f32")
+    return _MX_DTYPES[dtype.name]
+
+
+def _view(buf: mx.array, layout: Layout) -> mx.array:
+    """`buf` read through `layout` as an n-d array (a reshape or slice when contiguous)."""
+    if layout.numel == 0:
+        return mx.zeros(layout.shape, buf.dtype)
+    if layout.is_contiguous():
+        if layout.offset == 0 and layout.numel == buf.size:
+            return buf.reshape(layout.shape)
+        return buf[layout.offset:layout.offset + layout.numel].reshape(layout.shape)
+    return mx.as_strided(buf, layout.shape, layout.strides, layout.offset)
+
+
+def _flat(x: mx.array) -> mx.array:
+    return x.reshape(-1)
+
+
+def _into(res: mx.array, out: mx.array | None) -> mx.array:
+    """Return `res` flat, or write it into the given flat `out` buffer (in place) and return that."""
+    if out is None:
+        return _flat(res)
+    out[:] = _flat(res).astype(out.dtype)
+    return out
+
+
+def _checked_index(index: mx.array, size: int, op: str) -> mx.array:
+    """Raise IndexError when any index is outside [-size, size); return it with negatives wrapped.
+
+    This reads two numbers on the host (an evaluation point): MLX would otherwise clamp or read
+    garbage silently, and Deers promises IndexError on every backend.
+    """
+    if index.size:
+        low, high = np.array(mx.stack([mx.min(index), mx.max(index)])).tolist()
+        if low < -size or high >= size:
+            raise IndexError(f"{op}: index out of range for dimension of size {size} on device mps "
+                             f"(got values in [{low}, {high}])")
+    return mx.where(index < 0, index + size, index)
+
+
+def _scatter_positions(shape: tuple[int, ...], dim: int, index: mx.array) -> mx.array:
+    """Flat positions in a contiguous `shape` array of every element of a scatter along `dim`.
+
+    `index` broadcasts against the source grid; coordinate `dim` comes from it and every other
+    coordinate is the source element's own, so position = sum_d coord_d * stride_d.
+    """
+    ndim = len(shape)
+    grid_shape = list(index.shape)
+    strides = Layout(shape).strides
+    positions = index.astype(mx.int64) * strides[dim]
+    for d in range(ndim):
+        if d == dim or grid_shape[d] == 1:
+            continue
+        coord = mx.arange(grid_shape[d], dtype=mx.int64).reshape([-1 if k == d else 1 for k in range(ndim)])
+        positions = positions + coord * strides[d]
+    return positions
+
+
+class MLXBackend:
+    """MLX implementation of the backend contract (see deers.backend) for device "mps"."""
+
+    name = "mps"
+
+    def __init__(self):
+        self.key = mx.random.key(int(np.random.SeedSequence().entropy % (2 ** 63)))
+
+    # 1. allocation ---------------------------------------------------------------------------
+    def empty(self, numel: int, dtype: DType) -> mx.array:
+        """MLX has no uninitialised allocation; zeros are the cheapest honest substitute."""
+        return mx.zeros((numel,), _mx_dtype(dtype, "empty"))
+
+    def full(self, numel: int, value, dtype: DType) -> mx.array:
+        return mx.full((numel,), value, dtype=_mx_dtype(dtype, "full"))
+
+    # 2. host transfer --------------------------------------------------------------------------
+    def from_numpy(self, array: np.ndarray, dtype: DType) -> mx.array:
+        target = _mx_dtype(dtype, "from_numpy")
+        flat = np.ascontiguousarray(array, dtype=dtype.numpy).reshape(-1)
+        if dtype.name == "bf16":  # MLX cannot read ml_dtypes' bfloat16 buffer; f32 holds it exactly
+            return mx.array(flat.astype(np.float32)).astype(target)
+        return mx.array(flat, dtype=target)
+
+    def to_numpy(self, buf: mx.array, layout: Layout) -> np.ndarray:
+        x = _view(buf, layout)
+        if x.dtype == mx.bfloat16:  # NumPy has no bfloat16: go through f32 (exact), then ml_dtypes
+            import ml_dtypes
+
+            return np.array(x.astype(mx.float32), copy=True).astype(ml_dtypes.bfloat16)
+        return np.array(x, copy=True)
+
+    # 3. random ---------------------------------------------------------------------------------
+    def _next_key(self) -> mx.array:
+        """Split the kept key: one half for this draw, the other becomes the new state."""
+        self.key, sub = mx.random.split(self.key)
+        return sub
+
+    def seed(self, seed: int) -> None:
+        self.key = mx.random.key(seed)
+
+    def get_rng_state(self) -> dict:
+        return {"key": np.array(self.key).tolist()}
+
+    def set_rng_state(self, state: dict) -> None:
+        self.key = mx.array(state["key"], dtype=mx.uint32)
+
+    def randn(self, numel: int, dtype: DType) -> mx.array:
+        """Drawn in f32 and cast, like the CPU backend (MLX has no f64 uniform source)."""
+        target = _mx_dtype(dtype, "randn")
+        return mx.random.normal((numel,), dtype=mx.float32, key=self._next_key()).astype(target)
+
+    def rand(self, numel: int, dtype: DType) -> mx.array:
+        target = _mx_dtype(dtype, "rand")
+        return mx.random.uniform(shape=(numel,), dtype=mx.float32, key=self._next_key()).astype(target)
+
+    def randint(self, numel: int, low: int, high: int) -> mx.array:
+        return mx.random.randint(low, high, (numel,), dtype=mx.int64, key=self._next_key())
+
+    # 4-8. element-wise -------------------------------------------------------------------------
+    def unary(self, name: str, a: mx.array, la: Layout, out: mx.array | None = None) -> mx.array:
+        x = _view(a, la)
+        if name == "relu":
+            res = mx.maximum(x, mx.array(0, dtype=x.dtype))
+        else:
+            res = _UNARY[name](x)
+        return _into(res, out)
+
+    def binary(self, name: str, a: mx.array, la: Layout, b: mx.array, lb: Layout,
+               out: mx.array | None = None) -> mx.array:
+        return _into(_BINARY[name](_view(a, la), _view(b, lb)), out)
+
+    def scalar(self, name: str, a: mx.array, la: Layout, value, reverse: bool = False,
+               out: mx.array | None = None) -> mx.array:
+        x = _view(a, la)
+        # arithmetic keeps the array's dtype (value converted, as NumPy's a.dtype.type(value));
+        # comparisons see the exact Python number
+        other = value if name in _COMPARE else mx.array(value, dtype=x.dtype)
+        res = _BINARY[name](other, x) if reverse else _BINARY[name](x, other)
+        return _into(res, out)
+
+    def where(self, c: mx.array, lc: Layout, a: mx.array, la: Layout, b: mx.array, lb: Layout) -> mx.array:
+        return _flat(mx.where(_view(c, lc), _view(a, la), _view(b, lb)))
+
+    def cast(self, a: mx.array, la: Layout, dtype: DType) -> mx.array:
+        return _flat(_view(a, la).astype(_mx_dtype(dtype, "cast")))
+
+    # 9. reductions -----------------------------------------------------------------------------
+    def reduce(self, name: str, a: mx.array, la: Layout, axes: tuple[int, ...]) -> mx.array:
+        x = _view(a, la)
+        axes = list(axes)
+        if name == "sum":
+            res = mx.sum(x, axis=axes, keepdims=True)
+            if not mx.issubdtype(a.dtype, mx.floating):  # integer and bool sums are i64, as on CPU
+                res = res.astype(mx.int64)
+        elif name == "max":
+            res = mx.max(x, axis=axes, keepdims=True)
+        elif name == "min":
+            res = mx.min(x, axis=axes, keepdims=True)
+        elif name == "argmax":
+            (axis,) = axes
+            res = mx.argmax(x, axis=axis, keepdims=True).astype(mx.int64)
+        else:
+            raise ValueError(f"unknown reduction {name!r}")
+        return _flat(res)
+
+    # 10. matmul --------------------------------------------------------------------------------
+    def matmul(self, a: mx.array, la: Layout, b: mx.array, lb: Layout) -> mx.array:
+        return _flat(mx.matmul(_view(a, la), _view(b, lb)))
+
+    # 11-12. indexing ---------------------------------------------------------------------------
+    def index_select(self, a: mx.array, la: Layout, dim: int, idx: mx.array, lidx: Layout) -> mx.array:
+        index = _checked_index(_view(idx, lidx), la.shape[dim], "index_select")
+        return _flat(mx.take(_view(a, la), index, axis=dim))
+
+    def index_add(self, shape: tuple[int, ...], dtype: DType, dim: int, idx: mx.array, lidx: Layout,
+                  src: mx.array, lsrc: Layout) -> mx.array:
+        index = _checked_index(_view(idx, lidx), shape[dim], "index_add")
+        # index (n,) placed at `dim` of the source grid shape[:dim] + (n,) + shape[dim+1:]
+        grid_index = index.reshape([-1 if d == dim else 1 for d in range(len(shape))])
+        positions = _scatter_positions(shape, dim, grid_index)
+        return self._scatter_add(shape, dtype, positions, _view(src, lsrc))
+
+    def gather(self, a: mx.array, la: Layout, dim: int, idx: mx.array, lidx: Layout) -> mx.array:
+        index = _checked_index(_view(idx, lidx), la.shape[dim], "gather")
+        x = _view(a, la)
+        # torch.gather allows an index smaller than the input along the other dims
+        x = x[tuple(slice(None) if d == dim else slice(0, s) for d, s in enumerate(lidx.shape))]
+        return _flat(mx.take_along_axis(x, index, axis=dim))
+
+    def scatter_add(self, shape: tuple[int, ...], dtype: DType, dim: int, idx: mx.array, lidx: Layout,
+                    src: mx.array, lsrc: Layout) -> mx.array:
+        index = _checked_index(_view(idx, lidx), shape[dim], "scatter_add")
+        positions = _scatter_positions(shape, dim, index)
+        return self._scatter_add(shape, dtype, positions, _view(src, lsrc))
+
+    def _scatter_add(self, shape: tuple[int, ...], dtype: DType, positions: mx.array, values: mx.array) -> mx.array:
+        """zeros(prod(shape)) with values[k] added at positions[k] (repeats accumulate)."""
+        numel = int(np.prod(shape))
+        values = mx.broadcast_to(values, positions.shape)
+        res = mx.zeros((numel,), _mx_dtype(dtype, "scatter_add"))
+        return res.at[_flat(positions)].add(_flat(values).astype(res.dtype))
+
+    # 13. copy ----------------------------------------------------------------------------------
+    def copy(self, src: mx.array, lsrc: Layout, dst: mx.array, ldst: Layout) -> None:
+        """Write the (broadcastable) view of src into the view `ldst` of dst, in place.
+
+        A contiguous destination is one slice assignment; a strided one scatters to the flat
+        positions of its elements, which are `as_strided` applied to a range of positions.
+        """
+        if ldst.numel == 0:
+            return
+        values = mx.broadcast_to(_view(src, lsrc), ldst.shape).astype(dst.dtype)
+        if ldst.is_contiguous():
+            dst[ldst.offset:ldst.offset + ldst.numel] = _flat(values)
+            return
+        span = mx.arange(ldst.offset, ldst.offset + ldst.span(), dtype=mx.int64)
+        positions = mx.as_strided(span, ldst.shape, ldst.strides, 0)
+        dst[_flat(positions)] = _flat(values)
+
+    # 14-17. fused kernels ----------------------------------------------------------------------
+    def softmax(self, a: mx.array, la: Layout, log: bool) -> mx.array:
+        x = _view(a, la)
+        if log:
+            return _flat(x - mx.logsumexp(x, axis=-1, keepdims=True))
+        return _flat(mx.softmax(x, axis=-1, precise=True))
+
+    def softmax_backward(self, y: mx.array, g: mx.array, shape: tuple[int, ...], log: bool) -> mx.array:
+        y, g = y.reshape(shape), g.reshape(shape)
+        if log:  # d/dx log_softmax: g - softmax * sum(g)
+            res = g - mx.exp(y) * mx.sum(g, axis=-1, keepdims=True)
+        else:  # d/dx softmax: y * (g - sum(g * y))
+            res = y * (g - mx.sum(g * y, axis=-1, keepdims=True))
+        return _flat(res)
+
+    def cross_entropy(self, logits: mx.array, targets: mx.array, n: int, c: int, ignore_index: int,
+                      label_smoothing: float) -> tuple[float, int, mx.array]:
+        """Computed in f32 for f16/bf16 logits (the gradient is cast back to the logits' dtype)."""
+        compute = mx.float32 if logits.dtype in (mx.float16, mx.bfloat16) else logits.dtype
+        x = logits.reshape(n, c).astype(compute)
+        valid = targets != ignore_index
+        safe_targets = mx.where(valid, targets, 0)
+        count, low, high = np.array(mx.stack([mx.sum(valid).astype(mx.int64), mx.min(safe_targets),
+                                              mx.max(safe_targets)])).tolist() if n else (0, 0, 0)
+        if count and (low < 0 or high >= c):
+            raise IndexError(f"cross_entropy: target out of range for {c} classes on device mps "
+                             f"(got values in [{low}, {high}])")
+        peak = mx.max(x, axis=1, keepdims=True)
+        shifted = mx.exp(x - peak)
+        sums = mx.sum(shifted, axis=1, keepdims=True)
+        one_hot = (mx.arange(c)[None, :] == safe_targets[:, None]).astype(compute)  # (n, c)
+        # loss_i = logsumexp(x_i) - (1-s) x_i[t] - s * mean(x_i)
+        lse = (mx.log(sums) + peak)[:, 0]
+        picked = mx.sum(x * one_hot, axis=1)
+        per_row = lse - (1.0 - label_smoothing) * picked
+        if label_smoothing:
+            per_row = per_row - label_smoothing * mx.mean(x, axis=1)
+        loss_sum = mx.sum(mx.where(valid, per_row, 0.0))
+        # dloss_i/dx_i = softmax_i - (1-s) one_hot(t) - s/C, divided by the count for the mean
+        scale = 1.0 / max(count, 1)
+        grad = shifted * (scale / sums) - one_hot * ((1.0 - label_smoothing) * scale)
+        if label_smoothing:
+            grad = grad - label_smoothing * scale / c
+        grad = mx.where(valid[:, None], grad, 0.0).astype(logits.dtype)
+        mx.eval(loss_sum, grad)  # the loss is returned as a Python number: evaluate both together
+        return float(loss_sum.item()), int(count), _flat(grad)
+
+    def rmsnorm(self, x: mx.array, w: mx.array, rows: int, d: int, eps: float) -> tuple[mx.array, mx.array]:
+        """y through MLX's fused rms_norm; the per-row 1/rms is kept for the backward."""
+        xv = x.reshape(rows, d)
+        xf = xv.astype(mx.float32) if xv.dtype != mx.float64 else xv
+        rstd = mx.rsqrt(mx.mean(xf * xf, axis=1) + eps).astype(x.dtype)  # (rows,)
+        y = mx.fast.rms_norm(xv, w, eps)
+        return _flat(y), rstd
+
+    def rmsnorm_backward(self, g: mx.array, x: mx.array, w: mx.array, rstd: mx.array, rows: int,
+                         d: int) -> tuple[mx.array, mx.array]:
+        compute = mx.float64 if x.dtype == mx.float64 else mx.float32
+        gv = g.reshape(rows, d).astype(compute)
+        xhat = x.reshape(rows, d).astype(compute) * rstd.astype(compute)[:, None]
+        gw = mx.sum(gv * xhat, axis=0)
+        gxhat = gv * w.astype(compute)
+        # dx = rstd * (gxhat - xhat * mean(gxhat * xhat))
+        proj = mx.mean(gxhat * xhat, axis=1, keepdims=True)
+        gx = (gxhat - xhat * proj) * rstd.astype(compute)[:, None]
+        return _flat(gx.astype(x.dtype)), gw.astype(w.dtype)
+
+    def adamw_step(self, param: mx.array, grad: mx.array, m: mx.array, v: mx.array, lr: float,
+                   beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
+        """Update param, m and v in place (slice assignment rebinds each buffer's data), then
+        evaluate them, so every training step ends with concrete buffers and a fresh graph."""
+        if on_gpu():
+            new_param, new_m, new_v = mlx_kernels.adamw_metal(param, grad, m, v, lr, beta1, beta2, eps,
+                                                               weight_decay, step)
+        else:
+            new_param, new_m, new_v = mlx_kernels.adamw_reference(param, grad, m, v, lr, beta1, beta2, eps,
+                                                                   weight_decay, step)
+        param[:] = new_param
+        m[:] = new_m
+        v[:] = new_v
+        mx.eval(param, m, v)
