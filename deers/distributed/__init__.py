@@ -1,0 +1,17 @@
+"""Data-parallel training across processes: MPI for CPU tensors, NCCL (through CuPy) for CUDA tensors.
+
+    import deers.distributed as dist
+    dist.init()                                   # mpirun -n 2 python train.py  (or alone: world of 1)
+    dist.broadcast_parameters(model.parameters())
+    grads = loss.backward()
+    dist.all_reduce_grads(model.parameters(), grads)
+    if dist.is_main(): print(...)
+
+Importing this package needs neither mpi4py nor CuPy; `init()` needs mpi4py (the extra
+`deers[distributed]`) and CUDA collectives need CuPy. See docs/distributed.md.
+"""
+from .comm import (DistributedUnavailable, ProcessGroup, all_reduce, all_reduce_array, barrier, broadcast,
+                   broadcast_array, broadcast_object, group, init, is_initialized, is_main, local_rank, rank,
+                   world_size)
+from .ddp import (DEFAULT_BUCKET_BYTES, Bucket, all_reduce_grads, broadcast_parameters, job_tokens_per_second,
+                  plan_buckets, seed_for_rank, shard_batch)
