@@ -12,8 +12,10 @@ import numpy as np
 
 from .backend import backend_for
 from .device import Device
-from .dtype import DType, bool_
+from .dtype import DType, bool_, i64
 from .layout import Layout, broadcast_shapes
+
+COMPARISONS = frozenset(("eq", "ne", "lt", "le", "gt", "ge"))  # binary ops whose result is a bool mask
 
 
 class NDArray:
@@ -110,12 +112,21 @@ class NDArray:
         self.backend.copy(self.buffer, self.layout, out, Layout(self.shape))
         return self._new(out, self.shape)
 
+    def is_dense(self) -> bool:
+        """Contiguous, starting at offset 0 and covering the whole buffer (a fresh result's shape)."""
+        return self.layout.offset == 0 and self.backend_size() == self.numel and self.layout.is_contiguous()
+
+    def dense(self) -> "NDArray":
+        """This array when it is dense, otherwise a copy that is (a buffer of its own, exactly numel)."""
+        return self if self.is_dense() else self.copy()
+
+    def copy(self) -> "NDArray":
+        """A dense copy with a buffer of its own."""
+        return self._new(self.backend.cast(self.buffer, self.layout, self.dtype), self.shape)
+
     def contiguous_buffer(self):
         """A flat buffer holding exactly this array's elements in row-major order."""
-        a = self.compact()
-        if a.layout.offset == 0 and a.backend_size() == a.numel:
-            return a.buffer
-        return a.backend.cast(a.buffer, a.layout, a.dtype)
+        return self.dense().buffer
 
     def backend_size(self) -> int:
         return int(self.buffer.size)
@@ -131,12 +142,11 @@ class NDArray:
             shape = broadcast_shapes(a.shape, b.shape)
             a, b = a.broadcast_to(shape), b.broadcast_to(shape)
         res = self.backend.binary(name, a.buffer, a.layout, b.buffer, b.layout)
-        return self._new(res, a.shape, bool_ if name in ("eq", "ne", "lt", "le", "gt", "ge") else None)
+        return self._new(res, a.shape, bool_ if name in COMPARISONS else None)
 
     def scalar(self, name: str, value, reverse: bool = False) -> "NDArray":
         res = self.backend.scalar(name, self.buffer, self.layout, value, reverse)
-        compare = name in ("eq", "ne", "lt", "le", "gt", "ge")
-        return self._new(res, self.shape, bool_ if compare else None)
+        return self._new(res, self.shape, bool_ if name in COMPARISONS else None)
 
     def where(self, a: "NDArray", b: "NDArray") -> "NDArray":
         """self (a boolean mask) ? a : b, broadcasting the three."""
@@ -150,15 +160,14 @@ class NDArray:
         return self._new(self.backend.cast(self.buffer, self.layout, dtype), self.shape, dtype)
 
     def reduce(self, name: str, axes: tuple[int, ...], keepdim: bool) -> "NDArray":
+        """sum/max/min/argmax over `axes`; sums of integers or bools and argmax give i64."""
         res = self.backend.reduce(name, self.buffer, self.layout, axes)
-        kept = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
-        out = self._new(res, kept, None)
-        if name == "argmax":
-            from .dtype import i64
-            out.dtype = i64
-        if not keepdim:
-            out = out._with_layout(Layout(tuple(s for i, s in enumerate(self.shape) if i not in axes)))
-        return out
+        if keepdim:
+            shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
+        else:
+            shape = tuple(s for i, s in enumerate(self.shape) if i not in axes)
+        integral = name == "argmax" or (name == "sum" and not self.dtype.is_float)
+        return self._new(res, shape, i64 if integral else None)
 
     def sum(self, axes: tuple[int, ...] | None = None, keepdim: bool = False) -> "NDArray":
         return self.reduce("sum", tuple(range(self.ndim)) if axes is None else axes, keepdim)

@@ -19,9 +19,16 @@ class Op:
 
     forward(*arrays) -> NDArray computes the result and saves on `self` what backward needs.
     backward(out_grad) -> one NDArray (or None for "no gradient") per forward input.
+    `needs_input_grad` (set by `apply` before forward when the op is recorded) says which inputs
+    want a gradient, so backward can skip work for the others (PyTorch's ctx.needs_input_grad).
     """
 
     name = "op"
+    needs_input_grad: tuple[bool, ...] | None = None  # None: not recorded, treat every input as needed
+
+    def needs(self, i: int) -> bool:
+        """Whether input `i` wants a gradient."""
+        return self.needs_input_grad is None or self.needs_input_grad[i]
 
     def forward(self, *inputs: NDArray) -> NDArray:
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -135,13 +142,21 @@ def topo_sort(root) -> list:
 
 
 def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> Grads:
-    """Propagate `out_grad` from `root` to every leaf that requires grad, into `grads`."""
+    """Propagate `out_grad` from `root` to every leaf that requires grad, into `grads`.
+
+    A leaf's gradient is stored dense (contiguous, offset 0, its own buffer) and never shares a
+    buffer with another leaf's or with `out_grad`: optimizers may read and scale it in place.
+    """
     pending: dict[int, NDArray] = {id(root): out_grad}
+    claimed = {id(out_grad.buffer)}  # buffers already handed out; a second claimant gets a copy
     for node in reversed(topo_sort(root)):
         grad = pending.pop(id(node), None)
         if grad is None:
             continue
         if node._op is None:
+            if id(grad.buffer) in claimed or not grad.is_dense():
+                grad = grad.copy()
+            claimed.add(id(grad.buffer))
             grads.accumulate(node, grad)
             continue
         input_grads = node._op.backward(grad)

@@ -19,8 +19,12 @@ from .errors import DTypeError, ShapeError, describe
 
 def apply(op: Op, *inputs: "Tensor") -> "Tensor":
     """Run `op` on the inputs' arrays; record it in the graph when any input requires grad."""
+    needs = tuple(t.requires_grad for t in inputs)
+    record = grad_mode.enabled and any(needs)
+    if record:
+        op.needs_input_grad = needs  # backward may skip inputs that want no gradient
     out = op.forward(*[t.data for t in inputs])
-    if grad_mode.enabled and any(t.requires_grad for t in inputs):
+    if record:
         return Tensor(out, requires_grad=True, _op=op, _inputs=inputs)
     return Tensor(out)
 
@@ -29,7 +33,7 @@ class Tensor:
     """An n-d array on a device that can record the operations applied to it."""
 
     __slots__ = ("data", "requires_grad", "_op", "_inputs", "__weakref__")
-    __array_priority__ = 1000  # so `numpy_scalar * tensor` defers to Tensor.__rmul__
+    __array_ufunc__ = None  # so `numpy_value * tensor` defers to Tensor.__rmul__ instead of looping
 
     def __init__(self, data: "NDArray | Tensor", requires_grad: bool = False, _op: Op | None = None,
                  _inputs: tuple = ()):
@@ -94,6 +98,11 @@ class Tensor:
 
     def tolist(self):
         return self.numpy().tolist()
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """np.asarray(tensor): a host copy of the values."""
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
 
     def __float__(self) -> float:
         return float(self.item())

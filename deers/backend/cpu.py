@@ -122,13 +122,16 @@ class CPUBackend:
         return np.where(_view(c, lc), _view(a, la), _view(b, lb)).reshape(-1)
 
     def cast(self, a: np.ndarray, la: Layout, dtype: DType) -> np.ndarray:
-        return np.ascontiguousarray(_view(a, la)).astype(dtype.numpy).reshape(-1)
+        return _view(a, la).astype(dtype.numpy, order="C").reshape(-1)  # one copy, row-major
 
     # 9. reductions -----------------------------------------------------------------------------
     def reduce(self, name: str, a: np.ndarray, la: Layout, axes: tuple[int, ...]) -> np.ndarray:
         x = _view(a, la)
-        if name == "sum":
-            res = np.sum(x, axis=axes, keepdims=True, dtype=a.dtype if a.dtype.kind == "f" else None)
+        if name == "sum" and a.dtype.itemsize < 4 and a.dtype.kind not in "biu":
+            # f16 / bf16: accumulate in f32 like PyTorch, round once at the end
+            res = np.sum(x, axis=axes, keepdims=True, dtype=np.float32).astype(a.dtype)
+        elif name == "sum":
+            res = np.sum(x, axis=axes, keepdims=True, dtype=a.dtype if a.dtype.kind == "f" else np.int64)
         elif name == "max":
             res = np.max(x, axis=axes, keepdims=True)
         elif name == "min":
@@ -144,6 +147,8 @@ class CPUBackend:
     def matmul(self, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout) -> np.ndarray:
         x, y = _view(a, la), _view(b, lb)
         out_shape = la.shape[:-1] + (lb.shape[-1],)
+        if a.dtype.itemsize < 4:  # f16 / bf16: NumPy has no half GEMM; compute in f32, round once
+            return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(a.dtype).reshape(-1)
         res = np.empty(int(np.prod(out_shape)), a.dtype)
         np.matmul(x, y, out=res.reshape(out_shape))
         return res
@@ -169,7 +174,9 @@ class CPUBackend:
     def gather(self, a: np.ndarray, la: Layout, dim: int, idx: np.ndarray, lidx: Layout) -> np.ndarray:
         index = _view(idx, lidx)
         _check_index(index, la.shape[dim], "gather")
-        return np.ascontiguousarray(np.take_along_axis(_view(a, la), index % la.shape[dim], axis=dim)).reshape(-1)
+        # like torch.gather, the index may be smaller than the input along the other dims
+        x = _view(a, la)[tuple(slice(None) if d == dim else slice(0, s) for d, s in enumerate(lidx.shape))]
+        return np.ascontiguousarray(np.take_along_axis(x, index, axis=dim)).reshape(-1)
 
     def scatter_add(self, shape: tuple[int, ...], dtype: DType, dim: int, idx: np.ndarray, lidx: Layout,
                     src: np.ndarray, lsrc: Layout) -> np.ndarray:
@@ -188,6 +195,8 @@ class CPUBackend:
     # 14-17. fused kernels ----------------------------------------------------------------------
     def softmax(self, a: np.ndarray, la: Layout, log: bool) -> np.ndarray:
         x = _view(a, la)
+        if a.dtype.itemsize < 4:  # f16 / bf16: compute in f32, round once
+            return self.softmax(x.astype(np.float32).reshape(-1), Layout(la.shape), log).astype(a.dtype)
         res = np.empty(la.numel, a.dtype)
         out = res.reshape(la.shape)
         np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
@@ -199,6 +208,9 @@ class CPUBackend:
         return res
 
     def softmax_backward(self, y: np.ndarray, g: np.ndarray, shape: tuple[int, ...], log: bool) -> np.ndarray:
+        if y.dtype.itemsize < 4:  # f16 / bf16: compute in f32, round once
+            res = self.softmax_backward(y.astype(np.float32), g.astype(np.float32), shape, log)
+            return res.astype(y.dtype)
         y, g = y.reshape(shape), g.reshape(shape)
         if log:  # d/dx log_softmax: g - softmax * sum(g)
             res = g - np.exp(y) * g.sum(axis=-1, keepdims=True)

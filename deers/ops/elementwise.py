@@ -3,12 +3,13 @@ view on each input that needs one; its backward sums the gradient back (deers/op
 no op here has to un-broadcast anything itself."""
 from __future__ import annotations
 
-from numbers import Number
+import math
+from numbers import Integral, Number
 
 from ..array import NDArray
 from ..autograd import Op
 from ..device import Device
-from ..dtype import DType, default_float
+from ..dtype import DType, bool_, default_float, i64
 from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor, apply
@@ -39,10 +40,18 @@ def broadcast_pair(name: str, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _scalar_operand(name: str, t: Tensor, value) -> Tensor:
-    """An int tensor meeting a float scalar is promoted to the default float type, like PyTorch."""
-    if isinstance(value, float) and not t.dtype.is_float:
+    """Type promotion with a Python number, like PyTorch: an int or bool tensor meeting a
+    non-integer number becomes the default float type; a bool tensor in arithmetic becomes i64."""
+    if t.dtype.is_float:
+        return t
+    if not isinstance(value, Integral):
         return cast(t, default_float())
-    return t
+    return cast(t, i64) if t.dtype is bool_ else t
+
+
+def _check_operand(name: str, value) -> None:
+    if not isinstance(value, (Tensor, Number)):
+        raise TypeError(f"{name}: expected a Tensor or a Python number, got {type(value).__name__}")
 
 
 # ---- unary ---------------------------------------------------------------------------------------
@@ -125,7 +134,7 @@ class Mul(Op):
         return a * b
 
     def backward(self, g):  # d(ab) = (b, a)
-        return g * self.b, g * self.a
+        return (g * self.b if self.needs(0) else None), (g * self.a if self.needs(1) else None)
 
 
 class Div(Op):
@@ -137,7 +146,7 @@ class Div(Op):
 
     def backward(self, g):  # d(a/b) = (1/b, -a/b^2)
         gb = g / self.b
-        return gb, -(gb * self.a / self.b)
+        return gb, (-(gb * self.a / self.b) if self.needs(1) else None)
 
 
 class Pow(Op):
@@ -149,7 +158,9 @@ class Pow(Op):
         return self.out
 
     def backward(self, g):  # d a^b = (b a^(b-1), a^b log a)
-        return g * self.b * (self.a ** (self.b - 1.0)), g * self.out * self.a.log()
+        da = g * self.b * (self.a ** (self.b - 1.0)) if self.needs(0) else None
+        db = g * self.out * self.a.log() if self.needs(1) else None
+        return da, db
 
 
 class Maximum(Op):
@@ -163,11 +174,12 @@ class Maximum(Op):
     def backward(self, g):  # the larger (smaller) operand gets the gradient; ties split it evenly
         dtype = g.dtype
         first = (self.a.binary("gt" if self.name == "maximum" else "lt", self.b)).cast(dtype)
-        tie = self.a.binary("eq", self.b).cast(dtype) * 0.5
-        return g * (first + tie), g * (1.0 - first - tie)
+        share = first + self.a.binary("eq", self.b).cast(dtype) * 0.5  # a's share of g: 1, 1/2 or 0
+        return g * share, (g * (1.0 - share) if self.needs(1) else None)
 
 
 def _binary(op: Op, a: Tensor, b: Tensor) -> Tensor:
+    _check_operand(op.name, b)
     a, b = broadcast_pair(op.name, a, b)
     return apply(op, a, b)
 
@@ -180,11 +192,12 @@ def add(a: Tensor, b) -> Tensor:
 
 def sub(a: Tensor, b) -> Tensor:
     if isinstance(b, Number):
-        return apply(ScalarOp("add", -b), _scalar_operand("sub", a, b))
+        return apply(ScalarOp("sub", b), _scalar_operand("sub", a, b))
     return _binary(Sub(), a, b)
 
 
 def rsub(a: Tensor, value) -> Tensor:
+    _check_operand("rsub", value)
     return apply(ScalarOp("sub", value, reverse=True), _scalar_operand("sub", a, value))
 
 
@@ -197,11 +210,12 @@ def mul(a: Tensor, b) -> Tensor:
 def div(a: Tensor, b) -> Tensor:
     require_float("div", a)
     if isinstance(b, Number):
-        return apply(ScalarOp("mul", 1.0 / b), a)
+        return apply(ScalarOp("div", b), a)
     return _binary(Div(), a, b)
 
 
 def rdiv(a: Tensor, value) -> Tensor:
+    _check_operand("rdiv", value)
     require_float("div", a)
     return apply(ScalarOp("div", value, reverse=True), a)
 
@@ -214,6 +228,7 @@ def pow(a: Tensor, exponent) -> Tensor:
 
 
 def rpow(a: Tensor, base) -> Tensor:
+    _check_operand("rpow", base)
     require_float("pow", a)
     return apply(ScalarOp("pow", base, reverse=True), a)
 
@@ -242,22 +257,22 @@ class ScalarOp(Op):
         return self.out
 
     def backward(self, g):
-        c, a = self.value, self.a
-        if self.name == "add":  # d(x + c) = 1
+        c, a, name = self.value, self.a, self.name
+        if name == "add":  # d(x + c) = 1
             return (g,)
-        if self.name == "mul":  # d(cx) = c
+        if name == "mul":  # d(cx) = c
             return (g * c,)
-        if self.name == "sub":  # d(c - x) = -1
-            return (-g,)
-        if self.name == "div":  # d(c / x) = -c / x^2
-            return (g * (self.out / a) * -1.0,)
-        if self.name == "pow" and not self.reverse:  # d x^c = c x^(c-1)
+        if name == "sub":  # d(x - c) = 1, d(c - x) = -1
+            return (-g if self.reverse else g,)
+        if name == "div" and not self.reverse:  # d(x / c) = 1/c
+            return (g / c,)
+        if name == "div":  # d(c / x) = -c / x^2 = -(c/x) / x
+            return (-(g * self.out / a),)
+        if name == "pow" and not self.reverse:  # d x^c = c x^(c-1)
             return (g * (a ** (c - 1.0)) * c,)
-        if self.name == "pow":  # d c^x = c^x log c
-            import math
-
+        if name == "pow":  # d c^x = c^x log c
             return (g * self.out * math.log(c),)
-        raise NotImplementedError(self.name)
+        raise NotImplementedError(f"ScalarOp has no derivative for {name}")
 
 
 class Clamp(Op):
@@ -272,7 +287,8 @@ class Clamp(Op):
             out = out.scalar("maximum", self.low)
         if self.high is not None:
             out = out.scalar("minimum", self.high)
-        self.inside = (out.binary("eq", a)).cast(a.dtype)
+        if self.needs(0):
+            self.inside = out.binary("eq", a).cast(a.dtype)
         return out
 
     def backward(self, g):  # gradient passes where x was inside [low, high]
@@ -301,7 +317,9 @@ class Where(Op):
 
     def backward(self, g):  # the gradient flows to whichever side was picked
         zero = NDArray.full((), 0, g.dtype, g.device)
-        return None, self.c.where(g, zero), self.c.where(zero, g)
+        ga = self.c.where(g, zero) if self.needs(1) else None
+        gb = self.c.where(zero, g) if self.needs(2) else None
+        return None, ga, gb
 
 
 def where(condition: Tensor, a, b) -> Tensor:

@@ -1,8 +1,11 @@
 """Reductions over explicit dims (int, tuple, or None for all) and the softmax family."""
 from __future__ import annotations
 
+import math
+
+from ..array import NDArray
 from ..autograd import Op
-from ..errors import DTypeError, describe
+from ..errors import ShapeError, describe
 from ..layout import normalize_dim
 from ..tensor import Tensor, apply
 from .elementwise import require_float
@@ -41,7 +44,7 @@ def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     count = 1
     for a in axes:
         count *= x.shape[a]
-    return sum(x, axes, keepdim) * (1.0 / count if count else 1.0)  # not max(): shadowed by the op below
+    return sum(x, axes, keepdim) * (1.0 / count if count else math.nan)  # the mean of nothing is nan
 
 
 class Max(Op):
@@ -85,6 +88,7 @@ class LogSumExp(Op):
     def forward(self, a):
         self.a = a
         peak = a.reduce("max", self.axes, keepdim=True)
+        peak = peak.scalar("eq", -math.inf).where(NDArray.full((), 0.0, a.dtype, a.device), peak)  # all -inf
         self.out_kept = (a - peak).exp().reduce("sum", self.axes, keepdim=True).log() + peak
         return self.out_kept if self.keepdim else self.out_kept.reshape(
             tuple(s for i, s in enumerate(a.shape) if i not in self.axes))
@@ -120,7 +124,7 @@ def _softmax(x: Tensor, dim, log: bool) -> Tensor:
 
     require_float("log_softmax" if log else "softmax", x)
     if x.ndim == 0:
-        raise DTypeError(f"softmax: needs at least one dim, got {describe(x)}")
+        raise ShapeError(f"{'log_softmax' if log else 'softmax'}: needs at least one dim, got {describe(x)}")
     if not isinstance(dim, int):  # several dims: compose from logsumexp
         shifted = x - logsumexp(x, dim, keepdim=True)
         return shifted if log else shifted.exp()
