@@ -1,7 +1,7 @@
 """deers.download against a local HTTP server: full download, resume, Range ignored, bad checksum, offline."""
 import hashlib
-import re
 import os
+import re
 
 import pytest
 
