@@ -23,7 +23,7 @@ class LocalServer:
         self.drop_after = dict(drop_after or {})
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header) per GET
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)  # quick shutdown
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
