@@ -102,20 +102,20 @@ def _checked_index(index: mx.array, size: int, op: str) -> mx.array:
     return mx.where(index < 0, index + size, index)
 
 
-def _scatter_positions(shape: tuple[int, ...], dim: int, index: mx.array) -> mx.array:
+def _scatter_positions(shape: tuple[int, ...], dim: int, index: mx.array, grid: tuple[int, ...]) -> mx.array:
     """Flat positions in a contiguous `shape` array of every element of a scatter along `dim`.
 
-    `index` broadcasts against the source grid; coordinate `dim` comes from it and every other
-    coordinate is the source element's own, so position = sum_d coord_d * stride_d.
+    The source elements form the `grid`; `index` broadcasts against it. Coordinate `dim` comes
+    from the index and every other coordinate is the source element's own, so
+    position = sum_d coord_d * stride_d (shape `grid`).
     """
     ndim = len(shape)
-    grid_shape = list(index.shape)
     strides = Layout(shape).strides
-    positions = index.astype(mx.int64) * strides[dim]
+    positions = mx.broadcast_to(index.astype(mx.int64) * strides[dim], grid)
     for d in range(ndim):
-        if d == dim or grid_shape[d] == 1:
+        if d == dim or grid[d] == 1:
             continue
-        coord = mx.arange(grid_shape[d], dtype=mx.int64).reshape([-1 if k == d else 1 for k in range(ndim)])
+        coord = mx.arange(grid[d], dtype=mx.int64).reshape([-1 if k == d else 1 for k in range(ndim)])
         positions = positions + coord * strides[d]
     return positions
 
@@ -240,7 +240,7 @@ class MLXBackend:
         index = _checked_index(_view(idx, lidx), shape[dim], "index_add")
         # index (n,) placed at `dim` of the source grid shape[:dim] + (n,) + shape[dim+1:]
         grid_index = index.reshape([-1 if d == dim else 1 for d in range(len(shape))])
-        positions = _scatter_positions(shape, dim, grid_index)
+        positions = _scatter_positions(shape, dim, grid_index, lsrc.shape)
         return self._scatter_add(shape, dtype, positions, _view(src, lsrc))
 
     def gather(self, a: mx.array, la: Layout, dim: int, idx: mx.array, lidx: Layout) -> mx.array:
@@ -253,7 +253,7 @@ class MLXBackend:
     def scatter_add(self, shape: tuple[int, ...], dtype: DType, dim: int, idx: mx.array, lidx: Layout,
                     src: mx.array, lsrc: Layout) -> mx.array:
         index = _checked_index(_view(idx, lidx), shape[dim], "scatter_add")
-        positions = _scatter_positions(shape, dim, index)
+        positions = _scatter_positions(shape, dim, index, lidx.shape)
         return self._scatter_add(shape, dtype, positions, _view(src, lsrc))
 
     def _scatter_add(self, shape: tuple[int, ...], dtype: DType, positions: mx.array, values: mx.array) -> mx.array:

@@ -1,0 +1,401 @@
+"""The "mps" backend (MLX) against the CPU oracle: every op forward and backward, on contiguous,
+permuted, narrowed and broadcast (stride-0) inputs, in f32, f16, bf16 and f64; plus device moves,
+IndexError on bad indices, seeding, in-place writes (copy, set_data, adamw_step) and the fused
+kernels. On Linux this runs MLX's CPU build; on a Mac the same tests run on the Apple GPU.
+
+The reference is the CPU backend in f32 (f64 for f64) on the same values rounded to the tested
+dtype, so low-precision tolerances measure only the mps computation's own rounding.
+"""
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+
+import deers  # noqa: E402
+from deers.array import NDArray  # noqa: E402
+from deers.backend import backend_for  # noqa: E402
+from deers.layout import Layout  # noqa: E402
+from deers.ops.attention import apply_rope, masked_softmax  # noqa: E402
+from deers.ops.norm import rms_norm  # noqa: E402
+from helpers import make_input  # noqa: E402
+
+MPS = deers.Device.MPS
+LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d is not None]
+# (atol, rtol) of mps vs the CPU oracle, per dtype of the mps computation. f64 is loose on purpose:
+# MLX stores f64 but computes exp, sin, cos and sigmoid in it only to about f32 accuracy.
+TOL = {"f32": (2e-5, 2e-5), "f64": (2e-6, 2e-6), "f16": (1e-2, 1e-2), "bf16": (6e-2, 3e-2)}
+
+
+def F(*shape, low=-2.0, high=2.0):
+    """A float input of `shape` drawn uniformly from [low, high)."""
+    return ("float", shape, low, high)
+
+
+def _inputs(specs, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(s[2], s[3], s[1]) if isinstance(s, tuple) and s[0] == "float" else np.asarray(s)
+            for s in specs]
+
+
+IDX = np.array([4, 0, 4, 2], np.int64)
+MASK = np.array([[True, False, True, False]])
+OPS = {
+    # unary
+    "neg": (lambda x: -x, [F(3, 4)]),
+    "exp": (lambda x: x.exp(), [F(3, 4)]),
+    "log": (lambda x: x.log(), [F(3, 4, low=0.2)]),
+    "sqrt": (lambda x: x.sqrt(), [F(3, 4, low=0.2)]),
+    "rsqrt": (lambda x: x.rsqrt(), [F(3, 4, low=0.2)]),
+    "sin": (lambda x: x.sin(), [F(3, 4)]),
+    "cos": (lambda x: x.cos(), [F(3, 4)]),
+    "tanh": (lambda x: x.tanh(), [F(3, 4)]),
+    "sigmoid": (lambda x: x.sigmoid(), [F(3, 4)]),
+    "relu": (lambda x: x.relu(), [F(3, 4)]),
+    "abs": (lambda x: x.abs(), [F(3, 4)]),
+    "square": (lambda x: x.square(), [F(3, 4)]),
+    # binary, broadcasting
+    "add": (lambda a, b: a + b, [F(3, 4), F(4)]),
+    "sub": (lambda a, b: a - b, [F(2, 3, 4), F(3, 1)]),
+    "mul": (lambda a, b: a * b, [F(3, 1), F(1, 4)]),
+    "div": (lambda a, b: a / b, [F(3, 4), F(3, 4, low=0.5)]),
+    "pow": (lambda a, b: a ** b, [F(3, 4, low=0.5), F(3, 4)]),
+    "maximum": (lambda a, b: a.maximum(b), [F(3, 4), F(3, 4)]),
+    "minimum": (lambda a, b: a.minimum(b), [F(3, 4), F(4)]),
+    # with a Python number
+    "scalar add": (lambda x: x + 2.5, [F(3, 4)]),
+    "scalar rsub": (lambda x: 2.0 - x, [F(3, 4)]),
+    "scalar mul": (lambda x: x * 3.0, [F(3, 4)]),
+    "scalar div": (lambda x: x / 4.0, [F(3, 4)]),
+    "scalar rdiv": (lambda x: 1.0 / x, [F(3, 4, low=0.5)]),
+    "powf": (lambda x: x.powf(3.0), [F(3, 4)]),
+    "rpow": (lambda x: 2.0 ** x, [F(3, 4)]),
+    "clamp": (lambda x: x.clamp(-0.5, 0.5), [F(3, 4)]),
+    # selection
+    "where": (lambda a, b: deers.where(a > 0, a, b), [F(3, 4), F(4)]),
+    "masked_fill": (lambda x, m: x.masked_fill(m, -5.0), [F(3, 4), MASK]),
+    # reductions and the softmax family
+    "sum dim": (lambda x: x.sum(1), [F(3, 4)]),
+    "sum all": (lambda x: x.sum(), [F(2, 3, 4)]),
+    "sum dims keepdim": (lambda x: x.sum((0, 2), keepdim=True), [F(2, 3, 4)]),
+    "mean": (lambda x: x.mean(-1), [F(2, 3, 4)]),
+    "max dim": (lambda x: x.max(1), [F(3, 4)]),
+    "min dims": (lambda x: x.min((0, 1)), [F(3, 4, 2)]),
+    "max all": (lambda x: x.max(), [F(3, 4)]),
+    "logsumexp": (lambda x: x.logsumexp(1), [F(3, 4)]),
+    "softmax last": (lambda x: x.softmax(-1), [F(2, 3, 5)]),
+    "softmax dim 0": (lambda x: x.softmax(0), [F(3, 4)]),
+    "log_softmax": (lambda x: x.log_softmax(-1), [F(3, 5)]),
+    # matmul
+    "matmul 2d": (lambda a, b: a @ b, [F(3, 4), F(4, 5)]),
+    "matmul batched": (lambda a, b: a @ b, [F(2, 3, 4), F(2, 4, 5)]),
+    "matmul broadcast batch": (lambda a, b: a @ b, [F(2, 1, 3, 4), F(3, 4, 2)]),
+    "matmul 3d @ 2d": (lambda a, b: a @ b, [F(2, 3, 4), F(4, 5)]),
+    "matvec": (lambda a, b: a @ b, [F(3, 4), F(4)]),
+    # views and copies
+    "permute compact": (lambda x: x.permute(2, 0, 1).compact() * 1.0, [F(2, 3, 4)]),
+    "reshape copy": (lambda x: x.transpose(0, 1).reshape(-1) * 1.0, [F(3, 4)]),
+    "narrow": (lambda x: x.narrow(1, 1, 2) * 2.0, [F(3, 4)]),
+    "getitem slices": (lambda x: x[1:, ::2] * 1.0, [F(3, 4)]),
+    "getitem int": (lambda x: x[..., 1] * 1.0, [F(3, 4)]),
+    "cat": (lambda a, b: deers.cat([a, b], 1), [F(3, 2), F(3, 4)]),
+    "stack": (lambda a, b: deers.stack([a, b], 0), [F(3, 4), F(3, 4)]),
+    "broadcast_to": (lambda x: x.broadcast_to(2, 3, 4) * 1.0, [F(3, 1)]),
+    # indexing
+    "index_select": (lambda x, i: x.index_select(0, i), [F(5, 3), IDX]),
+    "index_select dim 1": (lambda x, i: x.index_select(1, i), [F(3, 5), IDX]),
+    "embedding": (lambda w, i: deers.embedding(w, i), [F(5, 3), IDX.reshape(2, 2)]),
+    "getitem tensor": (lambda x, i: x[i], [F(5, 3), IDX]),
+    "gather": (lambda x, i: x.gather(1, i), [F(3, 5), np.array([[0, 4], [2, 2], [1, 0]])]),
+    # fused kernels
+    "rms_norm": (lambda x, w: rms_norm(x, w, 1e-5), [F(2, 3, 8), F(8)]),
+    "masked_softmax": (lambda s: masked_softmax(s, deers.tensor(np.triu(np.full((4, 4), -np.inf), 1),
+                                                                dtype=s.dtype, device=s.device), 0.5),
+                       [F(2, 4, 4)]),
+}
+LAYOUTS = ("contiguous", "permuted", "narrowed", "broadcast")
+
+
+def _reference_dtype(dtype: deers.DType) -> deers.DType:
+    return deers.f64 if dtype is deers.f64 else deers.f32
+
+
+def _build(array: np.ndarray, layout: str, dtype: deers.DType) -> tuple[deers.Tensor, deers.Tensor]:
+    """(cpu reference tensor, mps tensor) holding `array`; floats rounded to `dtype` first.
+
+    Float inputs get the layout; the mps tensor reuses the CPU tensor's buffer and exact Layout,
+    so mps reads the same strides and offset. Index and mask inputs stay contiguous (broadcast would
+    change their values).
+    """
+    if array.dtype.kind != "f":
+        cpu = make_input(array, "contiguous")
+        return cpu, cpu.to_device(MPS)
+    if layout == "broadcast" and array.ndim:
+        array = np.ascontiguousarray(np.broadcast_to(array[:1], array.shape))
+    rounded = array.astype(dtype.numpy)
+    on_mps = make_input(rounded, layout).data
+    mps = NDArray(backend_for(MPS).from_numpy(on_mps.buffer, dtype), on_mps.layout, dtype, MPS)
+    assert mps.layout == on_mps.layout
+    reference = make_input(rounded.astype(_reference_dtype(dtype).numpy), layout)
+    return reference.attach(), deers.Tensor(mps).attach()
+
+
+def _assert_close(mps: deers.Tensor, cpu: deers.Tensor, dtype: deers.DType, what: str) -> None:
+    assert mps.device == MPS, f"{what}: result on {mps.device}"
+    assert mps.shape == cpu.shape, f"{what}: shape {mps.shape} vs {cpu.shape}"
+    if cpu.dtype.is_float:
+        assert mps.dtype is dtype, f"{what}: dtype {mps.dtype} vs {dtype}"
+    else:
+        assert mps.dtype is cpu.dtype, f"{what}: dtype {mps.dtype} vs {cpu.dtype}"
+    atol, rtol = TOL[dtype.name]
+    got, expected = mps.numpy(), cpu.numpy()
+    if cpu.dtype.is_float:
+        got, expected = got.astype(np.float64), expected.astype(np.float64)
+        np.testing.assert_allclose(got, expected, atol=atol, rtol=rtol, err_msg=what)
+    else:
+        np.testing.assert_array_equal(got, expected, err_msg=what)
+
+
+def check_against_cpu(name: str, layout: str, dtype: deers.DType) -> None:
+    """Run OPS[name] on cpu and mps inputs; compare the forward and every input's gradient."""
+    fn, specs = OPS[name]
+    arrays = _inputs(specs)
+    pairs = [_build(a, layout, dtype) for a in arrays]
+    cpu_inputs, mps_inputs = [p[0] for p in pairs], [p[1] for p in pairs]
+    cpu_out, mps_out = fn(*cpu_inputs), fn(*mps_inputs)
+    _assert_close(mps_out, cpu_out, dtype, f"{name} [{layout}, {dtype.name}] forward")
+    seed = np.random.default_rng(1).standard_normal(cpu_out.shape).astype(dtype.numpy)
+    cpu_grads = cpu_out.backward(deers.tensor(seed.astype(cpu_out.dtype.numpy), dtype=cpu_out.dtype))
+    mps_grads = mps_out.backward(deers.tensor(seed, dtype=dtype, device=MPS))
+    for i, (cpu_in, mps_in) in enumerate(zip(cpu_inputs, mps_inputs)):
+        if cpu_in.requires_grad:
+            _assert_close(mps_grads[mps_in], cpu_grads[cpu_in], dtype, f"{name} [{layout}, {dtype.name}] grad {i}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", list(OPS))
+def test_op_f32_matches_cpu(name, layout):
+    check_against_cpu(name, layout, deers.f32)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION + [deers.f64], ids=lambda d: d.name)
+@pytest.mark.parametrize("name", list(OPS))
+def test_op_other_dtypes_match_cpu(name, dtype):
+    check_against_cpu(name, "permuted", dtype)
+
+
+# ---- comparisons, argmax, casts (no gradient) ------------------------------------------------------
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_comparisons_and_argmax(layout):
+    (a_cpu, a_mps), (b_cpu, b_mps) = [_build(a, layout, deers.f32) for a in _inputs([F(3, 4), F(4)])]
+    for fn in (lambda a, b: a < b, lambda a, b: a >= b, lambda a, b: a == a, lambda a, b: a != b,
+               lambda a, b: a > 0.5, lambda a, b: a.le(0.0), lambda a, b: a.argmax(1), lambda a, b: a.argmax()):
+        mps, cpu = fn(a_mps, b_mps), fn(a_cpu, b_cpu)
+        assert mps.dtype is cpu.dtype and mps.device == MPS
+        np.testing.assert_array_equal(mps.numpy(), cpu.numpy())
+
+
+def test_casts_between_every_dtype():
+    values = np.array([[-2.5, -1.0, 0.0], [0.5, 1.75, 3.0]])
+    dtypes = [deers.f32, deers.f16, deers.f64, deers.i64, deers.bool_] + LOW_PRECISION[1:]
+    for source in dtypes:
+        x_cpu = deers.tensor(values, dtype=source)
+        x_mps = x_cpu.to_device(MPS)
+        for target in dtypes:
+            got, expected = x_mps.T.to_dtype(target), x_cpu.T.to_dtype(target)  # a strided source
+            assert got.dtype is target and got.device == MPS
+            np.testing.assert_array_equal(got.numpy(), expected.numpy(), err_msg=f"{source} -> {target}")
+
+
+def test_integer_and_bool_arithmetic_keep_their_dtype():
+    x = deers.tensor([[3, -2], [0, 7]], device=MPS)
+    assert (x + 2).dtype is deers.i64 and (x * x).dtype is deers.i64
+    np.testing.assert_array_equal((x * x + 2).numpy(), [[11, 6], [2, 51]])
+    assert x.sum().item() == 8 and x.sum().dtype is deers.i64
+    mask = deers.tensor([True, False, True], device=MPS)
+    assert mask.data.reduce("sum", (0,), False).numpy() == 2
+
+
+# ---- device moves -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [deers.f32, deers.f16, deers.f64, deers.i64, deers.bool_] + LOW_PRECISION[1:],
+                         ids=lambda d: d.name)
+def test_move_round_trip_is_exact(dtype):
+    values = (np.arange(12).reshape(3, 4) - 5.5).astype(dtype.numpy)
+    x = deers.tensor(values, dtype=dtype)
+    on_mps = x.to_device("mps")
+    assert on_mps.device == MPS and on_mps.dtype is dtype
+    back = on_mps.permute(1, 0).to_device("cpu")
+    assert back.device == deers.Device.CPU
+    np.testing.assert_array_equal(back.numpy(), values.T)
+
+
+def test_gradient_flows_back_across_a_device_move():
+    x = deers.Var(deers.tensor([[1.0, -2.0], [3.0, 0.5]]))
+    grads = (x.to_device("mps").square() * 3.0).sum().backward()
+    assert grads[x].device == deers.Device.CPU
+    np.testing.assert_allclose(grads[x].numpy(), 6.0 * x.numpy())
+
+
+def test_mixing_devices_raises():
+    with pytest.raises(deers.DeviceError, match="different devices"):
+        deers.ones(2) + deers.ones(2, device="mps")
+
+
+# ---- out-of-range indices raise IndexError ------------------------------------------------------------
+def test_out_of_range_indices_raise_index_error():
+    x = deers.randn(4, 3, device=MPS)
+    for bad in ([0, 4], [-5]):
+        index = deers.tensor(bad, device=MPS)
+        with pytest.raises(IndexError, match="index_select"):
+            x.index_select(0, index)
+        with pytest.raises(IndexError, match="gather"):
+            x.gather(0, index.reshape(-1, 1))
+    backend = backend_for(MPS)
+    idx = backend.from_numpy(np.array([0, 7]), deers.i64)
+    src = backend.from_numpy(np.ones((2, 3)), deers.f32)
+    with pytest.raises(IndexError, match="index_add"):
+        backend.index_add((4, 3), deers.f32, 0, idx, Layout((2,)), src, Layout((2, 3)))
+    with pytest.raises(IndexError, match="scatter_add"):
+        backend.scatter_add((4, 3), deers.f32, 1, idx, Layout((2, 1)), src, Layout((2, 1)))
+
+
+def test_negative_indices_wrap_like_the_cpu_backend():
+    x = deers.tensor(np.arange(12.0).reshape(4, 3))
+    index = deers.tensor([-1, 0, -4])
+    np.testing.assert_array_equal(x.to_device(MPS).index_select(0, index.to_device(MPS)).numpy(),
+                                  x.index_select(0, index).numpy())
+
+
+# ---- random numbers ------------------------------------------------------------------------------------
+def test_manual_seed_makes_every_draw_reproducible():
+    def draw():
+        return [deers.randn(3, 4, device=MPS).numpy(), deers.rand(5, device=MPS, dtype=deers.f16).numpy(),
+                deers.randint(0, 10, (6,), device=MPS).numpy()]
+
+    deers.manual_seed(123)
+    first = draw()
+    deers.manual_seed(123)
+    second = draw()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], deers.randn(3, 4, device=MPS).numpy())  # the state moved on
+    assert first[2].dtype == np.int64 and first[2].min() >= 0 and first[2].max() < 10
+    assert 0.0 <= first[1].min() and first[1].max() <= 1.0
+
+
+def test_rng_state_round_trip_and_sample_statistics():
+    deers.manual_seed(7)
+    state = deers.get_rng_state()
+    assert "mps" in state
+    a = deers.randn(20000, device=MPS).numpy()
+    deers.set_rng_state(state)
+    np.testing.assert_array_equal(deers.randn(20000, device=MPS).numpy(), a)
+    assert abs(a.mean()) < 0.05 and abs(a.std() - 1.0) < 0.05
+    u = deers.rand(20000, device=MPS).numpy()
+    assert abs(u.mean() - 0.5) < 0.02 and u.min() >= 0.0 and u.max() < 1.0
+
+
+# ---- in-place writes: copy, set_data, adamw_step --------------------------------------------------------
+def test_copy_writes_into_a_strided_view_in_place():
+    backend = backend_for(MPS)
+    dst = backend.full(12, 0.0, deers.f32)
+    held = dst  # another holder of the same buffer object, as every NDArray view is
+    src = backend.from_numpy(np.array([1.0, 2.0, 3.0]), deers.f32)
+    target = Layout((3, 4)).permute((1, 0)).narrow(0, 1, 2)  # (2, 3) strided view, offset 1
+    backend.copy(src, Layout((3,)).broadcast_to((2, 3)), dst, target)  # a broadcast source
+    expected = np.zeros((3, 4))
+    expected[:, 1:3] = np.array([1.0, 2.0, 3.0])[:, None]
+    np.testing.assert_array_equal(np.array(held).reshape(3, 4), expected)
+
+
+def test_var_set_data_is_seen_by_views_and_keeps_the_buffer():
+    w = deers.Var(deers.zeros(2, 3, device=MPS))
+    view = w.T  # shares the buffer
+    buffer = w.data.buffer
+    w.set_data(deers.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))  # from the CPU, moved by set_data
+    assert w.data.buffer is buffer
+    np.testing.assert_array_equal(view.numpy(), [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]])
+
+
+def test_adamw_step_updates_buffers_in_place_like_the_cpu_backend():
+    rng = np.random.default_rng(0)
+    param, grad, m, v = (rng.standard_normal(50).astype(np.float32) for _ in range(4))
+    v = np.abs(v)
+    cpu = [a.copy() for a in (param, grad, m, v)]
+    backend = backend_for(MPS)
+    mps = [backend.from_numpy(a, deers.f32) for a in (param, grad, m, v)]
+    before = mps[0]
+    earlier_result = mps[0] * 1.0  # computed (lazily) before the update: must keep the old values
+    for step in (1, 2, 3):
+        backend_for("cpu").adamw_step(*cpu, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        backend.adamw_step(*mps, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+    assert mps[0] is before
+    for got, expected in zip(mps, cpu):
+        np.testing.assert_allclose(np.array(got), expected, atol=1e-6, rtol=1e-5)
+    np.testing.assert_array_equal(np.array(earlier_result), param)
+
+
+@pytest.mark.skipif(not mx.metal.is_available(), reason="the Metal kernel runs only on the Apple GPU")
+def test_adamw_metal_kernel_matches_its_reference():
+    from deers.backend import mlx_kernels
+
+    rng = np.random.default_rng(0)
+    param, grad, m, v = (mx.array(rng.standard_normal(1000).astype(np.float32)) for _ in range(4))
+    v = mx.abs(v)
+    got = mlx_kernels.adamw_metal(param, grad, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, 3)
+    expected = mlx_kernels.adamw_reference(param, grad, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, 3)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-6, rtol=1e-5)
+
+
+# ---- fused cross-entropy primitive, RoPE --------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [deers.f32] + LOW_PRECISION, ids=lambda d: d.name)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_primitive_matches_cpu(dtype, smoothing):
+    n, c = 6, 7
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n, c)).astype(dtype.numpy)
+    targets = np.array([0, 6, -100, 3, 3, 1], np.int64)
+    cpu = backend_for("cpu").cross_entropy(logits.astype(np.float32).reshape(-1), targets, n, c, -100, smoothing)
+    backend = backend_for(MPS)
+    got = backend.cross_entropy(backend.from_numpy(logits, dtype), backend.from_numpy(targets, deers.i64),
+                                n, c, -100, smoothing)
+    atol, rtol = TOL[dtype.name]
+    assert got[1] == cpu[1] == 5
+    assert isinstance(got[0], float)
+    np.testing.assert_allclose(got[0], cpu[0], rtol=1e-5)  # computed in f32 whatever the dtype
+    assert got[2].dtype == backend.from_numpy(logits[:1], dtype).dtype
+    np.testing.assert_allclose(backend.to_numpy(got[2], Layout((n * c,))).astype(np.float64), cpu[2],
+                               atol=atol, rtol=rtol)
+    with pytest.raises(IndexError, match="cross_entropy"):
+        backend.cross_entropy(backend.from_numpy(logits, dtype), backend.from_numpy(targets + 7, deers.i64),
+                              n, c, -93, smoothing)
+
+
+def test_rope_matches_cpu():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)  # (B, nh, T, hd)
+    angle = np.arange(4)[:, None] * np.tile(10000.0 ** (-np.arange(3) / 3), 2)[None, :]
+    tables = [np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)]
+    outs, grads = [], []
+    for device in ("cpu", "mps"):
+        xt = deers.tensor(x, device=device).permute(0, 2, 1, 3).attach()  # a non-contiguous input
+        cos, sin = (deers.tensor(t, device=device) for t in tables)
+        y = apply_rope(xt.permute(0, 2, 1, 3), cos, sin)
+        outs.append(y.numpy())
+        grads.append(((y * y).sum()).backward()[xt].numpy())
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(grads[1], grads[0], atol=1e-5, rtol=1e-5)
+
+
+# ---- f64 on the Apple GPU is refused with a clear error ----------------------------------------------------
+def test_f64_is_refused_when_mlx_runs_on_the_gpu(monkeypatch):
+    from deers.backend import mlx as mlx_backend
+
+    monkeypatch.setattr(mlx_backend, "on_gpu", lambda: True)
+    backend = backend_for(MPS)
+    with pytest.raises(deers.DTypeError, match="from_numpy: f64 .* mps"):
+        backend.from_numpy(np.zeros(3), deers.f64)
+    with pytest.raises(deers.DTypeError, match="cast: f64"):
+        backend.cast(backend.full(3, 1.0, deers.f32), Layout((3,)), deers.f64)
+    with pytest.raises(deers.DTypeError, match="randn: f64"):
+        backend.randn(3, deers.f64)
