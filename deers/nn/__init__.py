@@ -1,0 +1,19 @@
+"""Neural-network building blocks: Module, ParamStore and its path builder, layers, activations.
+
+    from deers.nn import ParamStore, Module, Linear, Embedding, RMSNorm, ReLU, Sequential
+    model = Sequential(Linear(784, 256), ReLU(), Linear(256, 10))     # PyTorch style
+    store = ParamStore(device="cpu"); vb = store.root()
+    fc = Linear(768, 3072, bias=False, vb=vb.pp("blocks").pp(0).pp("mlp").pp("fc"), init=Normal(0.0, 0.02))
+"""
+from .activations import GELU, Dropout, ReLU, SiLU, dropout, gelu, silu
+from .containers import ModuleList, Sequential
+from .layers import Embedding, LayerNorm, Linear, RMSNorm
+from .module import LoadResult, Module, StateDictError
+from .params import Constant, Init, Normal, ParamPath, ParamStore, Uniform, kaiming_uniform
+
+__all__ = [
+    "Module", "ModuleList", "Sequential", "StateDictError", "LoadResult",
+    "ParamStore", "ParamPath", "Init", "Normal", "Uniform", "Constant", "kaiming_uniform",
+    "Linear", "Embedding", "RMSNorm", "LayerNorm",
+    "ReLU", "GELU", "SiLU", "Dropout", "gelu", "silu", "dropout",
+]

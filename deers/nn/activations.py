@@ -1,0 +1,127 @@
+"""Parameter-free layers: ReLU, GELU (tanh approximation or exact), SiLU, Dropout.
+
+The exact GELU needs erf, which is not a backend primitive, so it is one Op here whose forward
+evaluates erf with the Abramowitz-Stegun 7.1.26 formula (absolute error below 1.5e-7, under f32
+rounding) and whose backward uses the exact derivative Phi(x) + x phi(x).
+"""
+from __future__ import annotations
+
+import math
+
+from ..array import NDArray
+from ..autograd import Op
+from ..creation import rand
+from ..ops.elementwise import require_float
+from ..tensor import Tensor, apply
+from .module import Module
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+# Abramowitz & Stegun 7.1.26: erf(z) ~ 1 - (a1 t + ... + a5 t^5) exp(-z^2), t = 1 / (1 + p z), z >= 0
+_AS_P = 0.3275911
+_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def _erf(z: NDArray) -> NDArray:
+    """erf(z) for every element (odd symmetry handles z < 0)."""
+    magnitude = z.unary("abs")
+    t = 1.0 / (magnitude * _AS_P + 1.0)
+    poly = t * _AS_A[4]
+    for coefficient in reversed(_AS_A[:4]):  # Horner: t (a1 + t (a2 + t (a3 + t (a4 + t a5))))
+        poly = (poly + coefficient) * t
+    tail = poly * (-(magnitude * magnitude)).exp()
+    return z.sign() * (1.0 - tail)
+
+
+class GeluExact(Op):
+    """y = x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2, the normal CDF."""
+
+    name = "gelu"
+
+    def forward(self, a):
+        self.a = a
+        self.cdf = (_erf(a * _INV_SQRT_2) + 1.0) * 0.5
+        return a * self.cdf
+
+    def backward(self, g):  # d x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi)
+        a = self.a
+        density = (a * a * -0.5).exp() * _INV_SQRT_2PI
+        return (g * (self.cdf + a * density),)
+
+
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """GELU like torch.nn.functional.gelu: exact (erf) or approximate="tanh"."""
+    require_float("gelu", x)
+    if approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        inner = (x + x * x * x * 0.044715) * _SQRT_2_OVER_PI
+        return x * 0.5 * (inner.tanh() + 1.0)
+    if approximate != "none":
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return apply(GeluExact(), x)
+
+
+def silu(x: Tensor) -> Tensor:
+    """x * sigmoid(x)."""
+    return x * x.sigmoid()
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (identity when not training).
+
+    The mask comes from deers' generator on x's device, so deers.manual_seed makes it reproducible.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    keep = (rand(*x.shape, dtype=x.dtype, device=x.device) >= p).to_dtype(x.dtype)  # (x.shape) of 0/1
+    return x * (keep * (1.0 / (1.0 - p)))
+
+
+class ReLU(Module):
+    """max(x, 0)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.relu()
+
+
+class GELU(Module):
+    """GELU, exact by default; GELU(approximate="tanh") for the GPT-2 tanh approximation."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return gelu(x, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(Module):
+    """x * sigmoid(x) (also called swish)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return silu(x)
+
+
+class Dropout(Module):
+    """Dropout(p): active in training mode, the identity after .eval()."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

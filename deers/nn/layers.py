@@ -1,0 +1,129 @@
+"""Layers with parameters: Linear, Embedding, RMSNorm, LayerNorm.
+
+Each takes an optional path builder `vb` (see deers.nn.params). With one, its Vars are created in
+that ParamStore under the path ("blocks.0.mlp.fc.weight"); without one (PyTorch style,
+`Linear(784, 256)`) the layer makes a private store and its parameters are named by the
+attributes of the modules that hold it.
+"""
+from __future__ import annotations
+
+from ..device import Device
+from ..dtype import DType
+from ..errors import ShapeError, describe
+from ..ops.indexing import embedding
+from ..tensor import Tensor
+from .module import Module
+from .params import Constant, Init, Normal, ParamPath, ParamStore, kaiming_uniform
+
+
+def _path(vb: ParamPath | None, device: "Device | str | None", dtype: "DType | str | None") -> ParamPath:
+    """The caller's path, or the root of a private store on (device, dtype)."""
+    if vb is not None:
+        if device is not None or dtype is not None:
+            raise ValueError("give either vb= (which fixes device and dtype) or device=/dtype=, not both")
+        return vb
+    return ParamStore(device=device, dtype=dtype or "f32").root()
+
+
+class Linear(Module):
+    """y = x @ W^T + b with W of shape (out_features, in_features), as in PyTorch.
+
+    Default init is PyTorch's: W and b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)) (Kaiming
+    uniform with a = sqrt(5)). Pass `init=Normal(0.0, 0.02)` for GPT-style weights; with an
+    explicit `init` the bias starts at zero unless `bias_init` says otherwise.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, vb: ParamPath | None = None,
+                 init: Init | None = None, bias_init: Init | None = None,
+                 device: "Device | str | None" = None, dtype: "DType | str | None" = None):
+        super().__init__()
+        vb = _path(vb, device, dtype)
+        self.in_features, self.out_features = in_features, out_features
+        default = kaiming_uniform(in_features)
+        self.weight = vb.get((out_features, in_features), "weight", init=init or default)
+        if bias:
+            self.bias = vb.get((out_features,), "bias",
+                               init=bias_init or (default if init is None else Constant(0.0)))
+        else:
+            self.bias = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"Linear({self.in_features}, {self.out_features}): input {describe(x)} "
+                             f"must end in {self.in_features}")
+        y = x @ self.weight.T  # (..., in) @ (in, out) -> (..., out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A lookup table (num_embeddings, embedding_dim): ids of shape (...) -> vectors (..., dim).
+
+    Default init N(0, 1) as in PyTorch; GPT uses `init=Normal(0.0, 0.02)`.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, vb: ParamPath | None = None,
+                 init: Init | None = None, device: "Device | str | None" = None,
+                 dtype: "DType | str | None" = None):
+        super().__init__()
+        vb = _path(vb, device, dtype)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = vb.get((num_embeddings, embedding_dim), "weight", init=init or Normal(0.0, 1.0))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return embedding(self.weight, ids)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class RMSNorm(Module):
+    """RMSNorm(x) = x / sqrt(mean(x^2, last dim) + eps) * weight, weight initialised to 1."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, vb: ParamPath | None = None,
+                 device: "Device | str | None" = None, dtype: "DType | str | None" = None):
+        super().__init__()
+        vb = _path(vb, device, dtype)
+        self.dim, self.eps = dim, eps
+        self.weight = vb.get((dim,), "weight", init=Constant(1.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_last_dim("RMSNorm", x, self.dim)
+        mean_square = (x * x).mean(dim=-1, keepdim=True)  # (..., 1)
+        return x * (mean_square + self.eps).rsqrt() * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+class LayerNorm(Module):
+    """LayerNorm(x) = (x - mean) / sqrt(var + eps) * weight + bias over the last dim (biased var)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True, vb: ParamPath | None = None,
+                 device: "Device | str | None" = None, dtype: "DType | str | None" = None):
+        super().__init__()
+        vb = _path(vb, device, dtype)
+        self.dim, self.eps = dim, eps
+        self.weight = vb.get((dim,), "weight", init=Constant(1.0))
+        self.bias = vb.get((dim,), "bias", init=Constant(0.0)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_last_dim("LayerNorm", x, self.dim)
+        centered = x - x.mean(dim=-1, keepdim=True)  # (..., dim)
+        variance = (centered * centered).mean(dim=-1, keepdim=True)  # (..., 1)
+        y = centered * (variance + self.eps).rsqrt() * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+def _check_last_dim(name: str, x: Tensor, dim: int) -> None:
+    if x.ndim == 0 or x.shape[-1] != dim:
+        raise ShapeError(f"{name}({dim}): input {describe(x)} must end in {dim}")

@@ -1,0 +1,184 @@
+"""Optimizer: the base class of SGD and AdamW (parameter groups, per-parameter state, state dicts).
+
+An optimizer holds its parameters in groups (each group a dict of hyper-parameters plus
+"params") and, for each parameter, a small dict of state: arrays on the parameter's device shaped
+like it (e.g. "exp_avg") and plain numbers (e.g. "step"). `step_with_grads(grads)` updates every
+parameter that has a gradient in place, on its own buffer, so the Var objects (and their ids)
+never change and no graph is recorded.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..array import NDArray
+from ..autograd import Grads, no_grad
+from ..errors import DeviceError, ShapeError, describe
+from ..layout import Layout
+from ..tensor import Tensor, Var
+
+
+class Optimizer:
+    """Base class: subclasses set `defaults` and implement `_update(param, grad, group, state)`."""
+
+    def __init__(self, params: "Iterable[Var] | Iterable[dict]", defaults: dict[str, Any]):
+        self.defaults = dict(defaults)
+        self.groups: list[dict[str, Any]] = _make_groups(params, self.defaults)
+        self.params: list[Var] = [p for group in self.groups for p in group["params"]]
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError(f"{type(self).__name__}: a parameter appears more than once")
+        for p in self.params:
+            _make_flat(p)
+        self.state: list[dict[str, Any]] = [{} for _ in self.params]  # one dict per parameter, in order
+
+    # ---- the update ------------------------------------------------------------------------------
+    def step_with_grads(self, grads: Grads) -> None:
+        """Update every parameter that has a gradient in `grads`, in place (parameters without one are skipped)."""
+        with no_grad():
+            index = 0
+            for group in self.groups:
+                for p in group["params"]:
+                    grad = grads.array(p)
+                    if grad is not None:
+                        self._update(p, _grad_for(p, grad), group, self.state[index])
+                    index += 1
+
+    def step(self, grads: Grads) -> None:
+        """Alias of `step_with_grads`."""
+        self.step_with_grads(grads)
+
+    def _update(self, param: Var, grad: NDArray, group: dict[str, Any], state: dict[str, Any]) -> None:
+        raise NotImplementedError(type(self).__name__)
+
+    # ---- learning rate -----------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The learning rate of the first group (all groups share it unless set per group)."""
+        return self.groups[0]["lr"]
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every group (what a schedule calls each step)."""
+        for group in self.groups:
+            group["lr"] = float(lr)
+
+    # ---- state dicts -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot: {"type", "groups": [hyper-parameters + "params" indices], "state": {index: {slot: value}}}.
+
+        Array slots are NumPy copies shaped like their parameter; numbers stay numbers.
+        """
+        groups, index = [], 0
+        for group in self.groups:
+            entry = {k: v for k, v in group.items() if k != "params"}
+            entry["params"] = list(range(index, index + len(group["params"])))
+            index += len(group["params"])
+            groups.append(entry)
+        state = {}
+        for i, slots in enumerate(self.state):
+            if slots:
+                state[i] = {k: (v.numpy() if isinstance(v, NDArray) else v) for k, v in slots.items()}
+        return {"type": type(self).__name__, "groups": groups, "state": state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore hyper-parameters and per-parameter state saved by `state_dict` (checked for fit)."""
+        name = type(self).__name__
+        if state_dict.get("type") not in (None, name):
+            raise ValueError(f"{name}.load_state_dict: the state belongs to a {state_dict['type']}")
+        groups = state_dict["groups"]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.groups]:
+            raise ValueError(f"{name}.load_state_dict: parameter groups do not match "
+                             f"(saved sizes {[len(g['params']) for g in groups]}, "
+                             f"this optimizer {[len(g['params']) for g in self.groups]})")
+        new_state: list[dict[str, Any]] = [{} for _ in self.params]
+        for key, slots in state_dict["state"].items():
+            i = int(key)
+            if not 0 <= i < len(self.params):
+                raise ValueError(f"{name}.load_state_dict: state for parameter {i}, but there are {len(self.params)}")
+            param = self.params[i]
+            for slot, value in slots.items():
+                if isinstance(value, (np.ndarray, Tensor, NDArray)):
+                    value = _state_array(param, value, f"{name}.load_state_dict: parameter {i} slot {slot!r}")
+                new_state[i][slot] = value
+        for group, saved in zip(self.groups, groups):
+            group.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k != "params"})
+        self.state = new_state
+
+    def __repr__(self) -> str:
+        hyper = ", ".join(f"{k}={v}" for k, v in self.groups[0].items() if k != "params")
+        return f"{type(self).__name__}({len(self.params)} parameters, {hyper})"
+
+
+def _make_groups(params, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """Accept Vars, a Module or ParamStore (anything with .parameters()), or PyTorch-style group dicts."""
+    if hasattr(params, "parameters") and callable(params.parameters):
+        params = params.parameters()
+    params = list(params)
+    if params and all(isinstance(p, dict) for p in params):
+        groups = []
+        for spec in params:
+            unknown = set(spec) - set(defaults) - {"params"}
+            if unknown:
+                raise ValueError(f"parameter group has unknown options {sorted(unknown)}; known: {sorted(defaults)}")
+            group = dict(defaults)
+            group.update({k: v for k, v in spec.items() if k != "params"})
+            group["params"] = _check_vars(list(spec["params"]))
+            groups.append(group)
+        return groups
+    group = dict(defaults)
+    group["params"] = _check_vars(params)
+    return [group]
+
+
+def _check_vars(params: list) -> list[Var]:
+    for p in params:
+        if not isinstance(p, Tensor) or not p.requires_grad or not p.is_leaf:
+            raise TypeError(f"optimizers update Vars (trainable leaf tensors), got {type(p).__name__}"
+                            + (f" {describe(p)}" if isinstance(p, Tensor) else ""))
+    return params
+
+
+def _make_flat(p: Var) -> None:
+    """Give `p` its own contiguous buffer starting at 0, so fused updates can run on the flat buffer."""
+    data = p.data
+    if data.is_contiguous() and data.layout.offset == 0 and data.backend_size() == data.numel:
+        return
+    p.data = NDArray(data.contiguous_buffer(), Layout(data.shape), data.dtype, data.device, data.backend)
+
+
+def _grad_for(p: Var, grad: NDArray) -> NDArray:
+    """The gradient as a contiguous array of the parameter's shape, dtype and device."""
+    if grad.shape != p.shape:
+        raise ShapeError(f"optimizer: gradient of shape {grad.shape} for a parameter {describe(p)}")
+    if grad.device != p.device:
+        raise DeviceError(f"optimizer: gradient on {grad.device} for a parameter {describe(p)}")
+    grad = grad.cast(p.dtype)
+    return NDArray(grad.contiguous_buffer(), Layout(p.shape), p.dtype, p.device, p.data.backend)
+
+
+def zeros_like_param(p: Var) -> NDArray:
+    """A zero state buffer shaped like `p` on its device."""
+    return NDArray.full(p.shape, 0, p.dtype, p.device)
+
+
+def copy_array(a: NDArray) -> NDArray:
+    """A fresh contiguous copy of `a` (state must never alias a gradient or a parameter)."""
+    out = NDArray(a.backend.empty(a.numel, a.dtype), Layout(a.shape), a.dtype, a.device, a.backend)
+    a.backend.copy(a.buffer, a.layout, out.buffer, out.layout)
+    return out
+
+
+def write_into(p: Var, value: NDArray) -> None:
+    """Overwrite the parameter's buffer with `value` (same shape), keeping the Var and its buffer."""
+    p.data.backend.copy(value.buffer, value.layout, p.data.buffer, p.data.layout)
+
+
+def _state_array(p: Var, value, where: str) -> NDArray:
+    if isinstance(value, Tensor):
+        value = value.data
+    array = value.numpy() if isinstance(value, NDArray) else np.asarray(value)
+    if tuple(array.shape) != p.shape:
+        raise ShapeError(f"{where}: shape {tuple(array.shape)} does not match the parameter {describe(p)}")
+    return NDArray.from_numpy(array, p.dtype, p.device)
