@@ -31,8 +31,9 @@ def read_tokens(path: "str | Path") -> tuple[np.ndarray, bool]:
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = np.frombuffer(f.read(12), dtype="<i4")
-    if size >= HEADER_BYTES and len(head) == 3 and head[0] == HEADER_MAGIC:
+        first = f.read(12)
+    head = np.frombuffer(first, dtype="<i4") if len(first) == 12 else np.zeros(3, "<i4")  # magic, version, count
+    if size >= HEADER_BYTES and head[0] == HEADER_MAGIC:
         version, count = int(head[1]), int(head[2])
         if version != HEADER_VERSION:
             raise TokenFileError(f"{path}: llm.c header version {version} is not supported "
