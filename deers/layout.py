@@ -86,6 +86,12 @@ class Layout:
         return Layout(self.shape[:dim] + self.shape[dim + 1:], self.strides[:dim] + self.strides[dim + 1:],
                       self.offset + index * self.strides[dim])
 
+    def unsqueeze(self, dim: int) -> "Layout":
+        """Insert a size-1 dimension at `dim` (x[..., None, ...]); its stride is never stepped."""
+        stride = self.strides[dim] * self.shape[dim] if dim < self.ndim else 1
+        return Layout(self.shape[:dim] + (1,) + self.shape[dim:], self.strides[:dim] + (stride,) + self.strides[dim:],
+                      self.offset)
+
     def reshape(self, shape: tuple[int, ...]) -> "Layout | None":
         """A view with the new shape when the strides allow it, else None (the caller copies).
 

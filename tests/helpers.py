@@ -68,7 +68,7 @@ def make_input(array: np.ndarray, layout: str, requires_grad: bool = False) -> d
 
 def _as_broadcast(array: np.ndarray) -> np.ndarray:
     """The values a stride-0 dim 0 can hold: the first row repeated."""
-    if array.ndim == 0 or array.dtype.kind == "b":
+    if array.ndim == 0:
         return array
     return np.ascontiguousarray(np.broadcast_to(array[:1], array.shape))
 
@@ -77,7 +77,7 @@ def _numpy(out) -> np.ndarray:
     return out.detach().numpy() if torch is not None and isinstance(out, torch.Tensor) else out.numpy()
 
 
-def finite_differences(fn, inputs: list[np.ndarray], seed: np.ndarray, which: list[int], eps: float = 1e-6):
+def finite_differences(fn, inputs: list[np.ndarray], seed: np.ndarray, which: list[int], eps: float):
     """d sum(fn(inputs) * seed) / d inputs[i] by central differences, for i in `which` (float64)."""
     def loss(arrays):
         return float((fn(*[deers.from_numpy(a) for a in arrays]).numpy() * seed).sum())
@@ -96,11 +96,12 @@ def finite_differences(fn, inputs: list[np.ndarray], seed: np.ndarray, which: li
 
 
 def check_op(fn, *numpy_inputs, reference=None, torch_fn=None, layouts=LAYOUTS, grad: bool = True,
-             atol: float = 1e-6, rtol: float = 1e-6, grad_atol: float = 1e-5) -> None:
+             atol: float = 1e-6, rtol: float = 1e-6, grad_atol: float = 1e-5, eps: float = 1e-6) -> None:
     """Check `fn` forward (vs `reference` and torch) and backward (vs finite differences and torch).
 
     Float inputs are cast to float64 and get gradients; integer/bool inputs (indices, masks) are
-    passed as they are. `torch_fn` replaces `fn` for PyTorch where the spelling differs.
+    passed as they are. `torch_fn` replaces `fn` for PyTorch where the spelling differs; `eps` is
+    the finite-difference step (larger when the expression rounds through a low-precision dtype).
     """
     inputs = [np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a) for a in numpy_inputs]
     float_inputs = [i for i, a in enumerate(inputs) if a.dtype.kind == "f"]
@@ -118,7 +119,7 @@ def check_op(fn, *numpy_inputs, reference=None, torch_fn=None, layouts=LAYOUTS, 
             grads = out.backward(deers.from_numpy(seed))
             analytic = {i: grads[tensors[i]].numpy() if tensors[i] in grads else np.zeros(arrays[i].shape)
                         for i in float_inputs}
-            for i, g in finite_differences(fn, arrays, seed, float_inputs).items():
+            for i, g in finite_differences(fn, arrays, seed, float_inputs, eps).items():
                 assert analytic[i].shape == arrays[i].shape
                 np.testing.assert_allclose(analytic[i], g, atol=grad_atol, rtol=1e-4,
                                            err_msg=f"[{layout}] gradient of input {i} vs finite differences")

@@ -39,12 +39,14 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         raise DTypeError(f"matmul: needs floating-point tensors, got {describe(a)}")
     if a.ndim == 0 or b.ndim == 0:
         raise ShapeError(f"matmul: operands must have at least 1 dim: {describe(a)} and {describe(b)}")
-    if a.ndim == 1:
-        return reshape(matmul(reshape(a, (1, a.shape[0])), b), b.shape[:-2] + (b.shape[-1],))
-    if b.ndim == 1:
-        return reshape(matmul(a, reshape(b, (b.shape[0], 1))), a.shape[:-1])
-    if a.shape[-1] != b.shape[-2]:
+    if a.shape[-1] != (b.shape[-2] if b.ndim > 1 else b.shape[0]):
         raise ShapeError(f"matmul: inner dims differ: {describe(a)} @ {describe(b)}")
+    if a.ndim == 1:  # a row vector (1, k); its dim is dropped from the result
+        out = matmul(reshape(a, (1, a.shape[0])), b)  # (..., 1, n) or (1, 1) when b is 1-D too
+        return reshape(out, out.shape[:-2] + out.shape[-1:]) if b.ndim > 1 else reshape(out, ())
+    if b.ndim == 1:  # a column vector (k, 1); its dim is dropped from the result
+        out = matmul(a, reshape(b, (b.shape[0], 1)))  # (..., m, 1)
+        return reshape(out, out.shape[:-1])
     if b.ndim == 2 and a.ndim > 2:
         lead = a.shape[:-1]
         flat = reshape(a, (-1, a.shape[-1]))  # (prod(lead), k)

@@ -141,13 +141,14 @@ def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
 
 
 def getitem(x: Tensor, key) -> Tensor:
-    """x[...] with ints, slices (positive step), None and Ellipsis: a view; a Tensor key: index_select."""
-    if isinstance(key, Tensor):
-        from .indexing import index_select
-
-        return index_select(x, 0, key)
+    """x[key] like PyTorch. Ints, slices (positive step), None and Ellipsis give one strided view;
+    one i64 tensor (or list of ints) index picks along its dim with index_select (negative
+    indices wrap); a bool mask covering x's leading dims picks the elements where it is true."""
     if not isinstance(key, tuple):
         key = (key,)
+    key = tuple(_index_tensor(k, x) if isinstance(k, list) else k for k in key)
+    if len(key) == 1 and isinstance(key[0], Tensor) and key[0].dtype.name == "bool":
+        return _select_mask(x, key[0])
     n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
     if n_real > x.ndim:
         raise IndexError(f"getitem: too many indices ({n_real}) for {describe(x)}")
@@ -156,46 +157,85 @@ def getitem(x: Tensor, key) -> Tensor:
         key = key[:i] + (slice(None),) * (x.ndim - n_real) + key[i + 1:]
     else:
         key = key + (slice(None),) * (x.ndim - n_real)
-    steps = []  # (kind, dim_in_input, args) applied to the layout in order
-    new_axes = []  # positions (in the output) of None
-    dim = 0
-    out_dim = 0
+    # Each step acts on the layout as it is after the steps before it: at output position `out_dim`.
+    steps = []  # (kind, out_dim, args) with kind "slice", "select" or "newaxis"
+    picked = None  # (index tensor, out_dim) for a tensor index
+    dim = out_dim = 0  # the input dim the next key reads; the output dims made so far
     for k in key:
         if k is None:
-            new_axes.append(out_dim)
+            steps.append(("newaxis", out_dim, ()))
+            out_dim += 1
+            continue
+        size = x.shape[dim]
+        if isinstance(k, Tensor):
+            if picked is not None:
+                raise IndexError(f"getitem: only one tensor index is supported, got several for {describe(x)}")
+            picked = (k, out_dim)
             out_dim += 1
         elif isinstance(k, slice):
-            start, stop, step = k.indices(x.shape[dim])
+            start, stop, step = k.indices(size)
             if step <= 0:
-                raise IndexError("getitem: slice steps must be positive")
-            length = max(0, (stop - start + step - 1) // step)
-            steps.append(("slice", dim, (start, length, step)))
-            dim += 1
+                raise IndexError(f"getitem: slice steps must be positive, got {step} for {describe(x)}")
+            steps.append(("slice", out_dim, (start, max(0, (stop - start + step - 1) // step), step)))
             out_dim += 1
         elif isinstance(k, int) or hasattr(k, "__index__"):
             k = int(k)
-            size = x.shape[dim]
             if not -size <= k < size:
                 raise IndexError(f"getitem: index {k} is out of range for dim {dim} of {describe(x)}")
-            steps.append(("select", dim, (k % size,)))
-            dim += 1
+            steps.append(("select", out_dim, (k % size,)))
         else:
-            raise TypeError(f"getitem: unsupported index {k!r}")
+            raise TypeError(f"getitem: unsupported index {k!r} for {describe(x)}")
+        dim += 1
+    if picked is not None:
+        _check_advanced_adjacent(key, x)
 
     def make_layout(layout: Layout) -> Layout:
-        removed = 0
         for kind, d, args in steps:
             if kind == "slice":
-                layout = layout.slice(d - removed, *args)
+                layout = layout.slice(d, *args)
+            elif kind == "select":
+                layout = layout.select(d, *args)
             else:
-                layout = layout.select(d - removed, *args)
-                removed += 1
+                layout = layout.unsqueeze(d)
         return layout
 
-    out = apply(View(make_layout), x)
-    for axis in new_axes:
-        out = unsqueeze(out, axis)
+    out = apply(View(make_layout), x) if steps else x
+    if picked is not None:
+        from .indexing import index_select
+
+        out = index_select(out, picked[1], picked[0])
     return out
+
+
+def _index_tensor(values: list, x: Tensor) -> Tensor:
+    """A list of ints (or bools) as an index tensor on x's device."""
+    from ..creation import tensor
+
+    return tensor(values, device=x.device)
+
+
+def _check_advanced_adjacent(key: tuple, x: Tensor) -> None:
+    """NumPy moves the picked dims to the front when ints and a tensor index are not adjacent;
+    Deers keeps the simple rule only, and says so instead of returning another layout."""
+    positions = [i for i, k in enumerate(key) if isinstance(k, Tensor) or (
+        k is not None and not isinstance(k, slice))]
+    if positions[-1] - positions[0] + 1 != len(positions):
+        raise IndexError(f"getitem: a tensor index with ints elsewhere in the key ({describe(x)}); "
+                         "index in two steps, e.g. x[i][:, idx]")
+
+
+def _select_mask(x: Tensor, mask: Tensor) -> Tensor:
+    """x[mask] for a bool mask over x's leading dims: the selected elements (or rows), in order.
+    The output size depends on the mask's values, so they are read on the host, like PyTorch."""
+    import numpy as np
+
+    from ..creation import tensor
+    from .indexing import index_select
+
+    if mask.shape != x.shape[:mask.ndim]:
+        raise IndexError(f"getitem: mask {describe(mask)} does not match the leading dims of {describe(x)}")
+    positions = tensor(np.flatnonzero(mask.numpy()), device=x.device)  # (k,) i64
+    return index_select(reshape(x, (-1,) + x.shape[mask.ndim:]), 0, positions)  # (k, *rest)
 
 
 class Compact(Op):
