@@ -137,7 +137,7 @@ def _fetch(url: str, part: Path, desc: str, timeout: float) -> None:
         expected = int(length) if length is not None else None
         total = have + expected if expected is not None else None
         received = 0
-        with open(part, "ab" if have else "wb") as f, _progress(total, have, desc) as bar:
+        with open(part, "ab" if have else "wb") as f, progress_bar(total, desc, initial=have) as bar:
             while chunk := response.read(CHUNK_BYTES):
                 f.write(chunk)
                 received += len(chunk)
@@ -184,8 +184,8 @@ class _NoBar:
         return None
 
 
-def _progress(total: int | None, initial: int, desc: str):
-    """A byte-counting tqdm bar on stderr, shown only when stderr is a terminal."""
+def progress_bar(total: int | None, desc: str, initial: int = 0):
+    """A byte-counting tqdm bar on stderr, shown only when stderr is a terminal (logs stay clean)."""
     try:
         from tqdm import tqdm
     except ImportError:

@@ -6,7 +6,7 @@ consecutive stories are separated by it and a model can be prompted with it to s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -16,18 +16,22 @@ EOT_TEXT = "<|endoftext|>"
 READ_BYTES = 1 << 22  # 4 MiB per read keeps memory flat on multi-GB files
 
 
-def iter_stories(path: "str | Path", chunk_bytes: int = READ_BYTES) -> Iterator[str]:
+def iter_stories(path: "str | Path", chunk_bytes: int = READ_BYTES,
+                 on_read: "Callable[[int], None] | None" = None) -> Iterator[str]:
     """Yield each story of a text file, stripped, skipping empty pieces.
 
     The file is split on the separator's bytes (pure ASCII, so it can never fall inside a UTF-8
     multi-byte character) and each piece is decoded on its own; bytes that are not valid UTF-8
     (e.g. a character cut at the end of a truncated file) are replaced. A last story with no
-    separator after it is still a story.
+    separator after it is still a story. `on_read(n)` is called after each read of n bytes (to
+    drive a progress bar).
     """
     separator = EOT_TEXT.encode()
     tail = b""
     with open(path, "rb") as f:
         while chunk := f.read(chunk_bytes):
+            if on_read is not None:
+                on_read(len(chunk))
             pieces = (tail + chunk).split(separator)
             tail = pieces.pop()  # may continue in the next chunk
             for piece in pieces:
