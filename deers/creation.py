@@ -6,7 +6,7 @@ from math import prod
 import numpy as np
 
 from .array import NDArray
-from .backend import backend_for, loaded_backends
+from .backend import backend_for, loaded_backends, seed_all
 from .device import Device, as_device
 from .dtype import DType, as_dtype, default_float, i64
 from .layout import Layout
@@ -108,9 +108,7 @@ def randint(low: int, high: int, shape, device=None) -> Tensor:
 def manual_seed(seed: int) -> None:
     """Seed every backend's generator and the host generator used for data order and sampling."""
     _host["rng"] = np.random.default_rng(seed)
-    backend_for("cpu")
-    for backend in loaded_backends():
-        backend.seed(seed)
+    seed_all(seed)
 
 
 def host_rng() -> np.random.Generator:

@@ -44,6 +44,7 @@ from ..device import Device, as_device
 from ..errors import BackendUnavailable
 
 _instances: dict = {}
+_last_seed: dict = {"seed": None}  # set by seed_all, so a backend created later starts seeded too
 
 
 def backend_for(device: "Device | str"):
@@ -52,8 +53,21 @@ def backend_for(device: "Device | str"):
     backend = _instances.get(device)
     if backend is None:
         backend = _create(device)
+        if _last_seed["seed"] is not None:
+            backend.seed(_last_seed["seed"])
         _instances[device] = backend
     return backend
+
+
+def seed_all(seed: int) -> None:
+    """Seed every backend created so far and, on creation, every backend created later.
+
+    `manual_seed(0)` followed by the first `randn(..., device="mps")` must be reproducible even
+    though the mps backend did not exist when the seed was set (PyTorch seeds CUDA lazily alike).
+    """
+    _last_seed["seed"] = seed
+    for backend in _instances.values():
+        backend.seed(seed)
 
 
 def _create(device: Device):
