@@ -98,7 +98,7 @@ class Layout:
         Groups old dims that are contiguous with each other (stride[i] == stride[i+1]*size[i+1]);
         each new dim must fall inside one such group, as in PyTorch's `view` rule.
         """
-        if self.is_contiguous():
+        if self.is_contiguous() or self.numel == 0:
             return Layout(shape, None, self.offset)
         old = [(s, st) for s, st in zip(self.shape, self.strides) if s != 1]
         new_strides: list[int] = []
