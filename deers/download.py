@@ -58,7 +58,7 @@ def download(urls: "list[str] | str", dest: "str | Path", sha256: str | None = N
     An existing `dest` is returned as is (only verified files are ever renamed there). Each mirror
     gets `retries` attempts; an attempt cut off midway resumes from the bytes already in
     `dest.part`. `sha256`/`md5` are of the file exactly as downloaded. `check(part_path)` may raise
-    to reject the content (e.g. "not a text file") before it is accepted. Raises `ChecksumError`
+    ValueError to reject the content (e.g. "not a text file") before it is accepted. Raises `ChecksumError`
     when the hash is wrong and `DownloadError` when every mirror failed (e.g. offline).
     """
     urls = [urls] if isinstance(urls, str) else list(urls)

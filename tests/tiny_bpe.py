@@ -45,7 +45,8 @@ def _merge(word: list[bytes], left: bytes, right: bytes) -> list[bytes]:
 
 
 def write_tiktoken_file(ranks: dict[bytes, int], path: Path) -> Path:
-    lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
+    by_rank = sorted(ranks.items(), key=lambda item: item[1])
+    lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in by_rank]
     path.write_text("\n".join(lines) + "\n")
     return path
 

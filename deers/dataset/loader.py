@@ -36,7 +36,9 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.rng = np.random.default_rng(seed if seed is not None else host_rng().integers(2**63))
+        if seed is None:  # draw from the host generator only when the order is random
+            seed = int(host_rng().integers(2**63)) if shuffle else 0
+        self.rng = np.random.default_rng(seed)
         self.epoch = 0  # epochs started before the current one
         self._batch = 0  # batches yielded in the current epoch (0 = between epochs)
         self._epoch_state = self.rng.bit_generator.state  # generator state when the current epoch began
