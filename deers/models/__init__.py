@@ -1,0 +1,4 @@
+"""Models built from deers.nn: the GPT of DESIGN.md."""
+from .gpt import GPT, GPTBlock, GPTConfig, KVCache
+
+__all__ = ["GPT", "GPTBlock", "GPTConfig", "KVCache"]

@@ -1,0 +1,255 @@
+"""A small GPT (decoder-only transformer) with RMSNorm, rotary position embeddings and a ReLU MLP.
+
+The architecture and the parameter names are fixed by DESIGN.md so that checkpoints, the PyTorch
+reference model (tests/torch_gpt.py) and outside checks line up:
+
+    wte.weight (V, D) -> per block: x + attn(norm1(x)), x + mlp(norm2(x)) -> norm_f -> lm_head (V, D)
+
+No biases anywhere; Linear weights are (out_features, in_features) like PyTorch. Shapes in the
+comments use B = batch, T = sequence length, D = n_embd, nh = n_head, hd = D / nh, V = vocab size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..autograd import no_grad
+from ..creation import host_rng, tensor
+from ..device import Device
+from ..dtype import DType, as_dtype, f32
+from ..errors import DTypeError, ShapeError, describe
+from ..loss import cross_entropy
+from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore
+from ..nn import RMSNorm as _RMSNormLayer
+from ..ops.attention import apply_rope, masked_softmax
+from ..ops.norm import rms_norm
+from ..ops.shape import cat
+from ..tensor import Tensor
+
+
+@dataclass
+class GPTConfig:
+    """Model size. The defaults are the headline TinyStories config (about 12.3M parameters with GPT-2's vocabulary)."""
+
+    vocab_size: int = 50257
+    sequence_len: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 192
+    mlp_hidden_dim: int = 768
+    rms_norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must split into n_head ({self.n_head}) heads "
+                             f"of an even size (RoPE rotates pairs)")
+
+
+class RMSNorm(_RMSNormLayer):
+    """deers.nn.RMSNorm computed by the fused kernel (deers/ops/norm.py): same parameter, same math."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rope_tables(head_dim: int, sequence_len: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of the rotary angles, each (sequence_len, head_dim), computed in float64.
+
+    inv_freq[j] = base^(-2j / hd) for j < hd/2; angle[t, j] = t * inv_freq[j]; the tables repeat
+    the hd/2 angles twice along the last dim ([c, c]) to match rotate_half.
+    """
+    inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (hd/2,)
+    angle = np.arange(sequence_len, dtype=np.float64)[:, None] * inv_freq[None, :]  # (T, hd/2)
+    angle = np.concatenate([angle, angle], axis=-1)  # (T, hd)
+    return np.cos(angle), np.sin(angle)
+
+
+class LayerCache:
+    """Keys and values of one attention layer for the positions seen so far (generation only)."""
+
+    def __init__(self):
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append this call's keys and values (B, nh, T, hd); return all of them (B, nh, S + T, hd)."""
+        if self.k is not None:
+            k = cat([self.k, k], dim=2)  # (B, nh, S + T, hd)
+            v = cat([self.v, v], dim=2)  # (B, nh, S + T, hd)
+        self.k, self.v = k, v
+        return k, v
+
+
+class KVCache:
+    """One LayerCache per block plus the number of positions already processed."""
+
+    def __init__(self, n_layer: int):
+        self.layers = [LayerCache() for _ in range(n_layer)]
+        self.length = 0
+
+
+class CausalSelfAttention(Module):
+    """Multi-head self-attention where position t sees positions s <= t only."""
+
+    def __init__(self, config: GPTConfig, vb: ParamPath):
+        super().__init__()
+        D = config.n_embd
+        self.n_head = config.n_head
+        self.head_dim = D // config.n_head
+        self.qkv = Linear(D, 3 * D, bias=False, vb=vb.pp("qkv"), init=Normal(0.0, 0.02))  # rows q, k, v
+        self.proj = Linear(D, D, bias=False, vb=vb.pp("proj"), init=Normal(0.0, 0.02))
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: LayerCache | None = None) -> Tensor:
+        B, T, D = x.shape
+        nh, hd = self.n_head, self.head_dim
+        qkv = self.qkv(x)  # (B, T, 3D)
+        q = qkv.narrow(2, 0, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = qkv.narrow(2, D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        v = qkv.narrow(2, 2 * D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        q = apply_rope(q, cos, sin)  # x * cos + rotate_half(x) * sin
+        k = apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.extend(k, v)  # (B, nh, S, hd) with S = positions cached + T
+        scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
+        att = masked_softmax(scores, mask, scale=1.0 / math.sqrt(hd))  # -inf mask where s > t; (B, nh, T, S)
+        y = att @ v  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, nh, hd) -> (B, T, D)
+        return self.proj(y)
+
+
+class MLP(Module):
+    """proj(relu(fc(x))): D -> mlp_hidden_dim -> D."""
+
+    def __init__(self, config: GPTConfig, vb: ParamPath):
+        super().__init__()
+        self.fc = Linear(config.n_embd, config.mlp_hidden_dim, bias=False, vb=vb.pp("fc"), init=Normal(0.0, 0.02))
+        self.proj = Linear(config.mlp_hidden_dim, config.n_embd, bias=False, vb=vb.pp("proj"),
+                           init=Normal(0.0, 0.02))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.fc(x).relu())  # (B, T, H) -> (B, T, D)
+
+
+class GPTBlock(Module):
+    """Pre-norm residual block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, config: GPTConfig, vb: ParamPath):
+        super().__init__()
+        self.norm1 = RMSNorm(config.n_embd, eps=config.rms_norm_eps, vb=vb.pp("norm1"))
+        self.attn = CausalSelfAttention(config, vb.pp("attn"))
+        self.norm2 = RMSNorm(config.n_embd, eps=config.rms_norm_eps, vb=vb.pp("norm2"))
+        self.mlp = MLP(config, vb.pp("mlp"))
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: LayerCache | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, mask, cache)  # (B, T, D)
+        return x + self.mlp(self.norm2(x))  # (B, T, D)
+
+
+class GPT(Module):
+    """The language model: token ids (B, T) -> next-token logits (B, T, V).
+
+        model = GPT(GPTConfig(vocab_size=50257))
+        logits = model(idx)                       # (B, T, V)
+        logits, loss = model(idx, targets)        # loss: mean cross-entropy, a 0-d tensor
+        out = model.generate(idx, 50, top_k=40, seed=0)
+    """
+
+    def __init__(self, config: GPTConfig, vb: ParamPath | None = None, device: "Device | str | None" = None,
+                 dtype: "DType | str" = f32):
+        super().__init__()
+        if vb is None:
+            vb = ParamStore(device=device, dtype=as_dtype(dtype)).root()
+        self.config = config
+        self.wte = Embedding(config.vocab_size, config.n_embd, vb=vb.pp("wte"), init=Normal(0.0, 0.02))
+        self.blocks = [GPTBlock(config, vb.pp("blocks").pp(i)) for i in range(config.n_layer)]
+        self.norm_f = RMSNorm(config.n_embd, eps=config.rms_norm_eps, vb=vb.pp("norm_f"))
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False, vb=vb.pp("lm_head"),
+                              init=Normal(0.0, 0.02))
+        # Constants, not parameters (plain Tensors: no gradient, not in the state_dict; to_device moves them).
+        S, hd = config.sequence_len, config.n_embd // config.n_head
+        cos, sin = rope_tables(hd, S, config.rope_base)
+        self.rope_cos = tensor(cos, dtype=vb.dtype, device=vb.device)  # (S, hd)
+        self.rope_sin = tensor(sin, dtype=vb.dtype, device=vb.device)  # (S, hd)
+        causal = np.triu(np.full((S, S), -np.inf), k=1)  # (S, S): 0 where s <= t, -inf where s > t
+        self.causal_mask = tensor(causal, dtype=vb.dtype, device=vb.device)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None):
+        """Logits (B, T, V) for token ids idx (B, T); with targets (B, T) also the mean cross-entropy.
+
+        With a KVCache the ids continue the positions already in the cache (generation).
+        """
+        start = cache.length if cache is not None else 0
+        self._check_ids(idx, start)
+        B, T = idx.shape
+        cos = self.rope_cos[start:start + T]  # (T, hd)
+        sin = self.rope_sin[start:start + T]  # (T, hd)
+        mask = self.causal_mask[start:start + T, :start + T]  # (T, S) with S = start + T
+        x = self.wte(idx)  # (B, T, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, cache.layers[i] if cache is not None else None)  # (B, T, D)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        if cache is not None:
+            cache.length += T
+        if targets is None:
+            return logits
+        if targets.shape != (B, T):
+            raise ShapeError(f"GPT: targets {describe(targets)} must match idx {describe(idx)}")
+        wide = logits if logits.dtype.itemsize >= 4 else logits.to_dtype(f32)  # f16 / bf16: the loss in f32
+        return logits, cross_entropy(wide, targets)
+
+    def _check_ids(self, idx: Tensor, start: int) -> None:
+        if idx.dtype.name != "i64":
+            raise DTypeError(f"GPT: token ids must be i64, got {describe(idx)}")
+        if idx.ndim != 2 or idx.shape[1] < 1:
+            raise ShapeError(f"GPT: token ids must be (B, T) with T >= 1, got {describe(idx)}")
+        if start + idx.shape[1] > self.config.sequence_len:
+            raise ShapeError(f"GPT: {start} cached + {idx.shape[1]} new positions exceed sequence_len "
+                             f"{self.config.sequence_len} (ids {describe(idx)})")
+
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None, use_cache: bool = True) -> Tensor:
+        """Append `max_new_tokens` sampled tokens to idx (B, T); returns (B, T + max_new_tokens) i64.
+
+        Each step samples from softmax(logits / temperature) of the last position, restricted to
+        the top_k most likely tokens when given (temperature 0 takes the argmax). The context is
+        cropped to the last sequence_len tokens. With a seed the samples come from a private
+        generator, so the result is the same for the same seed whatever else drew random numbers;
+        without one, from deers' host generator (deers.manual_seed). A KV cache keeps the keys and
+        values of earlier positions, so each step runs the model on one new token only (once the
+        window is full, the cropped context is recomputed from scratch since its positions move).
+        """
+        if temperature < 0:
+            raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
+        rng = np.random.default_rng(seed) if seed is not None else host_rng()
+        tokens = idx.numpy().astype(np.int64)  # (B, T)
+        S = self.config.sequence_len
+        cache = None
+        with no_grad():
+            for _ in range(max_new_tokens):
+                if use_cache and cache is not None and cache.length < S:
+                    logits = self(tensor(tokens[:, -1:], device=idx.device), cache=cache)  # (B, 1, V)
+                else:
+                    cache = KVCache(self.config.n_layer) if use_cache else None
+                    logits = self(tensor(tokens[:, -S:], device=idx.device), cache=cache)  # (B, T, V)
+                last = logits[:, -1, :].numpy().astype(np.float64)  # (B, V)
+                next_ids = sample_next(last, temperature, top_k, rng)  # (B,)
+                tokens = np.concatenate([tokens, next_ids[:, None]], axis=1)  # (B, T + 1)
+        return tensor(tokens, device=idx.device)
+
+
+def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator) -> np.ndarray:
+    """One token id per row of logits (B, V): argmax at temperature 0, else a draw from the tempered top_k softmax."""
+    if temperature == 0:
+        return logits.argmax(axis=-1).astype(np.int64)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k:].min(axis=-1, keepdims=True)  # (B, 1)
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))  # (B, V)
+    cdf = np.cumsum(probs, axis=-1)  # (B, V)
+    u = rng.random(logits.shape[0]) * cdf[:, -1]  # (B,)
+    picks = [min(int(np.searchsorted(row, x, side="right")), row.shape[0] - 1) for row, x in zip(cdf, u)]
+    return np.array(picks, dtype=np.int64)
