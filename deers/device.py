@@ -22,7 +22,10 @@ class Device:
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, str):
-            other = as_device(other)
+            try:
+                other = as_device(other)
+            except ValueError:  # not a device string: simply not equal
+                return False
         return isinstance(other, Device) and self.kind == other.kind and self.index == other.index
 
     def __hash__(self) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from math import prod
 
+from .errors import ShapeError
+
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Row-major strides: the last dimension moves fastest."""
@@ -166,14 +168,15 @@ def normalize_dim(dim: int, ndim: int) -> int:
     return dim % max(ndim, 1)
 
 
-def infer_shape(shape: tuple[int, ...], numel: int) -> tuple[int, ...]:
-    """Resolve a single -1 in a reshape target."""
+def infer_shape(shape: tuple[int, ...], numel: int, source: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Resolve a single -1 in a reshape target (`source`, the input's shape, for the message)."""
     shape = tuple(shape)
+    what = f"shape {source} ({numel} elements)" if source is not None else f"{numel} elements"
     if shape.count(-1) > 1:
-        raise ValueError(f"reshape: only one dimension may be -1, got {shape}")
+        raise ShapeError(f"reshape: only one dimension may be -1 when reshaping {what} to {shape}")
     if -1 in shape:
         known = prod(s for s in shape if s != -1)
         if known == 0 or numel % known:
-            raise ValueError(f"reshape: cannot infer -1 in {shape} for {numel} elements")
+            raise ShapeError(f"reshape: cannot infer the -1 when reshaping {what} to {shape}")
         shape = tuple(numel // known if s == -1 else s for s in shape)
     return shape

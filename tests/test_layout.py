@@ -49,7 +49,7 @@ def test_broadcast_shapes_and_infer_shape():
     assert infer_shape((-1, 4), 12) == (3, 4)
     with pytest.raises(ValueError, match="only one"):
         infer_shape((-1, -1), 12)
-    with pytest.raises(ValueError, match="infer"):
+    with pytest.raises(ValueError, match="infer the -1"):
         infer_shape((-1, 5), 12)
 
 

@@ -82,7 +82,7 @@ class Reshape(Op):
 
 
 def reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
-    shape = infer_shape(shape, x.numel())
+    shape = infer_shape(shape, x.numel(), x.shape)
     if x.numel() != _prod(shape):
         raise ShapeError(f"reshape: cannot reshape {describe(x)} ({x.numel()} elements) to {shape}")
     if shape == x.shape:
