@@ -106,6 +106,7 @@ OPS = {
     "embedding": (lambda w, i: deers.embedding(w, i), [F(5, 3), IDX.reshape(2, 2)]),
     "getitem tensor": (lambda x, i: x[i], [F(5, 3), IDX]),
     "gather": (lambda x, i: x.gather(1, i), [F(3, 5), np.array([[0, 4], [2, 2], [1, 0]])]),
+    "gather dim 0, smaller index": (lambda x, i: x.gather(0, i), [F(3, 5), np.array([[2, 0, 2], [1, 1, 0]])]),
     # fused kernels
     "rms_norm": (lambda x, w: rms_norm(x, w, 1e-5), [F(2, 3, 8), F(8)]),
     "masked_softmax": (lambda s: masked_softmax(s, deers.tensor(np.triu(np.full((4, 4), -np.inf), 1),

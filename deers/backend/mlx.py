@@ -26,6 +26,8 @@ device (allocation, host transfer, cast, random).
 """
 from __future__ import annotations
 
+from math import prod
+
 import mlx.core as mx
 import numpy as np
 
@@ -258,7 +260,7 @@ class MLXBackend:
 
     def _scatter_add(self, shape: tuple[int, ...], dtype: DType, positions: mx.array, values: mx.array) -> mx.array:
         """zeros(prod(shape)) with values[k] added at positions[k] (repeats accumulate)."""
-        numel = int(np.prod(shape))
+        numel = prod(shape)
         values = mx.broadcast_to(values, positions.shape)
         res = mx.zeros((numel,), _mx_dtype(dtype, "scatter_add"))
         return res.at[_flat(positions)].add(_flat(values).astype(res.dtype))
