@@ -456,21 +456,71 @@ def test_nn_model_trains_the_same_on_mps_and_cpu():
         np.testing.assert_allclose(p_mps.numpy(), p_cpu.numpy(), atol=1e-5, rtol=1e-5, err_msg=name)
 
 
-def test_gpt_logits_and_gradients_match_cpu():
-    gpt = _require("deers.models.gpt")
+def _gpt_pair(gpt):
+    """The same tiny GPT twice: on the CPU and (weights copied) on mps."""
     config = gpt.GPTConfig(vocab_size=37, sequence_len=8, n_layer=2, n_head=2, n_embd=16, mlp_hidden_dim=32,
                            rms_norm_eps=1e-5, rope_base=10000.0)
     deers.manual_seed(0)
     reference = gpt.GPT(config)
     model = gpt.GPT(config)
     model.load_state_dict({name: t.numpy() for name, t in reference.state_dict().items()})
-    model.to_device("mps")
+    return reference, model.to_device("mps")
+
+
+def test_gpt_logits_and_gradients_match_cpu():
+    gpt = _require("deers.models.gpt")
+    reference, model = _gpt_pair(gpt)
     ids = np.random.default_rng(0).integers(0, 37, (2, 8))
     outs = []
     for net, device in ((reference, "cpu"), (model, "mps")):
         logits = net(deers.tensor(ids, device=device))  # (B, T, V)
+        assert logits.device == device
         grads = (logits * logits).mean().backward()
         outs.append((logits.numpy(), {name: grads[p].numpy() for name, p in net.named_parameters()}))
     np.testing.assert_allclose(outs[1][0], outs[0][0], atol=1e-5, rtol=1e-4)
     for name, expected in outs[0][1].items():
         np.testing.assert_allclose(outs[1][1][name], expected, atol=1e-6, rtol=1e-4, err_msg=name)
+
+
+def test_gpt_training_steps_and_generation_match_cpu():
+    gpt = _require("deers.models.gpt")
+    optim = _require("deers.optim")
+    reference, model = _gpt_pair(gpt)
+    ids = np.random.default_rng(1).integers(0, 37, (2, 9))
+    losses = {"cpu": [], "mps": []}
+    for net, device in ((reference, "cpu"), (model, "mps")):
+        opt = optim.AdamWConfig(1e-2).weight_decay(0.1).betas(0.9, 0.95).build(net.parameters())
+        inputs, targets = deers.tensor(ids[:, :-1], device=device), deers.tensor(ids[:, 1:], device=device)
+        for _ in range(3):
+            _, value = net(inputs, targets)
+            grads = value.backward()
+            optim.clip_grad_norm(net.parameters(), grads, 1.0)
+            opt.step_with_grads(grads)
+            losses[device].append(value.item())
+    np.testing.assert_allclose(losses["mps"], losses["cpu"], rtol=1e-5)
+    assert losses["cpu"][-1] < losses["cpu"][0]
+    for (name, p_cpu), (_, p_mps) in zip(reference.named_parameters(), model.named_parameters()):
+        np.testing.assert_allclose(p_mps.numpy(), p_cpu.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
+    prompt = ids[:, :3]
+    greedy = [net.generate(deers.tensor(prompt, device=device), 6, temperature=0.0).numpy()
+              for net, device in ((reference, "cpu"), (model, "mps"))]
+    np.testing.assert_array_equal(greedy[1], greedy[0])
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=lambda d: d.name)
+def test_low_precision_gpt_on_mps_tracks_the_f32_cpu_model(dtype):
+    gpt = _require("deers.models.gpt")
+    reference, _ = _gpt_pair(gpt)
+    model = gpt.GPT(reference.config, dtype=dtype)
+    model.load_state_dict({name: t.numpy() for name, t in reference.state_dict().items()})
+    model.to_device("mps")
+    ids = np.random.default_rng(0).integers(0, 37, (2, 8))
+    expected, expected_loss = reference(deers.tensor(ids), deers.tensor(ids))
+    logits, value = model(deers.tensor(ids, device=MPS), deers.tensor(ids, device=MPS))
+    assert logits.dtype is dtype and logits.device == MPS
+    atol, _ = TOL[dtype.name]
+    np.testing.assert_allclose(logits.numpy().astype(np.float32), expected.numpy(), atol=atol / 2)
+    np.testing.assert_allclose(value.item(), expected_loss.item(), rtol=1e-3)
+    grads = value.backward()
+    assert all(grads[p].dtype is dtype and np.isfinite(grads[p].numpy().astype(np.float32)).all()
+               for p in model.parameters())
