@@ -119,6 +119,33 @@ def test_collectives_nccl(tmp_path):
     check_collectives(load_ranks(tmp_path, world))
 
 
+# ---- data-parallel training ----------------------------------------------------------------------
+@needs_mpi
+def test_data_parallel_gpt_matches_one_process_and_resumes_in_one(tmp_path):
+    pytest.importorskip("safetensors")
+    two, one, resumed = tmp_path / "two", tmp_path / "one", tmp_path / "resumed"
+    for folder in (two, one, resumed):
+        folder.mkdir()
+    run_script("train.py", str(two), "--steps", "6", "--save-at", "3")  # 2 ranks x 4 rows per step
+    run_script("train.py", str(one), "--steps", "6", ranks=None)  # 1 process x all 8 rows
+    run_script("train.py", str(resumed), "--steps", "6", "--resume", str(two / "ckpt.safetensors"), ranks=None)
+    rank0, rank1 = load_ranks(two, 2)
+    single = load_ranks(one, 1)[0]
+    after_resume = load_ranks(resumed, 1)[0]
+    names = [k for k in single if not k.startswith("grad.") and k != "losses"]
+    assert "blocks.1.attn.qkv.weight" in names
+    for name in rank0:  # the replicas never drift apart: bit-identical weights and reduced gradients
+        np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
+    for name in names:  # the same training as one process on the union of the batches
+        np.testing.assert_allclose(rank0[name], single[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(after_resume[name], single[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        grad = "grad." + name  # the averaged first-step gradient (a sum instead of a mean would be 2x)
+        np.testing.assert_allclose(rank0[grad], single[grad], rtol=1e-4, atol=1e-7, err_msg=grad)
+    np.testing.assert_allclose(rank0["losses"], single["losses"], rtol=1e-5)
+    np.testing.assert_allclose(after_resume["losses"], single["losses"][3:], rtol=1e-5)
+    assert single["losses"][-1] < single["losses"][0]
+
+
 # ---- in-process checks (no launcher) -------------------------------------------------------------
 def test_import_without_mpi4py_and_init_names_the_extra():
     code = ("import sys; sys.modules['mpi4py'] = None\n"

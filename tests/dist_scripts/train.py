@@ -1,4 +1,4 @@
-"""Data-parallel training of a tiny model; each rank saves its final weights (and rank 0 a checkpoint).
+"""Data-parallel training of a tiny GPT; each rank saves its final weights (and rank 0 a checkpoint).
 
     mpirun -n 2 python tests/dist_scripts/train.py OUT_DIR --steps 6      # 2 ranks, 4 rows each
     python tests/dist_scripts/train.py OUT_DIR --steps 6                  # 1 process, all 8 rows
@@ -17,23 +17,24 @@ import numpy as np
 
 import deers
 import deers.distributed as dist
-from deers import loss
-from deers.nn import Linear, ReLU, Sequential
+from deers import checkpoint
+from deers.models.gpt import GPT, GPTConfig
 from deers.optim import AdamW, clip_grad_norm
 
-FEATURES, HIDDEN, CLASSES = 6, 16, 5
-
-
-def build_model() -> Sequential:
-    return Sequential(Linear(FEATURES, HIDDEN), ReLU(), Linear(HIDDEN, CLASSES))
+CONFIG = GPTConfig(vocab_size=32, sequence_len=8, n_layer=2, n_head=2, n_embd=16, mlp_hidden_dim=32)
 
 
 def global_batch(seed: int, step: int, rows: int) -> tuple[deers.Tensor, deers.Tensor]:
-    """The whole job's batch for `step`: the same on every rank, whatever the world size."""
+    """The whole job's batch for `step`: the same on every rank, whatever the world size.
+
+    Token sequences count up by a random stride (mod V), so there is something to learn.
+    """
     rng = np.random.default_rng([seed, step])
-    x = rng.standard_normal((rows, FEATURES)).astype(np.float32)
-    y = (np.abs(x[:, 0] * 3).astype(np.int64)) % CLASSES  # a learnable rule
-    return deers.tensor(x), deers.tensor(y)
+    T, V = CONFIG.sequence_len, CONFIG.vocab_size
+    start = rng.integers(0, V, (rows, 1))
+    stride = rng.integers(1, 4, (rows, 1))
+    tokens = (start + stride * np.arange(T + 1)) % V  # (rows, T + 1)
+    return deers.tensor(tokens[:, :-1]), deers.tensor(tokens[:, 1:])  # inputs, targets: (rows, T) i64
 
 
 def main() -> None:
@@ -48,47 +49,31 @@ def main() -> None:
 
     dist.init()
     deers.manual_seed(args.seed + 1000 * dist.rank())  # different init per rank: broadcast must fix it
-    model = build_model()
+    model = GPT(CONFIG)
     params = model.parameters()
     dist.broadcast_parameters(params)
     optimizer = AdamW(params, lr=1e-2, weight_decay=0.1)
     start = 0
     if args.resume:
-        start = load_checkpoint(args.resume, model, optimizer)
+        start = checkpoint.load(args.resume, model=model, optimizer=optimizer)["step"]
 
-    losses = []
+    losses, first_grads = [], {}
     for step in range(start, args.steps):
         x, y = global_batch(args.seed, step, args.global_batch)
         x, y = dist.shard_batch(x), dist.shard_batch(y)  # this rank's rows
-        step_loss = loss.cross_entropy(model(x), y)
+        _, step_loss = model(x, y)
         grads = step_loss.backward()
         dist.all_reduce_grads(params, grads)  # mean over ranks = gradient of the global batch
+        if step == start:  # AdamW hardly sees a gradient's scale, so the test checks one directly
+            first_grads = {"grad." + name: grads[p].numpy() for name, p in model.named_parameters()}
         clip_grad_norm(params, grads, 1.0)
         optimizer.step(grads)
         losses.append(dist.all_reduce(step_loss.detach(), "mean").item())
         if step + 1 == args.save_at and dist.is_main():
-            save_checkpoint(os.path.join(args.out, "ckpt.npz"), model, optimizer, step + 1)
+            checkpoint.save(os.path.join(args.out, "ckpt.safetensors"), model=model, optimizer=optimizer, step=step + 1)
 
     weights = {name: p.numpy() for name, p in model.named_parameters()}
-    np.savez(os.path.join(args.out, f"rank{dist.rank()}.npz"), losses=np.array(losses), **weights)
-
-
-def save_checkpoint(path: str, model, optimizer, step: int) -> None:
-    import pickle
-
-    with open(path, "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in model.state_dict().items()},
-                     "optimizer": optimizer.state_dict(), "step": step}, f)
-
-
-def load_checkpoint(path: str, model, optimizer) -> int:
-    import pickle
-
-    with open(path, "rb") as f:
-        state = pickle.load(f)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return state["step"]
+    np.savez(os.path.join(args.out, f"rank{dist.rank()}.npz"), losses=np.array(losses), **weights, **first_grads)
 
 
 if __name__ == "__main__":
