@@ -108,6 +108,7 @@ def randint(low: int, high: int, shape, device=None) -> Tensor:
 def manual_seed(seed: int) -> None:
     """Seed every backend's generator and the host generator used for data order and sampling."""
     _host["rng"] = np.random.default_rng(seed)
+    backend_for("cpu")
     seed_all(seed)
 
 
