@@ -6,6 +6,8 @@ matmul goes straight to BLAS through numpy.matmul.
 """
 from __future__ import annotations
 
+from math import prod
+
 import numpy as np
 
 from ..dtype import DType
@@ -25,7 +27,7 @@ _COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
 
 def _view(buf: np.ndarray, layout: Layout) -> np.ndarray:
     """A zero-copy strided NumPy view of `buf` under `layout`."""
-    if layout.offset == 0 and layout.numel == buf.size and layout.is_contiguous():
+    if layout.offset == 0 and layout.is_contiguous() and layout.numel == buf.size:
         return buf.reshape(layout.shape)
     if layout.numel == 0:
         return np.empty(layout.shape, buf.dtype)
@@ -56,7 +58,8 @@ class CPUBackend:
 
     # 2. host transfer --------------------------------------------------------------------------
     def from_numpy(self, array: np.ndarray, dtype: DType) -> np.ndarray:
-        return np.ascontiguousarray(array, dtype=dtype.numpy).reshape(-1)
+        # always a copy: a tensor must not alias the caller's array (in-place updates would leak into it)
+        return np.array(array, dtype=dtype.numpy, order="C", copy=True).reshape(-1)
 
     def to_numpy(self, buf: np.ndarray, layout: Layout) -> np.ndarray:
         return np.array(_view(buf, layout), copy=True)
@@ -131,11 +134,11 @@ class CPUBackend:
             # f16 / bf16: accumulate in f32 like PyTorch, round once at the end
             res = np.sum(x, axis=axes, keepdims=True, dtype=np.float32).astype(a.dtype)
         elif name == "sum":
-            res = np.sum(x, axis=axes, keepdims=True, dtype=a.dtype if a.dtype.kind == "f" else np.int64)
+            res = np.add.reduce(x, axis=axes, keepdims=True, dtype=a.dtype if a.dtype.kind == "f" else np.int64)
         elif name == "max":
-            res = np.max(x, axis=axes, keepdims=True)
+            res = np.maximum.reduce(x, axis=axes, keepdims=True)
         elif name == "min":
-            res = np.min(x, axis=axes, keepdims=True)
+            res = np.minimum.reduce(x, axis=axes, keepdims=True)
         elif name == "argmax":
             (axis,) = axes
             res = np.argmax(x, axis=axis, keepdims=True).astype(np.int64)
@@ -149,7 +152,7 @@ class CPUBackend:
         out_shape = la.shape[:-1] + (lb.shape[-1],)
         if a.dtype.itemsize < 4:  # f16 / bf16: NumPy has no half GEMM; compute in f32, round once
             return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(a.dtype).reshape(-1)
-        res = np.empty(int(np.prod(out_shape)), a.dtype)
+        res = np.empty(prod(out_shape), a.dtype)
         np.matmul(x, y, out=res.reshape(out_shape))
         return res
 
