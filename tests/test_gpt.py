@@ -1,0 +1,254 @@
+"""The GPT of deers.models.gpt: names and shapes, its fused pieces, causality, RoPE, gradients, generation."""
+import math
+
+import numpy as np
+import pytest
+
+import deers
+from deers.models.gpt import GPT, GPTConfig, KVCache, rope_tables, sample_next
+from deers.ops.attention import apply_rope, masked_softmax
+from deers.ops.norm import rms_norm
+from helpers import check_op, rand
+
+TINY = dict(vocab_size=11, sequence_len=8, n_layer=2, n_head=2, n_embd=8, mlp_hidden_dim=12)
+
+
+def tiny_gpt(seed: int = 0, dtype="f64", **overrides) -> GPT:
+    deers.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY, **overrides}), dtype=dtype)
+
+
+def ids(shape, high=11, seed=0) -> deers.Tensor:
+    return deers.tensor(np.random.default_rng(seed).integers(0, high, shape))
+
+
+# ---- the fused ops ------------------------------------------------------------------------------------
+def test_rms_norm_op_forward_and_backward():
+    def reference(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * w
+
+    check_op(lambda x, w: rms_norm(x, w, 1e-5), rand(3, 4, 6), rand(6, seed=1), reference=reference,
+             torch_fn=lambda x, w: x * (x.pow(2).mean(-1, keepdim=True) + 1e-5).rsqrt() * w)
+
+
+def test_rms_norm_op_errors_name_the_operands():
+    x = deers.randn(2, 6)
+    with pytest.raises(deers.ShapeError, match=r"rms_norm: weight shape \(5,\)"):
+        rms_norm(x, deers.ones(5))
+    with pytest.raises(deers.DTypeError, match="rms_norm: .* f64"):
+        rms_norm(x, deers.ones(6, dtype="f64"))
+
+
+def _rotate_half_np(x):
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def test_rope_op_forward_and_backward():
+    cos, sin = rope_tables(6, 5, 10000.0)
+    check_op(lambda x: apply_rope(x, deers.from_numpy(cos), deers.from_numpy(sin)), rand(2, 3, 5, 6),
+             reference=lambda x: x * cos + _rotate_half_np(x) * sin,
+             torch_fn=lambda x: x * _torch().tensor(cos) + _torch().cat([-x[..., 3:], x[..., :3]], -1)
+             * _torch().tensor(sin))
+
+
+def test_rope_matches_the_per_position_rotation_formula():
+    hd, T, base = 8, 7, 500.0
+    x = np.random.default_rng(0).standard_normal((2, 3, T, hd))
+    cos, sin = rope_tables(hd, T, base)
+    y = apply_rope(deers.from_numpy(x), deers.from_numpy(cos), deers.from_numpy(sin)).numpy()
+    expected = np.empty_like(x)
+    half = hd // 2
+    for t in range(T):
+        for j in range(half):  # the pair (j, j + hd/2) turns by the angle t * base^(-2j/hd)
+            angle = t * base ** (-2.0 * j / hd)
+            a, b = x[..., t, j], x[..., t, j + half]
+            expected[..., t, j] = a * math.cos(angle) - b * math.sin(angle)
+            expected[..., t, j + half] = b * math.cos(angle) + a * math.sin(angle)
+    np.testing.assert_allclose(y, expected, atol=1e-12)
+
+
+def test_rope_scores_depend_only_on_the_relative_position():
+    hd, T = 8, 9
+    cos, sin = (deers.from_numpy(t) for t in rope_tables(hd, T, 10000.0))
+    q0, k0 = np.random.default_rng(1).standard_normal((2, hd))
+    q = apply_rope(deers.from_numpy(np.tile(q0, (T, 1))), cos, sin).numpy()  # the same vector at every position
+    k = apply_rope(deers.from_numpy(np.tile(k0, (T, 1))), cos, sin).numpy()
+    scores = q @ k.T  # (T, T)
+    for offset in range(-T + 1, T):
+        diagonal = np.diagonal(scores, offset)
+        np.testing.assert_allclose(diagonal, diagonal[0], atol=1e-12)
+
+
+def test_masked_softmax_op_forward_and_backward():
+    mask = np.triu(np.full((4, 4), -np.inf), k=1)
+
+    def reference(s):
+        z = s * 0.5 + mask
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    check_op(lambda s: masked_softmax(s, deers.from_numpy(mask), 0.5), rand(2, 3, 4, 4), reference=reference,
+             torch_fn=lambda s: (s * 0.5 + _torch().tensor(mask)).softmax(-1))
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+# ---- the model ------------------------------------------------------------------------------------------
+def test_parameter_names_shapes_and_init_follow_the_design():
+    config = GPTConfig(vocab_size=300, sequence_len=16, n_layer=2, n_head=4, n_embd=32, mlp_hidden_dim=80)
+    deers.manual_seed(0)
+    model = GPT(config)
+    D, H, V = 32, 80, 300
+    expected = [("wte.weight", (V, D))]
+    for i in range(2):
+        expected += [(f"blocks.{i}.norm1.weight", (D,)), (f"blocks.{i}.attn.qkv.weight", (3 * D, D)),
+                     (f"blocks.{i}.attn.proj.weight", (D, D)), (f"blocks.{i}.norm2.weight", (D,)),
+                     (f"blocks.{i}.mlp.fc.weight", (H, D)), (f"blocks.{i}.mlp.proj.weight", (D, H))]
+    expected += [("norm_f.weight", (D,)), ("lm_head.weight", (V, D))]
+    assert [(name, p.shape) for name, p in model.named_parameters()] == expected
+    assert list(model.state_dict()) == [name for name, _ in expected]
+    for name, p in model.named_parameters():
+        values = p.numpy()
+        assert p.dtype is deers.f32
+        if p.ndim == 1:
+            np.testing.assert_array_equal(values, 1.0)
+        else:
+            assert abs(values.mean()) < 0.002 and abs(values.std() - 0.02) < 0.002, name
+    assert not np.allclose(model.wte.weight.numpy(), model.lm_head.weight.numpy())  # untied
+    assert model.num_parameters() == 2 * V * D + 2 * (2 * D + 4 * D * D + 2 * D * H) + D
+
+
+def test_default_config_is_the_headline_model():
+    config = GPTConfig()
+    assert (config.vocab_size, config.sequence_len, config.n_layer, config.n_head, config.n_embd,
+            config.mlp_hidden_dim, config.rms_norm_eps, config.rope_base) == (50257, 256, 6, 6, 192, 768, 1e-5, 10000.0)
+    with pytest.raises(ValueError, match="heads"):
+        GPTConfig(n_embd=10, n_head=4)
+
+
+def test_forward_shapes_and_loss():
+    model = tiny_gpt(dtype="f32")
+    x, y = ids((3, 8)), ids((3, 8), seed=1)
+    logits = model(x)
+    assert logits.shape == (3, 8, 11) and logits.dtype is deers.f32
+    logits2, loss = model(x, y)
+    assert loss.shape == () and loss.dtype is deers.f32
+    np.testing.assert_array_equal(logits2.numpy(), logits.numpy())
+    # at init the logits are nearly uniform: the loss is about ln(V)
+    assert abs(loss.item() - math.log(11)) < 0.1
+    assert model(ids((2, 3))).shape == (2, 3, 11)  # shorter than sequence_len
+
+
+def test_bad_inputs_raise_deers_errors():
+    model = tiny_gpt(dtype="f32")
+    with pytest.raises(deers.DTypeError, match="GPT: token ids must be i64"):
+        model(deers.zeros(2, 4))
+    with pytest.raises(deers.ShapeError, match="exceed sequence_len 8"):
+        model(ids((1, 9)))
+    with pytest.raises(deers.ShapeError, match="targets"):
+        model(ids((2, 4)), ids((2, 5)))
+    with pytest.raises(IndexError):
+        model(deers.tensor([[0, 11]]))
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    model = tiny_gpt()
+    x = np.random.default_rng(0).integers(0, 11, (2, 8))
+    base = model(deers.tensor(x)).numpy()
+    for t in range(7):
+        changed = x.copy()
+        changed[:, t + 1:] = (changed[:, t + 1:] + 1 + t) % 11
+        logits = model(deers.tensor(changed)).numpy()
+        np.testing.assert_allclose(logits[:, :t + 1], base[:, :t + 1], atol=1e-12)
+        assert not np.allclose(logits[:, t + 1:], base[:, t + 1:])  # and the future ones do change
+
+
+def test_loss_gradients_match_finite_differences_in_f64():
+    model = tiny_gpt(seed=3)
+    x, y = ids((2, 6)), ids((2, 6), seed=1)
+    _, loss = model(x, y)
+    grads = loss.backward()
+    rng = np.random.default_rng(0)
+    eps = 1e-6
+    for name, p in model.named_parameters():
+        analytic = grads[p].numpy()
+        assert analytic.shape == p.shape
+        original = p.numpy()
+        flat_ids = rng.choice(original.size, size=min(3, original.size), replace=False)
+        for flat in flat_ids:
+            k = np.unravel_index(flat, original.shape)
+            values = []
+            for sign in (1, -1):
+                shifted = original.copy()
+                shifted[k] += sign * eps
+                p.set_data(deers.from_numpy(shifted))
+                values.append(model(x, y)[1].item())
+            p.set_data(deers.from_numpy(original))
+            numeric = (values[0] - values[1]) / (2 * eps)
+            assert abs(numeric - analytic[k]) < 1e-7 + 1e-5 * abs(numeric), (name, k, numeric, analytic[k])
+
+
+def test_kv_cache_gives_the_full_forward_logits():
+    model = tiny_gpt(seed=1)
+    x = ids((2, 8))
+    full = model(x).numpy()
+    cache = KVCache(model.config.n_layer)
+    parts = [model(x[:, :3], cache=cache).numpy()]
+    for t in range(3, 8):
+        parts.append(model(x[:, t:t + 1], cache=cache).numpy())
+    assert cache.length == 8
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-12)
+    with pytest.raises(deers.ShapeError, match="8 cached"):
+        model(x[:, :1], cache=cache)
+
+
+def test_generate_is_deterministic_for_a_seed():
+    model = tiny_gpt(seed=2, dtype="f32")
+    prompt = ids((2, 3))
+    a = model.generate(prompt, 12, seed=7).numpy()
+    deers.manual_seed(123)  # the global generators do not matter when a seed is given
+    b = model.generate(prompt, 12, seed=7).numpy()
+    c = model.generate(prompt, 12, seed=8).numpy()
+    assert a.shape == (2, 15) and a.dtype == np.int64
+    np.testing.assert_array_equal(a[:, :3], prompt.numpy())
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.min() >= 0 and a.max() < 11
+
+
+def test_generate_crops_the_context_and_the_cache_changes_nothing():
+    model = tiny_gpt(seed=4)
+    prompt = ids((1, 5))
+    greedy = model.generate(prompt, 10, temperature=0.0).numpy()  # runs past sequence_len 8
+    assert greedy.shape == (1, 15)
+    np.testing.assert_array_equal(model.generate(prompt, 10, temperature=0.0, use_cache=False).numpy(), greedy)
+    np.testing.assert_array_equal(model.generate(prompt, 10, top_k=1, seed=0).numpy(), greedy)
+    sampled = model.generate(prompt, 10, temperature=0.9, top_k=3, seed=5).numpy()
+    np.testing.assert_array_equal(model.generate(prompt, 10, temperature=0.9, top_k=3, seed=5, use_cache=False)
+                                  .numpy(), sampled)
+    # by hand: the step after the window is full sees the last sequence_len tokens only
+    last = model(deers.tensor(greedy[:, -9:-1])).numpy()[0, -1]
+    assert greedy[0, -1] == last.argmax()
+
+
+def test_sample_next_respects_top_k_and_temperature():
+    rng = np.random.default_rng(0)
+    logits = np.array([[0.0, 1.0, 5.0, 2.0], [3.0, 0.0, 0.0, 0.0]])
+    picks = np.stack([sample_next(logits, 1.0, 2, rng) for _ in range(200)])  # (200, 2)
+    assert set(picks[:, 0]) == {2, 3} and set(picks[:, 1]) <= {0, 1, 2, 3}
+    assert (picks[:, 0] == 2).mean() > 0.8  # e^5 vs e^2
+    np.testing.assert_array_equal(sample_next(logits, 0.0, None, rng), [2, 0])
+    cold = np.stack([sample_next(logits, 0.05, None, rng) for _ in range(50)])
+    assert (cold == [2, 0]).all()
+
+
+def test_to_device_keeps_the_constant_tables_with_the_parameters():
+    model = tiny_gpt(dtype="f32")
+    model.to_device("cpu")
+    assert model.rope_cos.device == "cpu" and model.causal_mask.shape == (8, 8)
+    assert "rope_cos" not in model.state_dict() and len(model.parameters()) == 3 + 6 * 2
