@@ -89,6 +89,9 @@ def check_collectives(results: list[dict]) -> None:
             assert not bool(res[name + "_has_extra"])
         np.testing.assert_array_equal(res["bcast_params"], np.concatenate([base.reshape(-1), np.zeros(3)]))
         assert bool(res["bcast_params_same_buffers"])
+        assert float(res["mean_over_ranks"]) == scale_sum / world
+        assert bool(res["any_rank_last"]) and not bool(res["any_rank_none"])
+        assert bool(res["main_first_saw_file"])
 
 
 @needs_mpi

@@ -13,5 +13,5 @@ Importing this package needs neither mpi4py nor CuPy; `init()` needs mpi4py (the
 from .comm import (DistributedUnavailable, ProcessGroup, all_reduce, all_reduce_array, barrier, broadcast,
                    broadcast_array, broadcast_object, group, init, is_initialized, is_main, local_rank, rank,
                    world_size)
-from .ddp import (DEFAULT_BUCKET_BYTES, Bucket, all_reduce_grads, broadcast_parameters, job_tokens_per_second,
-                  plan_buckets, seed_for_rank, shard_batch)
+from .ddp import (DEFAULT_BUCKET_BYTES, Bucket, all_reduce_grads, any_rank, broadcast_parameters, device_for_rank,
+                  job_tokens_per_second, main_first, mean_over_ranks, plan_buckets, seed_for_rank, shard_batch)

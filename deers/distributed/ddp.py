@@ -17,13 +17,15 @@ parameter) and the reduced values are handed back as views of the bucket.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from ..array import NDArray
 from ..autograd import Grads
+from ..creation import tensor
 from ..device import Device
-from ..dtype import DType
+from ..dtype import DType, f64
 from ..layout import Layout
 from ..tensor import Tensor
 from . import comm
@@ -136,3 +138,35 @@ def shard_batch(batch: Tensor, rank: int | None = None, world_size: int | None =
 def job_tokens_per_second(local_tokens: int, seconds: float) -> float:
     """Tokens per second of the whole job: every rank processed `local_tokens` in `seconds`."""
     return local_tokens * comm.world_size() / seconds
+
+
+# ---- glue for a training loop: each works in a world of one too (no init() needed there) ------------
+def device_for_rank(device: str) -> str:
+    """Plain "cuda" becomes this rank's GPU, `cuda:{local_rank()}`; any other device is kept."""
+    return f"cuda:{comm.local_rank()}" if device == "cuda" else device
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (downloads, tokenizes, writes caches), then the other ranks do,
+    finding the files in place. Every rank must enter it."""
+    if comm.world_size() > 1 and not comm.is_main():
+        comm.barrier()  # wait for rank 0 to finish the block
+    yield
+    if comm.world_size() > 1 and comm.is_main():
+        comm.barrier()  # release the others
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of a number over all ranks (e.g. the training loss for the log line)."""
+    if comm.world_size() == 1:
+        return value
+    return comm.all_reduce(tensor([value], dtype=f64), "mean").item()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank: ranks must agree to stop at the same step
+    (Ctrl-C reaches each process at a slightly different time)."""
+    if comm.world_size() == 1:
+        return flag
+    return comm.all_reduce(tensor([float(flag)], dtype=f64), "max").item() > 0

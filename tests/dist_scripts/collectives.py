@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import numpy as np
 
@@ -81,6 +82,18 @@ def main() -> None:
     dist.broadcast_parameters(params)
     results["bcast_params"] = np.concatenate([p.numpy().reshape(-1) for p in params])
     results["bcast_params_same_buffers"] = np.array(all(p.data.buffer is b for p, b in zip(params, buffers)))
+
+    # the training-loop glue
+    results["mean_over_ranks"] = np.array(dist.mean_over_ranks(float(r + 1)))
+    results["any_rank_last"] = np.array(dist.any_rank(r == world - 1))
+    results["any_rank_none"] = np.array(dist.any_rank(False))
+    marker = os.path.join(args.out, "written_by_rank0")
+    with dist.main_first():  # rank 0 writes the file before any other rank enters
+        if dist.is_main():
+            time.sleep(0.2)  # without the ordering the other ranks would look before the file exists
+            with open(marker, "w") as f:
+                f.write("ok")
+        results["main_first_saw_file"] = np.array(os.path.exists(marker))
 
     dist.barrier()
     np.savez(os.path.join(args.out, f"rank{r}.npz"), **results)
