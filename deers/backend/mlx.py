@@ -82,6 +82,11 @@ def _flat(x: mx.array) -> mx.array:
     return x.reshape(-1)
 
 
+def _wide(x: mx.array) -> mx.array:
+    """f16 / bf16 values widened to f32 for accumulation (rounded once at the end, like the CPU)."""
+    return x.astype(mx.float32) if x.dtype in (mx.float16, mx.bfloat16) else x
+
+
 def _into(res: mx.array, out: mx.array | None) -> mx.array:
     """Return `res` flat, or write it into the given flat `out` buffer (in place) and return that."""
     if out is None:
@@ -213,10 +218,10 @@ class MLXBackend:
     def reduce(self, name: str, a: mx.array, la: Layout, axes: tuple[int, ...]) -> mx.array:
         x = _view(a, la)
         axes = list(axes)
-        if name == "sum":
-            res = mx.sum(x, axis=axes, keepdims=True)
-            if not mx.issubdtype(a.dtype, mx.floating):  # integer and bool sums are i64, as on CPU
-                res = res.astype(mx.int64)
+        if name == "sum" and not mx.issubdtype(a.dtype, mx.floating):  # integer and bool sums are i64, as on CPU
+            res = mx.sum(x.astype(mx.int64), axis=axes, keepdims=True)
+        elif name == "sum":  # f16 / bf16 accumulate in f32
+            res = mx.sum(_wide(x), axis=axes, keepdims=True).astype(x.dtype)
         elif name == "max":
             res = mx.max(x, axis=axes, keepdims=True)
         elif name == "min":
@@ -284,18 +289,21 @@ class MLXBackend:
 
     # 14-17. fused kernels ----------------------------------------------------------------------
     def softmax(self, a: mx.array, la: Layout, log: bool) -> mx.array:
+        """Over the last dim; f16 / bf16 computed in f32 and rounded once."""
         x = _view(a, la)
         if log:
-            return _flat(x - mx.logsumexp(x, axis=-1, keepdims=True))
+            wide = _wide(x)
+            return _flat((wide - mx.logsumexp(wide, axis=-1, keepdims=True)).astype(x.dtype))
         return _flat(mx.softmax(x, axis=-1, precise=True))
 
     def softmax_backward(self, y: mx.array, g: mx.array, shape: tuple[int, ...], log: bool) -> mx.array:
-        y, g = y.reshape(shape), g.reshape(shape)
+        dtype = y.dtype
+        y, g = _wide(y.reshape(shape)), _wide(g.reshape(shape))
         if log:  # d/dx log_softmax: g - softmax * sum(g)
             res = g - mx.exp(y) * mx.sum(g, axis=-1, keepdims=True)
         else:  # d/dx softmax: y * (g - sum(g * y))
             res = y * (g - mx.sum(g * y, axis=-1, keepdims=True))
-        return _flat(res)
+        return _flat(res.astype(dtype))
 
     def cross_entropy(self, logits: mx.array, targets: mx.array, n: int, c: int, ignore_index: int,
                       label_smoothing: float) -> tuple[float, int, mx.array]:
