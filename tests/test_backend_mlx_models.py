@@ -134,3 +134,27 @@ def test_low_precision_gpt_on_mps_tracks_the_f32_cpu_model(dtype):
     grads = value.backward()
     assert all(grads[p].dtype is dtype and np.isfinite(grads[p].numpy().astype(np.float32)).all()
                for p in model.parameters())
+
+
+def test_checkpoint_resume_on_mps_continues_exactly(tmp_path):
+    nn, optim, checkpoint = _require("deers.nn"), _require("deers.optim"), _require("deers.checkpoint")
+
+    def train_step(model, opt):
+        x = deers.randn(4, 6, device=MPS)  # drawn from the mps generator, which the checkpoint restores
+        value = (model(x) * model(x)).mean()
+        opt.step_with_grads(value.backward())
+        return value.item()
+
+    def fresh():
+        deers.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).to_device("mps")
+        return model, optim.AdamW(model.parameters(), lr=1e-2)
+
+    model, opt = fresh()
+    train_step(model, opt)
+    checkpoint.save(tmp_path / "ckpt.safetensors", model=model, optimizer=opt, step=1)
+    expected = [train_step(model, opt) for _ in range(2)]
+    resumed, resumed_opt = fresh()
+    info = checkpoint.load(tmp_path / "ckpt.safetensors", model=resumed, optimizer=resumed_opt)
+    assert info["step"] == 1 and all(p.device == MPS for p in resumed.parameters())
+    assert [train_step(resumed, resumed_opt) for _ in range(2)] == expected
