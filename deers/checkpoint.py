@@ -196,23 +196,26 @@ def _optimizer_from_file(path: str, optimizer, names: list[str], tensors: dict[s
     saved = json.loads(metadata.get("optimizer", "null"))
     if saved is None:
         raise CheckpointError(f"checkpoint {path} holds no optimizer state")
+    if saved["type"] != type(optimizer).__name__:
+        raise CheckpointError(f"checkpoint {path} holds {saved['type']} state, not {type(optimizer).__name__} state")
     index = {name: i for i, name in enumerate(names)}
-    state: dict[int, dict[str, Any]] = {}
+    arrays = {}
     for key, array in tensors.items():
         if key.startswith(OPTIM_PREFIX):
-            name, slot = key[len(OPTIM_PREFIX):].rsplit(".", 1)
-            if name not in index:
-                raise CheckpointError(f"checkpoint {path}: optimizer state for parameter {name}, "
-                                      "which this optimizer does not hold")
-            param = optimizer.params[index[name]]
-            if tuple(array.shape) != param.shape:
-                raise CheckpointError(f"checkpoint {path}: optimizer slot {slot} of parameter {name} has shape "
-                                      f"{tuple(array.shape)}, the parameter has shape {param.shape}")
-            state.setdefault(index[name], {})[slot] = array
+            name, slot = key[len(OPTIM_PREFIX):].rsplit(".", 1)  # "optim.<name>.<slot>"
+            arrays[(name, slot)] = array
+    unknown = sorted(({name for name, _ in arrays} | set(saved["scalars"])) - set(index))
+    if unknown:
+        raise CheckpointError(f"checkpoint {path}: optimizer state for parameters {', '.join(unknown)}, "
+                              "which this optimizer does not hold")
+    state: dict[int, dict[str, Any]] = {}
+    for (name, slot), array in arrays.items():
+        param = optimizer.params[index[name]]
+        if tuple(array.shape) != param.shape:
+            raise CheckpointError(f"checkpoint {path}: optimizer slot {slot} of parameter {name} has shape "
+                                  f"{tuple(array.shape)}, the parameter has shape {param.shape}")
+        state.setdefault(index[name], {})[slot] = array
     for name, slots in saved["scalars"].items():
-        if name not in index:
-            raise CheckpointError(f"checkpoint {path}: optimizer state for parameter {name}, "
-                                  "which this optimizer does not hold")
         state.setdefault(index[name], {}).update(slots)
     groups = []
     for group in saved["groups"]:
