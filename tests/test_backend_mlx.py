@@ -310,6 +310,20 @@ def test_copy_writes_into_a_strided_view_in_place():
     np.testing.assert_array_equal(np.array(held).reshape(3, 4), expected)
 
 
+def test_elementwise_primitives_write_into_out_in_place():
+    backend = backend_for(MPS)
+    x = backend.from_numpy(np.array([[1.0, -2.0], [3.0, -4.0]]), deers.f32)
+    transposed = Layout((2, 2)).permute((1, 0))
+    out = backend.full(4, 0.0, deers.f32)
+    held = out
+    assert backend.unary("relu", x, transposed, out=out) is out
+    np.testing.assert_array_equal(np.array(held), [1.0, 3.0, 0.0, 0.0])
+    assert backend.binary("mul", x, transposed, x, Layout((2, 2)), out=out) is out
+    np.testing.assert_array_equal(np.array(held), [1.0, -6.0, -6.0, 16.0])
+    assert backend.scalar("sub", x, Layout((2, 2)), 1.0, reverse=True, out=out) is out
+    np.testing.assert_array_equal(np.array(held), [0.0, 3.0, -2.0, 5.0])
+
+
 def test_var_set_data_is_seen_by_views_and_keeps_the_buffer():
     w = deers.Var(deers.zeros(2, 3, device=MPS))
     view = w.T  # shares the buffer
