@@ -252,6 +252,9 @@ class CPUBackend:
         return loss_sum, count, grad.reshape(-1)
 
     def rmsnorm(self, x: np.ndarray, w: np.ndarray, rows: int, d: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        if x.dtype.itemsize < 4:  # f16 / bf16 (einsum has no bf16): compute in f32, round y once, keep rstd f32
+            y, rstd = self.rmsnorm(x.astype(np.float32), w.astype(np.float32), rows, d, eps)
+            return y.astype(x.dtype), rstd
         xv = x.reshape(rows, d)
         rstd = 1.0 / np.sqrt(np.einsum("ij,ij->i", xv, xv) / d + eps)  # (rows,)
         rstd = rstd.astype(x.dtype)
@@ -261,6 +264,10 @@ class CPUBackend:
 
     def rmsnorm_backward(self, g: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarray, rows: int,
                          d: int) -> tuple[np.ndarray, np.ndarray]:
+        if x.dtype.itemsize < 4:  # f16 / bf16: compute in f32, round once
+            gx, gw = self.rmsnorm_backward(g.astype(np.float32), x.astype(np.float32), w.astype(np.float32),
+                                           rstd.astype(np.float32), rows, d)
+            return gx.astype(x.dtype), gw.astype(w.dtype)
         gv, xv = g.reshape(rows, d), x.reshape(rows, d)
         xhat = xv * rstd[:, None]
         gw = np.einsum("ij,ij->j", gv, xhat)
