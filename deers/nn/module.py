@@ -124,6 +124,10 @@ class Module:
                     setattr(module, attr, Tensor(_moved(value.data, device)))
         return self
 
+    def to(self, device: "Device | str") -> "Module":
+        """Alias of `to_device` (PyTorch spelling)."""
+        return self.to_device(device)
+
     # ---- state dicts -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
         """Name -> Tensor (detached, sharing the parameter's buffer), in parameter order."""

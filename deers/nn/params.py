@@ -12,13 +12,14 @@ the names the model code spells out. The initialisers below draw from deers' gen
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 from ..creation import full, rand, randn
 from ..device import Device, as_device
 from ..dtype import DType, as_dtype, f32
 from ..errors import ShapeError
 from ..tensor import Tensor, Var
-from .module import load_named
+from .module import LoadResult, load_named
 
 
 # ---- initialisers: callables (shape, dtype, device) -> Tensor ----------------------------------
@@ -118,7 +119,7 @@ class ParamStore:
         """Name -> Tensor (detached, sharing the parameter's buffer), in creation order."""
         return {name: var.detach() for name, var in self._vars.items()}
 
-    def load_state_dict(self, state, strict: bool = True):
+    def load_state_dict(self, state: "Mapping[str, Any]", strict: bool = True) -> LoadResult:
         """Copy values into the parameters in place, with the same checks as Module.load_state_dict."""
         return load_named(self.named_parameters(), state, strict, "ParamStore")
 

@@ -5,6 +5,7 @@ import math
 from typing import Iterable
 
 from ..autograd import Grads
+from ..dtype import f32
 from ..tensor import Var
 
 
@@ -24,6 +25,8 @@ def clip_grad_norm(params: Iterable[Var], grads: Grads, max_norm: float, eps: fl
         return 0.0
     per_device: dict = {}  # device -> running sum of squares on that device (one transfer per device)
     for _, g in present:
+        if g.dtype.itemsize < 4:  # f16 / bf16: square and sum in f32
+            g = g.cast(f32)
         square_sum = (g * g).sum()
         per_device[g.device] = square_sum if g.device not in per_device else per_device[g.device] + square_sum
     total = math.sqrt(sum(float(s.numpy()) for s in per_device.values()))
