@@ -11,6 +11,7 @@ from ..device import Device
 from ..dtype import DType
 from ..errors import ShapeError, describe
 from ..ops.indexing import embedding
+from ..ops.norm import rms_norm
 from ..tensor import Tensor
 from .module import Module
 from .params import Constant, Init, Normal, ParamPath, ParamStore, kaiming_uniform
@@ -82,7 +83,7 @@ class Embedding(Module):
 
 
 class RMSNorm(Module):
-    """RMSNorm(x) = x / sqrt(mean(x^2, last dim) + eps) * weight, weight initialised to 1."""
+    """RMSNorm(x) = x / sqrt(mean(x^2, last dim) + eps) * weight, weight initialised to 1 (one fused op)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, vb: ParamPath | None = None,
                  device: "Device | str | None" = None, dtype: "DType | str | None" = None):
@@ -93,8 +94,7 @@ class RMSNorm(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_last_dim("RMSNorm", x, self.dim)
-        mean_square = (x * x).mean(dim=-1, keepdim=True)  # (..., 1)
-        return x * (mean_square + self.eps).rsqrt() * self.weight
+        return rms_norm(x, self.weight, self.eps)  # the fused kernel (deers/ops/norm.py)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
