@@ -6,13 +6,16 @@ elements, not bytes, so the same layout works for every backend and dtype.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from math import prod
 
 from .errors import ShapeError
 
 
+@lru_cache(maxsize=4096)
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Row-major strides: the last dimension moves fastest."""
+    """Row-major strides: the last dimension moves fastest. (Memoized: a pure function of the
+    shape, and training loops build the same few shapes millions of times.)"""
     strides = []
     step = 1
     for size in reversed(shape):
@@ -21,14 +24,33 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-class Layout:
-    """shape, strides (elements) and offset (elements) of a view into a flat buffer."""
+def _is_row_major(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    step = 1
+    for size, stride in zip(reversed(shape), reversed(strides)):
+        if size != 1 and stride != step:
+            return False
+        step *= size
+    return True
 
-    __slots__ = ("shape", "strides", "offset")
+
+class Layout:
+    """shape, strides (elements) and offset (elements) of a view into a flat buffer.
+
+    A Layout is a value: it is never changed after it is made (a view makes a new one), so its
+    element count and contiguity are worked out once.
+    """
+
+    __slots__ = ("shape", "strides", "offset", "numel", "_contiguous")
 
     def __init__(self, shape: tuple[int, ...], strides: tuple[int, ...] | None = None, offset: int = 0):
         self.shape = tuple(shape)
-        self.strides = contiguous_strides(self.shape) if strides is None else tuple(strides)
+        self.numel = prod(self.shape)
+        if strides is None:
+            self.strides = contiguous_strides(self.shape)
+            self._contiguous = True
+        else:
+            self.strides = tuple(strides)
+            self._contiguous = None  # worked out on the first is_contiguous()
         self.offset = offset
 
     def __repr__(self) -> str:
@@ -38,22 +60,18 @@ class Layout:
         return (isinstance(other, Layout) and self.shape == other.shape
                 and self.strides == other.strides and self.offset == other.offset)
 
+    def __hash__(self) -> int:
+        return hash((self.shape, self.strides, self.offset))
+
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
-    @property
-    def numel(self) -> int:
-        return prod(self.shape)
-
     def is_contiguous(self) -> bool:
         """Row-major and dense (sizes-1 dims may carry any stride)."""
-        step = 1
-        for size, stride in zip(reversed(self.shape), reversed(self.strides)):
-            if size != 1 and stride != step:
-                return False
-            step *= size
-        return True
+        if self._contiguous is None:
+            self._contiguous = _is_row_major(self.shape, self.strides)
+        return self._contiguous
 
     def span(self) -> int:
         """How many buffer elements from offset the view can touch (max index + 1)."""

@@ -19,8 +19,8 @@ from .errors import DTypeError, ShapeError, describe
 
 def apply(op: Op, *inputs: "Tensor") -> "Tensor":
     """Run `op` on the inputs' arrays; record it in the graph when any input requires grad."""
-    needs = tuple(t.requires_grad for t in inputs)
-    record = grad_mode.enabled and any(needs)
+    needs = tuple([t.requires_grad for t in inputs])
+    record = grad_mode.enabled and True in needs
     if record:
         op.needs_input_grad = needs  # backward may skip inputs that want no gradient
     out = op.forward(*[t.data for t in inputs])

@@ -11,7 +11,7 @@ from math import prod
 import numpy as np
 
 from ..dtype import DType
-from ..layout import Layout
+from ..layout import Layout, contiguous_strides
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
@@ -39,6 +39,20 @@ def _check_index(idx: np.ndarray, size: int, op: str) -> None:
     if idx.size and (idx.min() < -size or idx.max() >= size):
         raise IndexError(f"{op}: index out of range for dimension of size {size} "
                          f"(got values in [{idx.min()}, {idx.max()}])")
+
+
+def _scatter_add(shape: tuple[int, ...], dtype: DType, dim: int, index: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """zeros(shape), flat, with every source element added at the position whose `dim` coordinate
+    comes from `index` (broadcast over the source grid) and whose other coordinates are its own.
+    One np.add.at on flat positions: NumPy's fast path, several times quicker than a 2-D add.at."""
+    strides = contiguous_strides(shape)
+    positions = (index % shape[dim]) * strides[dim]  # negative indices wrap
+    for d, size in enumerate(source.shape):
+        if d != dim:
+            positions = positions + np.arange(size).reshape([-1 if k == d else 1 for k in range(source.ndim)]) * strides[d]
+    res = np.zeros(prod(shape), dtype.numpy)
+    np.add.at(res, np.broadcast_to(positions, source.shape).reshape(-1), np.ascontiguousarray(source).reshape(-1))
+    return res
 
 
 class CPUBackend:
@@ -166,13 +180,8 @@ class CPUBackend:
                   src: np.ndarray, lsrc: Layout) -> np.ndarray:
         index = _view(idx, lidx)
         _check_index(index, shape[dim], "index_add")
-        res = np.zeros(shape, dtype.numpy)
-        source = _view(src, lsrc)
-        if dim == 0 and res.ndim == 2:  # the embedding backward: sum rows with bincount-free add.at
-            np.add.at(res, index, source)
-        else:
-            np.add.at(res, (slice(None),) * dim + (index,), source)
-        return res.reshape(-1)
+        grid_index = index.reshape([-1 if d == dim else 1 for d in range(len(shape))])  # (n,) at `dim`
+        return _scatter_add(shape, dtype, dim, grid_index, _view(src, lsrc))
 
     def gather(self, a: np.ndarray, la: Layout, dim: int, idx: np.ndarray, lidx: Layout) -> np.ndarray:
         index = _view(idx, lidx)
@@ -185,11 +194,8 @@ class CPUBackend:
                     src: np.ndarray, lsrc: Layout) -> np.ndarray:
         index = _view(idx, lidx)
         _check_index(index, shape[dim], "scatter_add")
-        res = np.zeros(shape, dtype.numpy)
-        grid = list(np.indices(index.shape, sparse=True))
-        grid[dim] = index
-        np.add.at(res, tuple(grid), _view(src, lsrc))
-        return res.reshape(-1)
+        source = _view(src, lsrc)[tuple(slice(0, s) for s in index.shape)]  # only index.shape is read
+        return _scatter_add(shape, dtype, dim, index, source)
 
     # 13. copy ----------------------------------------------------------------------------------
     def copy(self, src: np.ndarray, lsrc: Layout, dst: np.ndarray, ldst: Layout) -> None:

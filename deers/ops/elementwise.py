@@ -13,6 +13,7 @@ from ..dtype import DType, bool_, default_float, i64
 from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor, apply
+from .shape import broadcast_to
 
 _FLOAT_ONLY = {"log", "exp", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "div", "pow"}
 
@@ -25,8 +26,8 @@ def require_float(name: str, t: Tensor) -> None:
 
 def broadcast_pair(name: str, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Check devices and dtypes of two operands and broadcast them to one shape (recorded)."""
-    from .shape import broadcast_to
-
+    if not isinstance(b, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(b).__name__}")
     if a.device != b.device:
         raise DeviceError(f"{name}: operands are on different devices: {describe(a)} and {describe(b)}")
     if a.dtype is not b.dtype:
@@ -50,7 +51,7 @@ def _scalar_operand(name: str, t: Tensor, value) -> Tensor:
 
 
 def _check_operand(name: str, value) -> None:
-    if not isinstance(value, (Tensor, Number)):
+    if not isinstance(value, Number):
         raise TypeError(f"{name}: expected a Tensor or a Python number, got {type(value).__name__}")
 
 
@@ -58,13 +59,19 @@ def _check_operand(name: str, value) -> None:
 class Unary(Op):
     """y = f(x) for the backend's unary primitives; the derivative per function below."""
 
+    _READS_OUTPUT = frozenset(("exp", "sqrt", "rsqrt", "tanh", "sigmoid"))  # backward uses y, not x
+    a = out = None  # saved by forward only when backward reads them
+
     def __init__(self, fn: str):
         self.name = fn
 
     def forward(self, a: NDArray) -> NDArray:
-        self.a = a
-        self.out = a.unary(self.name)
-        return self.out
+        out = a.unary(self.name)
+        if self.name in self._READS_OUTPUT:
+            self.out = out
+        elif self.name != "neg":
+            self.a = a
+        return out
 
     def backward(self, g: NDArray):
         a, y, fn = self.a, self.out, self.name
@@ -179,82 +186,79 @@ class Maximum(Op):
 
 
 def _binary(op: Op, a: Tensor, b: Tensor) -> Tensor:
-    _check_operand(op.name, b)
     a, b = broadcast_pair(op.name, a, b)
     return apply(op, a, b)
 
 
+def _scalar(name: str, a: Tensor, value, reverse: bool = False) -> Tensor:
+    """a OP value (value OP a when reverse) with a Python number, promoted like PyTorch."""
+    _check_operand(name, value)
+    if name in _FLOAT_ONLY:
+        require_float(name, a)
+    return apply(ScalarOp(name, value, reverse), _scalar_operand(name, a, value))
+
+
 def add(a: Tensor, b) -> Tensor:
-    if isinstance(b, Number):
-        return apply(ScalarOp("add", b), _scalar_operand("add", a, b))
-    return _binary(Add(), a, b)
+    return _binary(Add(), a, b) if isinstance(b, Tensor) else _scalar("add", a, b)
 
 
 def sub(a: Tensor, b) -> Tensor:
-    if isinstance(b, Number):
-        return apply(ScalarOp("sub", b), _scalar_operand("sub", a, b))
-    return _binary(Sub(), a, b)
+    return _binary(Sub(), a, b) if isinstance(b, Tensor) else _scalar("sub", a, b)
 
 
 def rsub(a: Tensor, value) -> Tensor:
-    _check_operand("rsub", value)
-    return apply(ScalarOp("sub", value, reverse=True), _scalar_operand("sub", a, value))
+    return _scalar("sub", a, value, reverse=True)
 
 
 def mul(a: Tensor, b) -> Tensor:
-    if isinstance(b, Number):
-        return apply(ScalarOp("mul", b), _scalar_operand("mul", a, b))
-    return _binary(Mul(), a, b)
+    return _binary(Mul(), a, b) if isinstance(b, Tensor) else _scalar("mul", a, b)
 
 
 def div(a: Tensor, b) -> Tensor:
     require_float("div", a)
-    if isinstance(b, Number):
-        return apply(ScalarOp("div", b), a)
-    return _binary(Div(), a, b)
+    return _binary(Div(), a, b) if isinstance(b, Tensor) else _scalar("div", a, b)
 
 
 def rdiv(a: Tensor, value) -> Tensor:
-    _check_operand("rdiv", value)
-    require_float("div", a)
-    return apply(ScalarOp("div", value, reverse=True), a)
+    return _scalar("div", a, value, reverse=True)
 
 
 def pow(a: Tensor, exponent) -> Tensor:
     require_float("pow", a)
-    if isinstance(exponent, Number):
-        return apply(ScalarOp("pow", exponent), a)
-    return _binary(Pow(), a, exponent)
+    return _binary(Pow(), a, exponent) if isinstance(exponent, Tensor) else _scalar("pow", a, exponent)
 
 
 def rpow(a: Tensor, base) -> Tensor:
-    _check_operand("rpow", base)
-    require_float("pow", a)
-    return apply(ScalarOp("pow", base, reverse=True), a)
+    return _scalar("pow", a, base, reverse=True)
 
 
 def maximum(a: Tensor, b) -> Tensor:
-    if isinstance(b, Number):
-        return clamp(a, min=b)
-    return _binary(Maximum("maximum"), a, b)
+    if isinstance(b, Tensor):
+        return _binary(Maximum("maximum"), a, b)
+    _check_operand("maximum", b)
+    return clamp(a, min=b)
 
 
 def minimum(a: Tensor, b) -> Tensor:
-    if isinstance(b, Number):
-        return clamp(a, max=b)
-    return _binary(Maximum("minimum"), a, b)
+    if isinstance(b, Tensor):
+        return _binary(Maximum("minimum"), a, b)
+    _check_operand("minimum", b)
+    return clamp(a, max=b)
 
 
 class ScalarOp(Op):
     """x OP c (or c OP x when reverse) with a Python number c."""
 
+    a = out = None  # saved by forward only when backward reads them
+
     def __init__(self, fn: str, value, reverse: bool = False):
         self.name, self.value, self.reverse = fn, value, reverse
 
     def forward(self, a):
-        self.a = a
-        self.out = a.scalar(self.name, self.value, self.reverse)
-        return self.out
+        out = a.scalar(self.name, self.value, self.reverse)
+        if self.name == "pow" or (self.name == "div" and self.reverse):  # only these read them back
+            self.a, self.out = a, out
+        return out
 
     def backward(self, g):
         c, a, name = self.value, self.a, self.name
@@ -337,9 +341,9 @@ def where(condition: Tensor, a, b) -> Tensor:
     shape = broadcast_shapes(condition.shape, a.shape)
     if shape is None:
         raise ShapeError(f"where: condition {describe(condition)} does not broadcast with {describe(a)}")
+    if condition.device != a.device:
+        raise DeviceError(f"where: condition {describe(condition)} is not on the device of {describe(a)}")
     if shape != a.shape:
-        from .shape import broadcast_to
-
         a, b = broadcast_to(a, shape), broadcast_to(b, shape)
     return apply(Where(), condition.broadcast_to(shape), a, b)
 

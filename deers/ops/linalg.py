@@ -5,6 +5,7 @@ from ..autograd import Op
 from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor, apply
+from .shape import broadcast_to, reshape
 
 
 class MatMul(Op):
@@ -13,12 +14,15 @@ class MatMul(Op):
     name = "matmul"
 
     def forward(self, a, b):
-        self.a, self.b = a, b
+        self.a = a if self.needs(1) else None  # dB reads A
+        self.b = b if self.needs(0) else None  # dA reads B
         return a.matmul(b)
 
     def backward(self, g):  # dA = G B^T, dB = A^T G
         a, b = self.a, self.b
-        return g.matmul(b.transpose(b.ndim - 1, b.ndim - 2)), a.transpose(a.ndim - 1, a.ndim - 2).matmul(g)
+        da = g.matmul(b.transpose(b.ndim - 1, b.ndim - 2)) if b is not None else None
+        db = a.transpose(a.ndim - 1, a.ndim - 2).matmul(g) if a is not None else None
+        return da, db
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -27,8 +31,6 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     A 2-D right operand (a Linear weight) is multiplied against a flattened left operand, so its
     gradient is one GEMM instead of a batch of them summed afterwards.
     """
-    from .shape import broadcast_to, reshape
-
     if not isinstance(b, Tensor):
         raise TypeError(f"matmul: expected a Tensor, got {type(b).__name__}")
     if a.device != b.device:
@@ -37,10 +39,13 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         raise DTypeError(f"matmul: mixed dtypes {describe(a)} and {describe(b)}")
     if not a.dtype.is_float:
         raise DTypeError(f"matmul: needs floating-point tensors, got {describe(a)}")
-    if a.ndim == 0 or b.ndim == 0:
+    sa, sb = a.shape, b.shape
+    if not sa or not sb:
         raise ShapeError(f"matmul: operands must have at least 1 dim: {describe(a)} and {describe(b)}")
-    if a.shape[-1] != (b.shape[-2] if b.ndim > 1 else b.shape[0]):
+    if sa[-1] != sb[-2 if len(sb) > 1 else 0]:
         raise ShapeError(f"matmul: inner dims differ: {describe(a)} @ {describe(b)}")
+    if len(sa) == 2 and len(sb) == 2:
+        return apply(MatMul(), a, b)
     if a.ndim == 1:  # a row vector (1, k); its dim is dropped from the result
         out = matmul(reshape(a, (1, a.shape[0])), b)  # (..., 1, n) or (1, 1) when b is 1-D too
         return reshape(out, out.shape[:-2] + out.shape[-1:]) if b.ndim > 1 else reshape(out, ())
