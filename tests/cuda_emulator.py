@@ -1,0 +1,195 @@
+"""Run the CUDA backend on the CPU: the .cu kernels compiled by g++ (tests only).
+
+`HostRuntime` has the interface of deers.backend.cuda.kernels.CupyRuntime with NumPy buffers,
+so `CUDABackend(0, runtime=HostRuntime())` is the real CUDA backend code path — planning, meta
+packing, launch sizes, kernel bodies — with only memory and launches emulated. It is strict where
+CuPy is not: every kernel argument must be a NumPy scalar of exactly the C parameter's type or a
+flat buffer of exactly the pointed-to dtype (CuPy would silently reinterpret), a kernel must live
+in the .cu file plan.KERNELS names, every buffer has guard bytes checked after each launch, and
+fresh buffers are filled with garbage so a kernel that skips an output element shows up.
+
+The shared library is built once per source hash in the temp folder (a few seconds with g++ -O1)
+from cuda_emulator_shim.h + each .cu file + generated launch trampolines.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+from deers.backend.cuda import plan
+
+KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deers", "backend", "cuda")
+SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emulator_shim.h")
+SCALARS = {"int": np.int32, "long long": np.int64, "unsigned int": np.uint32, "unsigned long long": np.uint64,
+           "float": np.float32, "double": np.float64}
+CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.uint32: ctypes.c_uint32,
+          np.uint64: ctypes.c_uint64, np.float32: ctypes.c_float, np.float64: ctypes.c_double}
+POINTEES = {"f16_t": "float16", "bf16_t": "bfloat16", "float": "float32", "double": "float64",
+            "long long": "int64", "unsigned char": "uint8", "bool": "bool"}
+GUARD = 64  # bytes before and after every buffer
+GUARD_BYTE = 0xA5
+GARBAGE_BYTE = 0xCD
+_KERNEL_RE = re.compile(r'extern\s+"C"\s+void\s+(\w+)\s*\(([^)]*)\)')
+
+
+def compiler_available() -> bool:
+    return shutil.which("g++") is not None
+
+
+def parse_params(params: str) -> list[tuple[str, bool]]:
+    """'int op, const float* __restrict__ a' -> [("int", False), ("float", True)]."""
+    parsed = []
+    for param in params.split(","):
+        words = param.replace("*", " * ").split()
+        pointer = "*" in words
+        words = [w for w in words if w not in ("const", "__restrict__", "*")]
+        parsed.append((" ".join(words[:-1]), pointer))
+    return parsed
+
+
+def _preprocess(file: str) -> str:
+    return subprocess.run(["g++", "-x", "c++", "-E", "-P", "-std=c++17", "-include", SHIM, "-I", KERNEL_DIR,
+                           os.path.join(KERNEL_DIR, file)], check=True, capture_output=True, text=True).stdout
+
+
+def kernel_signatures(file: str) -> dict[str, list[tuple[str, bool]]]:
+    """The extern "C" kernels of a .cu file (after macro expansion) and their parameters."""
+    return {m.group(1): parse_params(m.group(2)) for m in _KERNEL_RE.finditer(_preprocess(file))}
+
+
+def _trampolines(file: str, kernels: dict[str, list[tuple[str, bool]]]) -> str:
+    lines = [f'#include "{SHIM}"', f'#include "{os.path.join(KERNEL_DIR, file)}"']
+    for name, params in kernels.items():
+        call_args = ", ".join(f"*({ctype}{'*' if pointer else ''}*)args[{i}]" for i, (ctype, pointer) in enumerate(params))
+        lines.append(f"static void body_{name}(void* p) {{ void** args = (void**)p; {name}({call_args}); }}")
+        lines.append(f'extern "C" void launch_{name}(const long long* cfg, void** args) '
+                     f"{{ emu::launch(cfg, body_{name}, args); }}")
+    return "\n".join(lines) + "\n"
+
+
+def build_library() -> tuple[str, dict[str, dict[str, list[tuple[str, bool]]]]]:
+    """Compile (or reuse) the emulation library; returns its path and the kernels of each file."""
+    digest = hashlib.sha1()
+    for path in sorted([SHIM, __file__] + [os.path.join(KERNEL_DIR, f) for f in os.listdir(KERNEL_DIR)
+                                           if f.endswith((".cu", ".cuh"))]):
+        with open(path, "rb") as f:
+            digest.update(path.encode() + f.read())
+    folder = os.path.join(tempfile.gettempdir(), f"deers-cuda-emulator-{digest.hexdigest()[:16]}")
+    library = os.path.join(folder, "kernels.so")
+    kernels = {file: kernel_signatures(file) for file in plan.KERNEL_FILES}
+    if os.path.exists(library):
+        return library, kernels
+    os.makedirs(folder, exist_ok=True)
+    jobs, objects = [], []
+    for file in plan.KERNEL_FILES:
+        source = os.path.join(folder, file.replace(".cu", ".cpp"))
+        with open(source, "w") as f:
+            f.write(_trampolines(file, kernels[file]))
+        objects.append(source.replace(".cpp", ".o"))
+        jobs.append(subprocess.Popen(["g++", "-std=c++17", "-O1", "-fPIC", "-w", "-c", source, "-o", objects[-1]],
+                                     stderr=subprocess.PIPE, text=True))
+    for job in jobs:
+        _, err = job.communicate()
+        if job.returncode:
+            raise RuntimeError(f"emulator build failed:\n{err}")
+    partial = library + f".{os.getpid()}"
+    subprocess.run(["g++", "-shared", "-o", partial] + objects, check=True)
+    os.replace(partial, library)  # atomic: a concurrent test run never loads half a library
+    return library, kernels
+
+
+class HostRuntime:
+    """The CUDA backend's runtime interface on the CPU (see the module docstring)."""
+
+    def __init__(self):
+        path, self.kernels = build_library()
+        self.lib = ctypes.CDLL(path)
+        self.launches: list[str] = []  # kernel names in launch order, for tests to inspect
+        self.allow_tf32_seen: list[bool] = []
+
+    # ---- memory -----------------------------------------------------------------------------------
+    def empty(self, numel: int, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        raw = np.full(numel * dtype.itemsize + 2 * GUARD, GUARD_BYTE, np.uint8)
+        raw[GUARD:GUARD + numel * dtype.itemsize] = GARBAGE_BYTE
+        return raw[GUARD:GUARD + numel * dtype.itemsize].view(dtype)
+
+    def upload(self, array: np.ndarray) -> np.ndarray:
+        array = np.ascontiguousarray(array).reshape(-1)
+        buf = self.empty(array.size, array.dtype)
+        buf[...] = array
+        return buf
+
+    def download(self, buf: np.ndarray) -> np.ndarray:
+        return np.array(buf, copy=True)
+
+    def view(self, buf: np.ndarray, shape, strides, offset: int) -> np.ndarray:
+        item = buf.itemsize
+        return np.ndarray(shape, buf.dtype, buf, offset * item, tuple(s * item for s in strides))
+
+    def synchronize(self) -> None:
+        pass
+
+    def matmul(self, x: np.ndarray, y: np.ndarray, out: np.ndarray, allow_tf32: bool) -> None:
+        """NumPy's matmul; 16-bit inputs accumulate in f32 as cuBLAS does with CUBLAS_COMPUTE_32F."""
+        self.allow_tf32_seen.append(allow_tf32)
+        if x.dtype.itemsize == 2:
+            out[...] = np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(out.dtype)
+        else:
+            np.matmul(x, y, out=out)
+
+    def meta(self, values: tuple[int, ...]) -> np.ndarray:
+        return self.upload(np.array(values, np.int64))
+
+    # ---- launches ---------------------------------------------------------------------------------
+    def launch(self, k: plan.Kernel, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
+        params = self.kernels[k.file].get(k.name)
+        if params is None:
+            raise AssertionError(f"kernel {k.name} is not defined in {k.file}")
+        if len(args) != len(params):
+            raise AssertionError(f"{k.name}: {len(args)} arguments for {len(params)} parameters")
+        keep, pointers = [], (ctypes.c_void_p * len(args))()
+        buffers = []
+        for i, (arg, (ctype, pointer)) in enumerate(zip(args, params)):
+            if pointer:
+                expected = POINTEES[ctype]
+                if not isinstance(arg, np.ndarray) or arg.dtype.name != expected or arg.ndim != 1 \
+                        or not arg.flags.c_contiguous:
+                    raise AssertionError(f"{k.name} argument {i}: needs a flat {expected} buffer, got "
+                                         f"{type(arg).__name__} {getattr(arg, 'dtype', '')} {getattr(arg, 'shape', '')}")
+                value = ctypes.c_void_p(arg.ctypes.data)
+                buffers.append(arg)
+            else:
+                expected = SCALARS[ctype]
+                if type(arg) is not expected:
+                    raise AssertionError(f"{k.name} argument {i}: needs {expected.__name__} for C {ctype}, "
+                                         f"got {type(arg).__name__} {arg!r}")
+                value = CTYPES[expected](arg)
+            keep.append(value)
+            pointers[i] = ctypes.cast(ctypes.pointer(value), ctypes.c_void_p)
+        grid3 = tuple(grid) + (1,) * (3 - len(grid))
+        block3 = tuple(block) + (1,) * (3 - len(block))
+        if any(g < 1 for g in grid3) or any(b < 1 for b in block3) or np.prod(block3) > 1024:
+            raise AssertionError(f"{k.name}: bad launch grid {grid3} block {block3}")
+        cfg = (ctypes.c_longlong * 6)(*grid3, *block3)
+        getattr(self.lib, f"launch_{k.name}")(cfg, pointers)
+        self.launches.append(k.name)
+        for buf in buffers:
+            _check_guards(k.name, buf)
+
+
+def _check_guards(name: str, buf: np.ndarray) -> None:
+    raw = buf.base
+    while raw is not None and raw.base is not None:
+        raw = raw.base
+    if raw is None or raw.dtype != np.uint8 or raw.size != buf.nbytes + 2 * GUARD:
+        return  # not allocated by HostRuntime (a test's own array)
+    if (raw[:GUARD] != GUARD_BYTE).any() or (raw[GUARD + buf.nbytes:] != GUARD_BYTE).any():
+        raise AssertionError(f"{name} wrote outside a buffer of {buf.size} {buf.dtype} elements")
