@@ -81,6 +81,7 @@ def check_collectives(results: list[dict]) -> None:
         np.testing.assert_array_equal(res["bcast_i64"], base + 100 * (world - 1))
         if "bcast_bf16" in res:
             np.testing.assert_array_equal(res["bcast_bf16"], (base + 100 * (world - 1)).astype(deers.bf16.numpy))
+            np.testing.assert_array_equal(res["sum_bf16"], base * scale_sum)  # small integers: exact in bf16
         assert int(res["bcast_object"]) == world - 1
         shapes = [(3, 4), (5,), (2, 3, 2), (7,), (1,)]
         expected = np.concatenate([np.full(int(np.prod(s)), (k + 1) * scale_sum / world) for k, s in enumerate(shapes)])

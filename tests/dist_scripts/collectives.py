@@ -61,6 +61,7 @@ def main() -> None:
     if deers.bf16 is not None:
         bf = dist.broadcast(tensor(base + 100 * r, deers.bf16), src=world - 1)
         results["bcast_bf16"] = bf.numpy().astype(np.float64)
+        results["sum_bf16"] = dist.all_reduce(tensor(base * (r + 1), deers.bf16), "sum").numpy().astype(np.float64)
     results["bcast_object"] = np.array(dist.broadcast_object({"rank": r, "word": "hello"}, src=world - 1)["rank"])
 
     # bucketed gradient all-reduce: rank r's gradient of parameter k is (k + 1) * (r + 1) * ones
