@@ -193,3 +193,31 @@ def _check_guards(name: str, buf: np.ndarray) -> None:
         return  # not allocated by HostRuntime (a test's own array)
     if (raw[:GUARD] != GUARD_BYTE).any() or (raw[GUARD + buf.nbytes:] != GUARD_BYTE).any():
         raise AssertionError(f"{name} wrote outside a buffer of {buf.size} {buf.dtype} elements")
+
+
+def cuda_backend_fixture(request):
+    """Body of the `cuda` fixture of the CUDA test files, parametrized over "emulated" and "gpu".
+
+    "emulated" installs CUDABackend(0, HostRuntime()) as the backend of device cuda:0 for the
+    module (so deers.tensor(..., device="cuda") runs the emulated kernels); "gpu" uses the real
+    backend and skips unless CuPy sees a GPU. Yields the backend.
+    """
+    import pytest
+
+    from deers.backend import _instances, backend_for
+    from deers.backend.cuda import CUDABackend
+    from deers.device import Device
+    from devices import DEVICES
+
+    cuda = Device.cuda(0)
+    if request.param == "gpu":
+        if "cuda" not in DEVICES:
+            pytest.skip("no CUDA GPU on this machine")
+        yield backend_for(cuda)
+        return
+    if not compiler_available():
+        pytest.skip("g++ is needed to emulate the CUDA kernels on the CPU")
+    backend = CUDABackend(0, runtime=HostRuntime())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(_instances, cuda, backend)
+        yield backend
