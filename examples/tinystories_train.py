@@ -85,7 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where train.bin/val.bin live (default: data/tinystories_gpt2, or data/<text file>_<tokenizer>)")
     p.add_argument("--tokenizer-file", default=None,
                    help="a .tiktoken rank file to use instead of GPT-2's BPE (<|endoftext|> gets the next id)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches", "sample_every",
+                 "checkpoint_every"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return args
 
 
 # ---- data --------------------------------------------------------------------------------------------
@@ -285,7 +290,8 @@ def train(args: argparse.Namespace) -> dict:
     if args.resume:
         info = checkpoint.load(ckpt_path, model=model, optimizer=optimizer)  # also restores every RNG state
         step, history, scaler.scale = info["step"], info["extra"]["history"], info["extra"]["loss_scale"]
-        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+        print(f"resumed from {ckpt_path} at step {step} (model, data, optimizer, dtype and seed settings "
+              f"come from the checkpoint)", flush=True)
     print(f"model: {model.num_parameters():,} parameters, {config}", flush=True)
     print(f"data: {len(train_data):,} train tokens, {len(val_data):,} val tokens; "
           f"{args.batch_size} x {args.seq_len} tokens per step on {args.device} in {args.dtype}", flush=True)
