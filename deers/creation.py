@@ -28,9 +28,8 @@ def tensor(data, dtype: "DType | str | None" = None, device: "Device | str | Non
         data = data.numpy()
     array = np.asarray(data)
     if dtype is None:
-        if array.dtype.kind == "f":
-            dtype = default_float() if array.dtype != np.float64 or not isinstance(data, np.ndarray) else as_dtype(
-                array.dtype)
+        if array.dtype.kind == "f":  # a NumPy array keeps its float type; Python floats become f32
+            dtype = as_dtype(array.dtype) if isinstance(data, (np.ndarray, np.generic)) else default_float()
         elif array.dtype.kind == "b":
             dtype = as_dtype("bool")
         elif array.dtype.kind in "iu":

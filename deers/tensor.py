@@ -239,6 +239,8 @@ class Tensor:
     def mean(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.mean(self, dim, keepdim)
     def max(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.max(self, dim, keepdim)
     def min(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.min(self, dim, keepdim)
+    amax = max  # PyTorch's name for the values-only max (Deers' max never returns indices)
+    amin = min
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> "Tensor":
         return _reduce.argmax(self, dim, keepdim)
     def logsumexp(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.logsumexp(self, dim, keepdim)

@@ -362,3 +362,14 @@ def test_operands_of_other_types_raise_type_error():
         x + np.ones(2)
     with pytest.raises(TypeError, match="matmul"):
         x @ [1.0, 2.0]
+
+
+def test_creation_dtypes_follow_pytorch():
+    assert deers.tensor([1.0, 2.0]).dtype is deers.f32 and deers.tensor([1, 2]).dtype is deers.i64
+    assert deers.tensor([True]).dtype is deers.bool_
+    assert deers.tensor(np.zeros(2)).dtype is deers.f64  # a NumPy array keeps its float type
+    assert deers.tensor(np.zeros(2, np.float16)).dtype is deers.f16
+    assert deers.tensor(np.zeros(2, np.int32)).dtype is deers.i64
+    assert deers.tensor([1, 2], dtype="f16").dtype is deers.f16
+    assert deers.zeros(2, 3).dtype is deers.f32 and deers.arange(3).dtype is deers.i64
+    assert deers.full((2,), 1.5).dtype is deers.f32 and deers.full((2,), 3).dtype is deers.i64

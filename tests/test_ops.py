@@ -428,3 +428,44 @@ def test_a_small_network_expression():
     x, w, b = rand(4, 3, seed=1), rand(3, 5, seed=2), rand(5, seed=3)
     check_op(lambda x, w, b: ((x @ w) + b).relu().sum(), x, w, b,
              reference=lambda x, w, b: np.maximum(x @ w + b, 0).sum())
+
+
+# ---- every backward also receives non-contiguous gradients ----------------------------------------------
+GRAD_THROUGH_TRANSPOSE = {
+    "matmul": (lambda a, b: a @ b, (3, 4), (4, 5)),
+    "batched matmul": (lambda a, b: a @ b, (2, 3, 4), (4, 5)),
+    "mul": (lambda a, b: a * b, (3, 4), (4,)),
+    "div": (lambda a, b: a / (b.square() + 1.0), (3, 4), (3, 1)),
+    "softmax": (lambda a, b: a.softmax(-1) * b, (3, 4), (4,)),
+    "log_softmax": (lambda a, b: a.log_softmax(0) + b, (3, 4), (4,)),
+    "logsumexp": (lambda a, b: a.logsumexp(1, keepdim=True) * b, (3, 4), (4,)),
+    "amax": (lambda a, b: a.amax(1, keepdim=True) * b, (3, 4), (4,)),
+    "amin": (lambda a, b: a.amin((0, 1), keepdim=True) * b, (3, 4), (4,)),
+    "sum": (lambda a, b: a.sum(0, keepdim=True) * b[:, :1], (3, 4), (3, 4)),
+    "cat": (lambda a, b: lib(a).cat([a, b], 0), (3, 4), (2, 4)),
+    "getitem": (lambda a, b: a[1:, ::2] * b[:2, :2], (3, 4), (3, 4)),
+    "reshape copy": (lambda a, b: a.T.reshape(2, 6) * b.reshape(2, 6), (3, 4), (3, 4)),
+    "where": (lambda a, b: lib(a).where(a > 0, a, b), (3, 4), (3, 4)),
+    "unary": (lambda a, b: (a.exp() + b.sin()).sigmoid(), (3, 4), (3, 4)),
+    "to_dtype": (lambda a, b: a.to_dtype(deers.f64) * b, (3, 4), (3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAD_THROUGH_TRANSPOSE))
+def test_backward_with_a_non_contiguous_out_grad(name):
+    fn, sa, sb = GRAD_THROUGH_TRANSPOSE[name]
+    torch_fn = (lambda a, b: fn(a, b).transpose(0, 1)) if name != "to_dtype" else (
+        lambda a, b: (a.to(torch.float64) * b).transpose(0, 1))
+    check_op(lambda a, b: fn(a, b).transpose(0, 1), rand(*sa, seed=1), rand(*sb, seed=2),
+             torch_fn=torch_fn, layouts=("contiguous", "permuted"))
+
+
+def test_index_ops_with_a_non_contiguous_out_grad():
+    x, idx = rand(4, 3), np.array([[0, 2], [1, 1], [2, 0], [0, 0]])
+    check_op(lambda x, i: x.gather(1, i).transpose(0, 1), x, idx, layouts=("contiguous", "permuted"))
+    check_op(lambda x, i: x.index_select(0, i[:, 0]).transpose(0, 1), x, idx, layouts=("contiguous", "permuted"))
+
+
+def test_ops_on_zero_dim_tensors():
+    check_op(lambda x: (x.sum() * 2.0).exp() + x.mean(), rand(3), reference=lambda x: np.exp(x.sum() * 2) + x.mean())
+    check_op(lambda x: x[1] * x[2], rand(3), reference=lambda x: x[1] * x[2])
