@@ -106,11 +106,7 @@ class NDArray:
 
     def compact(self) -> "NDArray":
         """The same object when already contiguous, otherwise one contiguous copy."""
-        if self.layout.is_contiguous():
-            return self
-        out = self.backend.empty(self.numel, self.dtype)
-        self.backend.copy(self.buffer, self.layout, out, Layout(self.shape))
-        return self._new(out, self.shape)
+        return self if self.layout.is_contiguous() else self.copy()
 
     def is_dense(self) -> bool:
         """Contiguous, starting at offset 0 and covering the whole buffer (a fresh result's shape)."""
@@ -122,7 +118,9 @@ class NDArray:
 
     def copy(self) -> "NDArray":
         """A dense copy with a buffer of its own."""
-        return self._new(self.backend.cast(self.buffer, self.layout, self.dtype), self.shape)
+        out = self.backend.empty(self.numel, self.dtype)
+        self.backend.copy(self.buffer, self.layout, out, Layout(self.shape))
+        return self._new(out, self.shape)
 
     def contiguous_buffer(self):
         """A flat buffer holding exactly this array's elements in row-major order."""
