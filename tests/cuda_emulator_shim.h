@@ -1,7 +1,9 @@
 // Just enough CUDA to run the Deers .cu kernels as plain C++ on the CPU (tests only).
 //
-// A launch runs the blocks one after another; the threads of a block run as fibers (ucontext) on
-// one OS thread. __syncthreads() switches to the next fiber; when every thread of the block waits
+// A launch runs the blocks one after another; the threads of a block run as fibers on one OS
+// thread (each started once with setcontext on its own stack, then switched with _setjmp /
+// _longjmp, which skip the signal-mask system calls of swapcontext). __syncthreads() switches
+// back to the scheduler, which runs the next fiber; when every thread of the block waits
 // at the barrier, all of them continue. A thread that returns while others wait at a barrier is a
 // divergent barrier (undefined on a GPU) and aborts the emulation. Warp shuffles exchange through
 // a per-thread slot between two barriers, so they must be called by the whole block together (the
@@ -9,6 +11,7 @@
 // the running block, as on a GPU, because blocks never overlap.
 #pragma once
 
+#include <setjmp.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -32,7 +35,11 @@ inline int current = 0;  // linear index of the running thread within its block
 inline int threads = 0;
 inline State states[MAX_THREADS];
 inline ucontext_t contexts[MAX_THREADS];
-inline ucontext_t scheduler;
+inline ucontext_t context_template;
+inline bool have_template = false;
+inline bool started[MAX_THREADS];
+inline jmp_buf scheduler_env;
+inline jmp_buf fiber_envs[MAX_THREADS];
 inline char* stacks = nullptr;
 inline unsigned long long slots[MAX_THREADS];
 inline void (*body)(void*) = nullptr;
@@ -46,12 +53,13 @@ inline void* body_args = nullptr;
 
 inline void barrier() {
     states[current] = WAITING;
-    swapcontext(&contexts[current], &scheduler);
+    if (!_setjmp(fiber_envs[current])) _longjmp(scheduler_env, 1);
 }
 
 inline void entry() {
     body(body_args);
-    states[current] = DONE;  // then uc_link returns to the scheduler
+    states[current] = DONE;
+    _longjmp(scheduler_env, 1);
 }
 
 inline void set_thread(int t) {
@@ -61,21 +69,36 @@ inline void set_thread(int t) {
     thread_idx.z = t / (block_dim.x * block_dim.y);
 }
 
+// Run thread t until its next barrier or its end.
+inline void resume(int t) {
+    set_thread(t);
+    states[t] = READY;
+    if (!_setjmp(scheduler_env)) {
+        if (!started[t]) {
+            started[t] = true;
+            setcontext(&contexts[t]);
+        }
+        _longjmp(fiber_envs[t], 1);
+    }
+}
+
 inline void run_block() {
+    if (!have_template) {
+        getcontext(&context_template);
+        have_template = true;
+    }
     for (int t = 0; t < threads; ++t) {
-        getcontext(&contexts[t]);
+        contexts[t] = context_template;
         contexts[t].uc_stack.ss_sp = stacks + (size_t)t * STACK_BYTES;
         contexts[t].uc_stack.ss_size = STACK_BYTES;
-        contexts[t].uc_link = &scheduler;
+        contexts[t].uc_link = nullptr;
         makecontext(&contexts[t], entry, 0);
         states[t] = READY;
+        started[t] = false;
     }
     for (;;) {
         for (int t = 0; t < threads; ++t) {
-            if (states[t] == DONE) continue;
-            set_thread(t);
-            states[t] = READY;
-            swapcontext(&scheduler, &contexts[t]);
+            if (states[t] != DONE) resume(t);
         }
         int done = 0;
         for (int t = 0; t < threads; ++t) done += states[t] == DONE;

@@ -1,0 +1,267 @@
+"""The CUDA backend's fused kernels, random numbers, GEMM and in-place writes against references:
+cross-entropy over a GPT-2 vocabulary, RMSNorm, causal softmax, RoPE, AdamW in every dtype pair,
+two-pass reductions, f16/bf16 matmul with f32 accumulation and the TF32 switch, and Philox
+against the Random123 known-answer vectors. Like test_cuda_kernels.py, each test runs on the
+emulated kernels everywhere and on a real GPU when there is one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deers
+from cuda_emulator import HostRuntime, cuda_backend_fixture
+from deers.backend import backend_for
+from deers.backend.cuda import plan, set_allow_tf32
+from deers.layout import Layout
+from deers.ops.attention import apply_rope
+
+CUDA = deers.Device.cuda(0)
+LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d is not None]
+FLOATS = [deers.f32, deers.f64] + LOW_PRECISION
+TOL = {"f32": (2e-5, 2e-5), "f64": (1e-10, 1e-10), "f16": (1e-2, 1e-2), "bf16": (6e-2, 3e-2)}
+CPU = backend_for("cpu")
+
+
+@pytest.fixture(scope="module", params=["emulated", "gpu"])
+def cuda(request):
+    yield from cuda_backend_fixture(request)
+
+
+def _up(cuda, array: np.ndarray, dtype: deers.DType):
+    return cuda.from_numpy(np.asarray(array).astype(dtype.numpy), dtype)
+
+
+def _down(cuda, buf) -> np.ndarray:
+    return cuda.to_numpy(buf, Layout((buf.size,))).astype(np.float64)
+
+
+def _close(got, expected, dtype: deers.DType, what: str = "") -> None:
+    atol, rtol = TOL[dtype.name]
+    np.testing.assert_allclose(got, expected, atol=atol, rtol=rtol, err_msg=what)
+
+
+# ---- random numbers ----------------------------------------------------------------------------------
+def philox4x32_10(counter: tuple[int, int, int, int], key: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Reference Philox4x32-10 in Python (Salmon et al. 2011)."""
+    mask = 0xFFFFFFFF
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0) & mask, p1 & mask, ((p0 >> 32) ^ c3 ^ k1) & mask, p0 & mask
+        k0, k1 = (k0 + 0x9E3779B9) & mask, (k1 + 0xBB67AE85) & mask
+    return c0, c1, c2, c3
+
+
+def test_reference_philox_matches_the_random123_known_answers():
+    assert philox4x32_10((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert philox4x32_10((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == \
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
+def test_random_kernels_follow_philox_and_advance_the_offset(cuda):
+    seed = 0x0123456789ABCDEF
+    cuda.seed(seed)
+    cuda.rand(5, deers.f32)  # consumes counters 0..4
+    state = cuda.get_rng_state()
+    assert state == {"seed": seed, "offset": 5}
+    uniform = _down(cuda, cuda.rand(6, deers.f32))
+    normal = _down(cuda, cuda.randn(4, deers.f64))
+    ints = cuda.to_numpy(cuda.randint(5, -3, 1 << 40), Layout((5,)))
+    key = (seed & 0xFFFFFFFF, seed >> 32)
+    words = [philox4x32_10(((5 + i) & 0xFFFFFFFF, (5 + i) >> 32, 0, 0), key) for i in range(15)]
+    np.testing.assert_array_equal(uniform, [(w[0] >> 8) / 2.0 ** 24 for w in words[:6]])
+    u = [(1.0 - ((w[0] >> 5) * 2.0 ** 26 + (w[1] >> 6)) / 2.0 ** 53, ((w[2] >> 5) * 2.0 ** 26 + (w[3] >> 6)) / 2.0 ** 53)
+         for w in words[6:10]]
+    np.testing.assert_allclose(normal, [np.sqrt(-2 * np.log(a)) * np.cos(2 * np.pi * b) for a, b in u], rtol=1e-12)
+    np.testing.assert_array_equal(ints, [-3 + (((w[1] << 32) | w[0]) % ((1 << 40) + 3)) for w in words[10:]])
+    cuda.set_rng_state(state)
+    np.testing.assert_array_equal(_down(cuda, cuda.rand(6, deers.f32)), uniform)
+
+
+def test_manual_seed_reproducibility_and_sample_statistics(cuda):
+    def draw():
+        return [deers.randn(3, 4, device=CUDA).numpy(), deers.rand(5, device=CUDA, dtype=deers.f16).numpy(),
+                deers.randint(0, 10, (6,), device=CUDA).numpy()]
+
+    deers.manual_seed(123)
+    first = draw()
+    deers.manual_seed(123)
+    for a, b in zip(first, draw()):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], deers.randn(3, 4, device=CUDA).numpy())
+    assert "cuda" in deers.get_rng_state()
+    z = deers.randn(20000, device=CUDA).numpy()
+    u = deers.rand(20000, device=CUDA, dtype=deers.f64).numpy()
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1.0) < 0.05
+    assert abs(u.mean() - 0.5) < 0.02 and u.min() >= 0.0 and u.max() < 1.0
+    with pytest.raises(ValueError, match="randint"):
+        deers.randint(3, 3, (2,), device=CUDA)
+
+
+# ---- in-place writes ---------------------------------------------------------------------------------
+def test_copy_writes_into_a_strided_view_and_handles_overlap(cuda):
+    dst = cuda.full(12, 0.0, deers.f32)
+    src = _up(cuda, [1.0, 2.0, 3.0], deers.f32)
+    target = Layout((3, 4)).permute((1, 0)).narrow(0, 1, 2)  # (2, 3) strided view at offset 1
+    cuda.copy(src, Layout((3,)).broadcast_to((2, 3)), dst, target)
+    expected = np.zeros((3, 4))
+    expected[:, 1:3] = np.array([1.0, 2.0, 3.0])[:, None]
+    np.testing.assert_array_equal(_down(cuda, dst).reshape(3, 4), expected)
+    x = _up(cuda, np.arange(6.0), deers.f64)  # x[1:] = x[:-1] reads before it writes, like NumPy
+    cuda.copy(x, Layout((5,)), x, Layout((5,), offset=1))
+    np.testing.assert_array_equal(_down(cuda, x), [0, 0, 1, 2, 3, 4])
+    bf = cuda.full(4, 0.0, deers.f16)  # a copy that converts
+    cuda.copy(_up(cuda, [0.1, 0.2, 0.3, 0.4], deers.f64), Layout((4,)), bf, Layout((4,)))
+    np.testing.assert_array_equal(cuda.to_numpy(bf, Layout((4,))), np.array([0.1, 0.2, 0.3, 0.4], np.float16))
+
+
+@pytest.mark.parametrize("pair", plan.KERNELS["adamw"][1], ids="/".join)
+def test_adamw_step_in_place_for_every_dtype_pair(cuda, pair):
+    p_dtype, m_dtype = (deers.dtype.as_dtype(s) for s in pair)
+    rng = np.random.default_rng(0)
+    param, grad, m = (rng.standard_normal(300).astype(p_dtype.numpy) for _ in range(3))
+    v = np.abs(rng.standard_normal(300))
+    bufs = [_up(cuda, param, p_dtype), _up(cuda, grad, p_dtype), _up(cuda, m, m_dtype), _up(cuda, v, m_dtype)]
+    held = bufs[0]
+    ref = [a.astype(np.float64) for a in (param, grad, m.astype(m_dtype.numpy), v.astype(m_dtype.numpy))]
+    for step in (1, 2, 3):
+        CPU.adamw_step(*ref, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        cuda.adamw_step(*bufs, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+    assert bufs[0] is held
+    tolerance = {"f32": 1e-5, "f64": 1e-12}.get(pair[0], 1e-2)
+    for got, expected in zip(bufs, ref):
+        np.testing.assert_allclose(_down(cuda, got), expected, atol=tolerance, rtol=tolerance)
+
+
+# ---- fused losses and norms ------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_over_the_gpt2_vocabulary(cuda, dtype, smoothing):
+    n, c = 4, 50257
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((n, c)) * 3).astype(dtype.numpy)
+    targets = np.array([50256, -100, 0, 777], np.int64)
+    reference_dtype = np.float64 if dtype is deers.f64 else np.float32
+    loss, count, grad = CPU.cross_entropy(logits.astype(reference_dtype).reshape(-1), targets, n, c, -100, smoothing)
+    got = cuda.cross_entropy(_up(cuda, logits, dtype), _up(cuda, targets, deers.i64), n, c, -100, smoothing)
+    assert got[1] == count == 3 and isinstance(got[0], float)
+    np.testing.assert_allclose(got[0], loss, rtol=1e-5)  # accumulated in f32 (f64) whatever the dtype
+    assert got[2].dtype == dtype.numpy
+    _close(_down(cuda, got[2]), grad, dtype)
+    assert not _down(cuda, got[2]).reshape(n, c)[1].any()  # the ignored row has no gradient
+    with pytest.raises(IndexError, match="cross_entropy"):
+        cuda.cross_entropy(_up(cuda, logits, dtype), _up(cuda, targets + 2, deers.i64), n, c, -98, smoothing)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+@pytest.mark.parametrize("rows,d", [(5, 768), (300, 48)])
+def test_rmsnorm_forward_and_backward(cuda, dtype, rows, d):
+    rng = np.random.default_rng(0)
+    x, g = (rng.standard_normal((rows, d)).astype(dtype.numpy) for _ in range(2))
+    w = rng.uniform(0.5, 1.5, d).astype(dtype.numpy)
+    reference_dtype = np.float64 if dtype is deers.f64 else np.float32
+    ref_x, ref_g, ref_w = (a.astype(reference_dtype).reshape(-1) for a in (x, g, w))
+    y, rstd = CPU.rmsnorm(ref_x, ref_w, rows, d, 1e-5)
+    dx, dw = CPU.rmsnorm_backward(ref_g, ref_x, ref_w, rstd, rows, d)
+    got_y, got_rstd = cuda.rmsnorm(_up(cuda, x, dtype), _up(cuda, w, dtype), rows, d, 1e-5)
+    assert got_rstd.dtype == dtype.numpy and got_rstd.size == rows
+    got_dx, got_dw = cuda.rmsnorm_backward(_up(cuda, g, dtype), _up(cuda, x, dtype), _up(cuda, w, dtype), got_rstd,
+                                           rows, d)
+    for got, expected, what in ((got_y, y, "y"), (got_rstd, rstd, "rstd"), (got_dx, dx, "dx")):
+        _close(_down(cuda, got), expected, dtype, what)
+    atol, rtol = TOL[dtype.name]
+    np.testing.assert_allclose(_down(cuda, got_dw), dw, atol=atol * np.sqrt(rows), rtol=rtol, err_msg="dw")
+
+
+def _causal_softmax_reference(x: np.ndarray, log: bool) -> np.ndarray:
+    T, S = x.shape[-2:]
+    visible = np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)
+    z = np.where(visible, x, -np.inf)
+    z = z - z.max(-1, keepdims=True)
+    out = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return out if log else np.exp(out)
+
+
+@pytest.mark.parametrize("dtype", [deers.f32] + LOW_PRECISION, ids=lambda d: d.name)
+@pytest.mark.parametrize("log", [False, True])
+def test_causal_softmax_forward_and_backward(cuda, dtype, log):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 7))  # (B, nh, T, S) with S - T = 2 positions already cached
+    g = rng.standard_normal(x.shape)
+    storage = np.ascontiguousarray(x.transpose(0, 2, 1, 3))  # read through a permuted view
+    layout = Layout((2, 5, 3, 7)).permute((0, 2, 1, 3))
+    y = cuda.softmax(_up(cuda, storage, dtype), layout, log, causal=True)
+    expected = _causal_softmax_reference(x, log)
+    got = _down(cuda, y).reshape(x.shape)
+    _close(np.where(np.isinf(expected), 0, got), np.where(np.isinf(expected), 0, expected), dtype)
+    assert (np.isinf(got) == np.isinf(expected)).all()
+    dx = _down(cuda, cuda.softmax_backward(y, _up(cuda, g, dtype), x.shape, log, causal=True)).reshape(x.shape)
+    p = np.exp(_causal_softmax_reference(x, True))
+    visible = p > 0
+    if log:
+        expected_dx = np.where(visible, g - p * np.where(visible, g, 0).sum(-1, keepdims=True), 0)
+    else:
+        expected_dx = p * (g - (g * p).sum(-1, keepdims=True))
+    _close(dx, expected_dx, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+def test_rope_kernel_matches_the_rope_op_forward_and_backward(cuda, dtype):
+    rng = np.random.default_rng(0)
+    B, nh, T, hd = 2, 3, 4, 6
+    x = rng.standard_normal((B, T, nh, hd))  # stored (B, T, nh, hd), viewed as (B, nh, T, hd)
+    angle = np.arange(T)[:, None] * np.tile(10000.0 ** (-np.arange(hd // 2) * 2 / hd), 2)[None, :]
+    cos, sin = np.cos(angle), np.sin(angle)
+    xt = deers.tensor(x, dtype=deers.f64).permute(0, 2, 1, 3).attach()
+    y = apply_rope(xt, deers.tensor(cos, dtype=deers.f64), deers.tensor(sin, dtype=deers.f64))
+    g = rng.standard_normal(y.shape)
+    dx = y.backward(deers.tensor(g, dtype=deers.f64))[xt]
+    layout = Layout((B, T, nh, hd)).permute((0, 2, 1, 3))
+    tables = [_up(cuda, t, dtype) for t in (cos, sin)]
+    got = cuda.rope(_up(cuda, x, dtype), layout, *tables)
+    _close(_down(cuda, got).reshape(y.shape), y.numpy(), dtype, "forward")
+    got_dx = cuda.rope(_up(cuda, g, dtype), Layout(y.shape), *tables, inverse=True)
+    _close(_down(cuda, got_dx).reshape(y.shape), dx.numpy(), dtype, "backward")
+
+
+# ---- reductions and GEMM ---------------------------------------------------------------------------------
+def test_two_pass_reductions_of_a_long_row(cuda):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(200_000).astype(np.float32)
+    buf = _up(cuda, x, deers.f32)
+    p = plan.reduction_plan((x.size,), (1,), 0, (0,))
+    assert p.split > 1
+    np.testing.assert_allclose(_down(cuda, cuda.reduce("sum", buf, Layout(x.shape), (0,))), x.sum(dtype=np.float64),
+                               rtol=1e-5)
+    assert _down(cuda, cuda.reduce("max", buf, Layout(x.shape), (0,)))[0] == x.max()
+    ints = rng.integers(-1000, 1000, 100_000)
+    assert cuda.to_numpy(cuda.reduce("sum", _up(cuda, ints, deers.i64), Layout(ints.shape), (0,)), Layout((1,)))[0] \
+        == ints.sum()
+    x[1234] = np.nan
+    assert np.isnan(_down(cuda, cuda.reduce("max", _up(cuda, x, deers.f32), Layout(x.shape), (0,)))[0])
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=lambda d: d.name)
+def test_half_precision_matmul_accumulates_in_f32(cuda, dtype):
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0, 1, (4, 2048)), rng.uniform(0, 1, (2048, 3))  # sums near 512: f16/bf16 steps of 0.25-2
+    a16, b16 = a.astype(dtype.numpy), b.astype(dtype.numpy)
+    expected = (a16.astype(np.float64) @ b16.astype(np.float64)).astype(dtype.numpy).astype(np.float64)
+    got = cuda.matmul(_up(cuda, a16, dtype), Layout(a.shape), _up(cuda, b16.T.copy(), dtype), Layout((2048, 3), (1, 2048)))
+    np.testing.assert_allclose(_down(cuda, got).reshape(4, 3), expected, rtol=1e-2)
+
+
+def test_tf32_switch_reaches_the_gemm(cuda):
+    a = _up(cuda, np.random.default_rng(0).standard_normal((64, 64)), deers.f32)
+    exact = _down(cuda, cuda.matmul(a, Layout((64, 64)), a, Layout((64, 64))))
+    try:
+        set_allow_tf32(True)
+        fast = _down(cuda, cuda.matmul(a, Layout((64, 64)), a, Layout((64, 64))))
+    finally:
+        set_allow_tf32(False)
+    np.testing.assert_allclose(fast, exact, atol=0.05, rtol=1e-2)  # TF32 keeps ~10 mantissa bits
+    if isinstance(cuda.rt, HostRuntime):
+        assert cuda.rt.allow_tf32_seen[-2:] == [False, True]
