@@ -180,9 +180,11 @@ def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] 
     return tuple(out)
 
 
-def normalize_dim(dim: int, ndim: int) -> int:
+def normalize_dim(dim: int, ndim: int, op: str = "") -> int:
+    """A dim in [-ndim, ndim) as a non-negative index; IndexError (naming `op`) otherwise."""
     if not -ndim <= dim < max(ndim, 1):
-        raise IndexError(f"dimension {dim} is out of range for a tensor with {ndim} dims")
+        where = f"{op}: " if op else ""
+        raise IndexError(f"{where}dimension {dim} is out of range: expected one in [{-ndim}, {max(ndim, 1) - 1}]")
     return dim % max(ndim, 1)
 
 

@@ -14,7 +14,7 @@ from .array import NDArray
 from .autograd import Grads, Op, grad_mode, run_backward
 from .device import Device, as_device
 from .dtype import DType, as_dtype
-from .errors import DTypeError, ShapeError, describe
+from .errors import DeviceError, DTypeError, ShapeError, describe
 
 
 def apply(op: Op, *inputs: "Tensor") -> "Tensor":
@@ -137,7 +137,9 @@ class Tensor:
         else:
             if tuple(grad.shape) != self.shape:
                 raise ShapeError(f"backward: grad {describe(grad)} does not match the tensor {describe(self)}")
-            seed = grad.data
+            if grad.device != self.device:
+                raise DeviceError(f"backward: grad {describe(grad)} is not on the device of {describe(self)}")
+            seed = grad.data.cast(self.dtype)
         return run_backward(self, seed, grads if grads is not None else Grads(), retain_graph)
 
     def detach(self) -> "Tensor":

@@ -373,3 +373,30 @@ def test_creation_dtypes_follow_pytorch():
     assert deers.tensor([1, 2], dtype="f16").dtype is deers.f16
     assert deers.zeros(2, 3).dtype is deers.f32 and deers.arange(3).dtype is deers.i64
     assert deers.full((2,), 1.5).dtype is deers.f32 and deers.full((2,), 3).dtype is deers.i64
+
+
+@pytest.mark.parametrize("op, name", [
+    (lambda x: x.sum(2), "sum"), (lambda x: x.max((0, -3)), "max"), (lambda x: x.mean(5), "mean"),
+    (lambda x: x.softmax(2), "softmax"), (lambda x: x.argmax(-3), "argmax"), (lambda x: x.transpose(0, 2), "transpose"),
+    (lambda x: x.narrow(2, 0, 1), "narrow"), (lambda x: x.unsqueeze(4), "unsqueeze"), (lambda x: x.squeeze(2), "squeeze"),
+    (lambda x: deers.cat([x, x], 2), "cat"), (lambda x: x.index_select(2, deers.tensor([0])), "index_select"),
+])
+def test_dims_out_of_range_raise_index_error_naming_the_op(op, name):
+    with pytest.raises(IndexError, match=rf"{name}: dimension -?\d is out of range: expected one in \[-[23], [12]\]"):
+        op(deers.ones(2, 3))
+
+
+def test_backward_casts_an_explicit_grad_to_the_tensor_dtype():
+    x = Var(deers.ones(2, dtype=deers.f64))
+    grads = (x * 3.0).backward(deers.tensor([1.0, 2.0]))  # an f32 seed
+    assert grads[x].dtype is deers.f64 and grads[x].numpy().tolist() == [3.0, 6.0]
+
+
+def test_pow_zero_has_a_zero_gradient_even_at_zero():
+    x = Var(deers.tensor([0.0, 2.0]))
+    assert (x ** 0).backward(deers.ones(2))[x].numpy().tolist() == [0.0, 0.0]
+
+
+def test_clamp_bounds_must_be_numbers():
+    with pytest.raises(TypeError, match="clamp: expected a Tensor or a Python number"):
+        deers.ones(2).clamp(min="0")

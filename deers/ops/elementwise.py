@@ -272,8 +272,8 @@ class ScalarOp(Op):
             return (g / c,)
         if name == "div":  # d(c / x) = -c / x^2 = -(c/x) / x
             return (-(g * self.out / a),)
-        if name == "pow" and not self.reverse:  # d x^c = c x^(c-1)
-            return (g * (a ** (c - 1.0)) * c,)
+        if name == "pow" and not self.reverse:  # d x^c = c x^(c-1) (and 0 for c = 0, even at x = 0)
+            return (g * (a ** (c - 1.0)) * c,) if c != 0 else (g * 0.0,)
         if name == "pow":  # d c^x = c^x log c
             return (g * self.out * math.log(c),)
         raise NotImplementedError(f"ScalarOp has no derivative for {name}")
@@ -300,6 +300,10 @@ class Clamp(Op):
 
 
 def clamp(x: Tensor, min=None, max=None) -> Tensor:
+    """x limited to [min, max] (either bound may be None); bounds are Python numbers."""
+    for bound in (min, max):
+        if bound is not None:
+            _check_operand("clamp", bound)
     return apply(Clamp(min, max), x)
 
 

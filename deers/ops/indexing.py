@@ -37,7 +37,7 @@ class IndexSelect(Op):
 def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
     """Pick whole slices along `dim` by an i64 index tensor of any shape (embedding lookup at dim 0)."""
     _check_index("index_select", x, index)
-    return apply(IndexSelect(normalize_dim(dim, x.ndim)), x, index)
+    return apply(IndexSelect(normalize_dim(dim, x.ndim, "index_select")), x, index)
 
 
 def embedding(weight: Tensor, ids: Tensor) -> Tensor:
@@ -64,7 +64,7 @@ class Gather(Op):
 def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:
     """out[i][j] = x[i][index[i][j]] (for dim=1), like torch.gather."""
     _check_index("gather", x, index)
-    d = normalize_dim(dim, x.ndim)
+    d = normalize_dim(dim, x.ndim, "gather")
     if index.ndim != x.ndim or any(s > t for i, (s, t) in enumerate(zip(index.shape, x.shape)) if i != d):
         raise ShapeError(f"gather: index {describe(index)} does not fit {describe(x)} at dim {d}")
     return apply(Gather(d), x, index)

@@ -11,12 +11,12 @@ from ..tensor import Tensor, apply
 from .elementwise import require_float
 
 
-def _axes(x: Tensor, dim) -> tuple[int, ...]:
+def _axes(x: Tensor, dim, op: str) -> tuple[int, ...]:
     if dim is None:
         return tuple(range(x.ndim))
     if isinstance(dim, int):
         dim = (dim,)
-    return tuple(sorted({normalize_dim(d, x.ndim) for d in dim}))
+    return tuple(sorted({normalize_dim(d, x.ndim, op) for d in dim}))
 
 
 class Sum(Op):
@@ -35,12 +35,12 @@ class Sum(Op):
 
 
 def sum(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return apply(Sum(_axes(x, dim), keepdim), x)
+    return apply(Sum(_axes(x, dim, "sum"), keepdim), x)
 
 
 def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     require_float("mean", x)
-    axes = _axes(x, dim)
+    axes = _axes(x, dim, "mean")
     count = 1
     for a in axes:
         count *= x.shape[a]
@@ -65,18 +65,18 @@ class Max(Op):
 
 
 def max(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return apply(Max("max", _axes(x, dim), keepdim), x)
+    return apply(Max("max", _axes(x, dim, "max"), keepdim), x)
 
 
 def min(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return apply(Max("min", _axes(x, dim), keepdim), x)
+    return apply(Max("min", _axes(x, dim, "min"), keepdim), x)
 
 
 def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     """Index of the largest element along `dim` (over the flattened tensor when dim is None)."""
     if dim is None:
         return Tensor(x.data.reshape((x.numel(),)).reduce("argmax", (0,), keepdim=False))
-    return Tensor(x.data.reduce("argmax", (normalize_dim(dim, x.ndim),), keepdim))
+    return Tensor(x.data.reduce("argmax", (normalize_dim(dim, x.ndim, "argmax"),), keepdim))
 
 
 class LogSumExp(Op):
@@ -99,7 +99,7 @@ class LogSumExp(Op):
 
 def logsumexp(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     require_float("logsumexp", x)
-    return apply(LogSumExp(_axes(x, dim), keepdim), x)
+    return apply(LogSumExp(_axes(x, dim, "logsumexp"), keepdim), x)
 
 
 class Softmax(Op):
@@ -128,7 +128,7 @@ def _softmax(x: Tensor, dim, log: bool) -> Tensor:
     if not isinstance(dim, int):  # several dims: compose from logsumexp
         shifted = x - logsumexp(x, dim, keepdim=True)
         return shifted if log else shifted.exp()
-    d = normalize_dim(dim, x.ndim)
+    d = normalize_dim(dim, x.ndim, "log_softmax" if log else "softmax")
     if d == x.ndim - 1:
         return apply(Softmax(log), x)
     return transpose(apply(Softmax(log), transpose(x, d, x.ndim - 1)), d, x.ndim - 1)

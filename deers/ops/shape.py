@@ -36,7 +36,7 @@ def permute(x: Tensor, axes: tuple[int, ...]) -> Tensor:
 
 def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
     axes = list(range(x.ndim))
-    d0, d1 = normalize_dim(dim0, x.ndim), normalize_dim(dim1, x.ndim)
+    d0, d1 = normalize_dim(dim0, x.ndim, "transpose"), normalize_dim(dim1, x.ndim, "transpose")
     axes[d0], axes[d1] = axes[d1], axes[d0]
     return apply(Permute(tuple(axes)), x)
 
@@ -93,21 +93,21 @@ def reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     if x.ndim == 0:
         return reshape(x, (1,))
-    s, e = normalize_dim(start_dim, x.ndim), normalize_dim(end_dim, x.ndim)
+    s, e = normalize_dim(start_dim, x.ndim, "flatten"), normalize_dim(end_dim, x.ndim, "flatten")
     return reshape(x, x.shape[:s] + (_prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
 
 
 def squeeze(x: Tensor, dim: int | None = None) -> Tensor:
     if dim is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
-    d = normalize_dim(dim, x.ndim)
+    d = normalize_dim(dim, x.ndim, "squeeze")
     if x.shape[d] != 1:
         return x
     return reshape(x, x.shape[:d] + x.shape[d + 1:])
 
 
 def unsqueeze(x: Tensor, dim: int) -> Tensor:
-    d = dim if dim >= 0 else dim + x.ndim + 1
+    d = normalize_dim(dim, x.ndim + 1, "unsqueeze")
     return reshape(x, x.shape[:d] + (1,) + x.shape[d:])
 
 
@@ -132,7 +132,7 @@ class View(Op):
 
 
 def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
-    d = normalize_dim(dim, x.ndim)
+    d = normalize_dim(dim, x.ndim, "narrow")
     if start < 0:
         start += x.shape[d]
     if start < 0 or length < 0 or start + length > x.shape[d]:
@@ -285,7 +285,7 @@ def cat(tensors: "list[Tensor]", dim: int = 0) -> Tensor:
     if not tensors:
         raise ValueError("cat: needs at least one tensor")
     first = tensors[0]
-    d = normalize_dim(dim, first.ndim)
+    d = normalize_dim(dim, first.ndim, "cat")
     for t in tensors[1:]:
         if t.device != first.device:
             raise DeviceError(f"cat: tensors on different devices: {describe(first)} and {describe(t)}")
