@@ -296,6 +296,17 @@ def test_device_mismatch_names_the_op_and_both_devices():
         a.gather(1, fake_device_tensor(np.zeros((2, 1), np.int64), "cuda:1"))
 
 
+def test_device_mismatch_with_a_real_second_backend():
+    try:
+        other = deers.ones(2, 3, device="mps")  # MLX (mlx[cpu] on Linux); skipped when absent
+    except deers.BackendUnavailable:
+        pytest.skip("no second backend installed")
+    with pytest.raises(DeviceError, match=r"mul: operands are on different devices: shape \(2, 3\) f32 cpu and "
+                                          r"shape \(2, 3\) f32 mps"):
+        deers.ones(2, 3) * other
+    assert (deers.ones(2, 3) * other.to_device("cpu")).device == "cpu"
+
+
 def test_device_strings():
     assert deers.Device.CPU == "cpu" and deers.Device.cuda(1) == "cuda:1" and deers.Device.MPS == "mps"
     assert deers.Device.CPU != "cuda" and deers.Device.CPU != "not a device"
