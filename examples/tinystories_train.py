@@ -82,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train on this local text file (stories separated by <|endoftext|>) instead of downloading")
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of --text-file's stories held out")
     p.add_argument("--data-dir", default=None,
-                   help="where train.bin/val.bin live (default: data/tinystories_gpt2, or data/<text file>_<tokenizer>)")
+                   help="where train.bin/val.bin live "
+                        "(default: data/tinystories_gpt2, or data/<text file>_<tokenizer>)")
     p.add_argument("--tokenizer-file", default=None,
                    help="a .tiktoken rank file to use instead of GPT-2's BPE (<|endoftext|> gets the next id)")
     args = p.parse_args(argv)
@@ -136,7 +137,7 @@ class LowPrecisionCopy:
 
 
 class LossScaler:
-    """Dynamic loss scaling for f16: halve the scale on an overflow (and skip that step), double it after 500 good steps."""
+    """Dynamic loss scaling for f16: halve the scale on an overflow (and skip the step), double it every 500 good steps."""
 
     def __init__(self, scale: float):
         self.scale = scale
@@ -219,7 +220,7 @@ def plot_losses(history: dict, path: Path) -> None:
 
 
 class StopRequest:
-    """The first Ctrl-C asks the loop to stop after the current step (so a checkpoint is never torn); a second one aborts."""
+    """The first Ctrl-C stops the loop after the current step (a checkpoint is never torn); a second one aborts."""
 
     def __init__(self):
         self.requested = False
@@ -318,7 +319,8 @@ def train(args: argparse.Namespace) -> dict:
                     optimizer.set_lr(lr)
                     optimizer.step_with_grads(grads)
                 elif dtype is deers.f16:
-                    print(f"step {step + 1}: gradient overflow at loss scale {scaler.scale:g}, step skipped", flush=True)
+                    print(f"step {step + 1}: gradient overflow at loss scale {scaler.scale:g}, step skipped",
+                          flush=True)
                 scaler.update(math.isfinite(norm))
                 loss_value = loss.item()
                 step += 1

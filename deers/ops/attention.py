@@ -80,7 +80,8 @@ def masked_softmax(scores: Tensor, mask: Tensor, scale: float = 1.0) -> Tensor:
     if mask.shape != scores.shape[-2:]:
         raise ShapeError(f"masked_softmax: mask {describe(mask)} must match the last two dims of {describe(scores)}")
     if mask.device != scores.device:
-        raise DeviceError(f"masked_softmax: scores {describe(scores)} and mask {describe(mask)} are on different devices")
+        raise DeviceError(f"masked_softmax: scores {describe(scores)} and mask {describe(mask)} "
+                          "are on different devices")
     if not scores.dtype.is_float or mask.dtype is not scores.dtype:
         raise DTypeError(f"masked_softmax: needs float scores and a mask of the same dtype, got scores "
                          f"{describe(scores)} and mask {describe(mask)}")
