@@ -402,6 +402,8 @@ def test_getitem_with_tensor_indices():
     check_op(lambda x, i: x[:, i[:2] - 1], x, idx, reference=lambda x, i: x[:, i[:2] - 1])
     check_op(lambda x, i: x[i - 4], x, idx, reference=lambda x, i: x[i - 4])  # negative indices wrap
     check_op(lambda x: x[[0, 2]], x, reference=lambda x: x[[0, 2]])
+    check_op(lambda x: x[np.array([1, -1])], x, reference=lambda x: x[np.array([1, -1])],
+             torch_fn=lambda x: x[torch.tensor([1, -1])])
 
 
 def test_getitem_with_a_bool_mask():

@@ -5,6 +5,8 @@ back) or, for slicing, the gradient written into the same view of a zero array.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..array import NDArray
 from ..autograd import Op
 from ..errors import DeviceError, DTypeError, ShapeError, describe
@@ -146,7 +148,7 @@ def getitem(x: Tensor, key) -> Tensor:
     indices wrap); a bool mask covering x's leading dims picks the elements where it is true."""
     if not isinstance(key, tuple):
         key = (key,)
-    key = tuple(_index_tensor(k, x) if isinstance(k, list) else k for k in key)
+    key = tuple(_index_tensor(k, x) if isinstance(k, (list, np.ndarray)) else k for k in key)
     if len(key) == 1 and isinstance(key[0], Tensor) and key[0].dtype.name == "bool":
         return _select_mask(x, key[0])
     n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
@@ -207,8 +209,8 @@ def getitem(x: Tensor, key) -> Tensor:
     return out
 
 
-def _index_tensor(values: list, x: Tensor) -> Tensor:
-    """A list of ints (or bools) as an index tensor on x's device."""
+def _index_tensor(values: "list | np.ndarray", x: Tensor) -> Tensor:
+    """A list or NumPy array of ints (or bools) as an index tensor on x's device."""
     from ..creation import tensor
 
     return tensor(values, device=x.device)
@@ -227,8 +229,6 @@ def _check_advanced_adjacent(key: tuple, x: Tensor) -> None:
 def _select_mask(x: Tensor, mask: Tensor) -> Tensor:
     """x[mask] for a bool mask over x's leading dims: the selected elements (or rows), in order.
     The output size depends on the mask's values, so they are read on the host, like PyTorch."""
-    import numpy as np
-
     from ..creation import tensor
     from .indexing import index_select
 
