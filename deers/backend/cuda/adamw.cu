@@ -22,6 +22,7 @@ DEV void adamw_body(long long n, P* param, const P* grad, M* m, M* v, double lr,
     }
 }
 
+// param, m, v <- one AdamW step (P: parameter and gradient type, M: moment type)
 #define ADAMW_KERNEL(P, PS, M, MS)                                                                      \
     extern "C" __global__ void adamw_##PS##_##MS(long long n, P* param, const P* grad, M* m, M* v,      \
                                                  double lr, double beta1, double beta2, double eps,     \

@@ -49,6 +49,7 @@ DEV void cross_entropy_body(long long n, long long c, T* grad, A* losses, const 
     }
 }
 
+// losses[i] and grad[i, :] of each row i of the logits, in one block per row
 #define CROSS_ENTROPY_KERNEL(T, A, SUFFIX)                                                              \
     extern "C" __global__ void cross_entropy_##SUFFIX(long long n, long long c, T* grad, A* losses,     \
                                                       const T* logits, const long long* targets,        \

@@ -89,6 +89,7 @@ DEV void index_accumulate_body(long long n, T* dst, const T* src, const long lon
     }
 }
 
+// dst[i] = src at the index along dim (index_select, gather), 0 and the flag set when out of range
 #define INDEX_COPY_KERNEL(T, SUFFIX)                                                                    \
     extern "C" __global__ void index_copy_##SUFFIX(long long n, T* dst, const T* src,                   \
                                                    const long long* idx, const long long* meta,         \
@@ -96,6 +97,7 @@ DEV void index_accumulate_body(long long n, T* dst, const T* src, const long lon
         index_copy_body<T>(n, dst, src, idx, meta, per_element, flag);                                  \
     }
 
+// dst at the index along dim += src[i], atomically (index_add, embedding backward, scatter_add)
 #define INDEX_ACCUMULATE_KERNEL(T, SUFFIX)                                                              \
     extern "C" __global__ void index_accumulate_##SUFFIX(long long n, T* dst, const T* src,             \
                                                          const long long* idx, const long long* meta,   \

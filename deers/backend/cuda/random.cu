@@ -54,6 +54,7 @@ DEV double normal_value(const unsigned int* r, double) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
 
 #define RANDOM_FLOAT_KERNELS(T, A, SUFFIX)                                                              \
+    /* out[i] = uniform [0, 1) from Philox counter offset + i */                                        \
     extern "C" __global__ void random_uniform_##SUFFIX(long long n, T* out, unsigned int key0,          \
                                                        unsigned int key1, unsigned long long offset) {  \
         GRID_LOOP(i, n) {                                                                               \
@@ -62,6 +63,7 @@ DEV double normal_value(const unsigned int* r, double) {
             out[i] = store<T>(uniform_value(r, (A)0));                                                  \
         }                                                                                               \
     }                                                                                                   \
+    /* out[i] = standard normal (Box-Muller) from Philox counter offset + i */                          \
     extern "C" __global__ void random_normal_##SUFFIX(long long n, T* out, unsigned int key0,           \
                                                       unsigned int key1, unsigned long long offset) {   \
         GRID_LOOP(i, n) {                                                                               \

@@ -85,15 +85,18 @@ DEV void argmax_rows_body(long long rows, long long cols, long long* out, const 
 }
 
 #define REDUCE_KERNELS(T, SUFFIX)                                                                       \
+    /* out[b] = sum/max/min of row chunk b (one block each) */                                          \
     extern "C" __global__ void reduce_rows_##SUFFIX(int op, long long rows, long long cols,             \
                                                     long long split, T* out, const T* a,                \
                                                     const long long* meta) {                            \
         reduce_rows_body<T>(op, rows, cols, split, out, a, meta);                                       \
     }                                                                                                   \
+    /* out[r] = sum/max/min of row r (one thread each) */                                               \
     extern "C" __global__ void reduce_cols_##SUFFIX(int op, long long rows, long long cols, T* out,     \
                                                     const T* a, const long long* meta) {                \
         reduce_cols_body<T>(op, rows, cols, out, a, meta);                                              \
     }                                                                                                   \
+    /* out[r] = index of the first maximum of row r */                                                  \
     extern "C" __global__ void argmax_rows_##SUFFIX(long long rows, long long cols, long long* out,     \
                                                     const T* a, const long long* meta) {                \
         argmax_rows_body<T>(rows, cols, out, a, meta);                                                  \

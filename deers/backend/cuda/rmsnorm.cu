@@ -65,20 +65,24 @@ DEV void rmsnorm_weight_finish_body(long long d, long long chunks, T* gw, const 
 }
 
 #define RMSNORM_KERNELS(T, A, SUFFIX)                                                                   \
+    /* y = x * rstd * w and rstd per row */                                                             \
     extern "C" __global__ void rmsnorm_forward_##SUFFIX(long long rows, long long d, T* y, T* rstd,     \
                                                         const T* x, const T* w, A eps) {                \
         rmsnorm_forward_body<T, A>(rows, d, y, rstd, x, w, eps);                                        \
     }                                                                                                   \
+    /* dx = rstd (g w - xhat mean(g w xhat)) per row */                                                 \
     extern "C" __global__ void rmsnorm_backward_##SUFFIX(long long rows, long long d, T* dx,            \
                                                          const T* g, const T* x, const T* w,            \
                                                          const T* rstd) {                               \
         rmsnorm_backward_body<T, A>(rows, d, dx, g, x, w, rstd);                                        \
     }                                                                                                   \
+    /* partial[k, j] = sum over chunk k of g x rstd */                                                  \
     extern "C" __global__ void rmsnorm_weight_partial_##SUFFIX(long long rows, long long d,             \
                                                                long long chunk_rows, A* partial,        \
                                                                const T* g, const T* x, const T* rstd) { \
         rmsnorm_weight_partial_body<T, A>(rows, d, chunk_rows, partial, g, x, rstd);                    \
     }                                                                                                   \
+    /* gw[j] = sum over chunks of partial[k, j] */                                                      \
     extern "C" __global__ void rmsnorm_weight_finish_##SUFFIX(long long d, long long chunks, T* gw,     \
                                                               const A* partial) {                       \
         rmsnorm_weight_finish_body<T, A>(d, chunks, gw, partial);                                       \

@@ -26,6 +26,7 @@ DEV void rope_body(long long pairs, long long seq_len, long long hd, T* out, con
     }
 }
 
+// out = x rotated by the position tables (inverse: by their transpose)
 #define ROPE_KERNEL(T, SUFFIX)                                                                          \
     extern "C" __global__ void rope_##SUFFIX(long long pairs, long long seq_len, long long hd, T* out,  \
                                              const T* x, const long long* meta, const T* cos_table,     \
