@@ -1,0 +1,96 @@
+"""Fused lm_head + cross-entropy: loss = cross_entropy(x @ W^T, targets) without the full logits.
+
+For a GPT with a 50257-token vocabulary the (N, V) logits and their gradient dominate both memory
+and memory traffic. This op walks the rows in chunks: for each chunk it computes the logits, asks
+the backend's fused `cross_entropy` kernel for the loss and dlogits = (softmax - one_hot) / count,
+and immediately turns dlogits into the chunk's dx = dlogits @ W and its share of dW = dlogits^T x.
+Only dx (N, D) and dW (V, D) are kept for backward, which then just scales them by the incoming
+gradient. The FLOPs are those of the unfused path (forward GEMM + two backward GEMMs); only the
+order changes. Without grad (evaluation, no_grad) only the loss is computed.
+"""
+from __future__ import annotations
+
+from ..array import NDArray
+from ..autograd import Op
+from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..tensor import Tensor, apply
+
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MiB in f32): large GEMMs, small scratch
+
+
+class LinearCrossEntropy(Op):
+    """Mean cross-entropy of x (N, D) @ W^T (D, V) against targets (N,): a 0-d tensor."""
+
+    name = "linear_cross_entropy"
+
+    def __init__(self, ignore_index: int, chunk_rows: int | None):
+        self.ignore_index = ignore_index
+        self.chunk_rows = chunk_rows
+
+    def forward(self, x: NDArray, w: NDArray, targets: NDArray) -> NDArray:
+        n, d = x.shape
+        v = w.shape[0]
+        backend = x.backend
+        want_dx = self.needs_input_grad is not None and self.needs_input_grad[0]
+        want_dw = self.needs_input_grad is not None and self.needs_input_grad[1]
+        total = int(targets.scalar("ne", self.ignore_index).cast(x.dtype).sum().numpy())
+        w_t = w.transpose(0, 1)  # (D, V), a view: the GEMM reads W transposed
+        dx = NDArray.full((n, d), 0, x.dtype, x.device) if want_dx else None  # ignored rows keep 0
+        dw = NDArray.full((v, d), 0, w.dtype, w.device) if want_dw else None
+        rows = self.chunk_rows or max(1, CHUNK_ELEMENTS // max(v, 1))
+        loss_sum = 0.0
+        for start in range(0, n, rows):
+            c = min(rows, n - start)
+            x_chunk = x.narrow(0, start, c)  # (c, D)
+            t_chunk = targets.narrow(0, start, c).contiguous_buffer()  # (c,)
+            logits = x_chunk.matmul(w_t)  # (c, V)
+            chunk_loss, count, grad = backend.cross_entropy(logits.buffer, t_chunk, c, v,
+                                                            self.ignore_index, 0.0)
+            loss_sum += chunk_loss
+            if not (want_dx or want_dw) or count == 0:
+                continue
+            # the kernel divided by this chunk's count; the mean is over all counted rows
+            share = count / total
+            g = logits._new(grad, (c, v))  # dlogits (c, V)
+            if want_dx:
+                dx_chunk = g.matmul(w) * share  # (c, D)
+                backend.copy(dx_chunk.buffer, dx_chunk.layout, dx.buffer, dx.layout.narrow(0, start, c))
+            if want_dw:
+                dw_chunk = g.transpose(0, 1).matmul(x_chunk * share)  # (V, D)
+                backend.binary("add", dw.buffer, dw.layout, dw_chunk.buffer, dw_chunk.layout, out=dw.buffer)
+        self.dx, self.dw = dx, dw
+        value = loss_sum / total if total else float("nan")  # mean over counted rows, nan when none
+        return NDArray.full((), value, x.dtype, x.device)
+
+    def backward(self, g: NDArray):  # d loss/dx and d loss/dW were made in forward; scale by dL/dloss
+        return (None if self.dx is None else self.dx * g,
+                None if self.dw is None else self.dw * g,
+                None)
+
+
+def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = -100,
+                         chunk_rows: int | None = None) -> Tensor:
+    """Mean cross_entropy(x @ weight^T, targets) for x (..., D), weight (V, D), targets (...) i64.
+
+    Same value and gradients as `cross_entropy(x @ weight.T, targets)`, with a fraction of the
+    memory: the logits exist one chunk of rows at a time.
+    """
+    from .shape import reshape
+
+    if x.ndim < 1 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
+        raise ShapeError(f"linear_cross_entropy: x {describe(x)} must end in D and weight {describe(weight)} "
+                         f"be (V, D)")
+    if tuple(targets.shape) != tuple(x.shape[:-1]):
+        raise ShapeError(f"linear_cross_entropy: targets {describe(targets)} must match x {describe(x)} "
+                         f"without its last dim")
+    if targets.dtype.name != "i64":
+        raise DTypeError(f"linear_cross_entropy: targets must be i64 class indices, got {describe(targets)}")
+    if not x.dtype.is_float or x.dtype is not weight.dtype:
+        raise DTypeError(f"linear_cross_entropy: x {describe(x)} and weight {describe(weight)} must share one "
+                         f"floating-point dtype")
+    if not (x.device == weight.device == targets.device):
+        raise DeviceError(f"linear_cross_entropy: operands on different devices: x {describe(x)}, "
+                          f"weight {describe(weight)}, targets {describe(targets)}")
+    flat_x = reshape(x, (-1, x.shape[-1]))  # (N, D)
+    flat_t = reshape(targets, (-1,))  # (N,)
+    return apply(LinearCrossEntropy(int(ignore_index), chunk_rows), flat_x, weight, flat_t)

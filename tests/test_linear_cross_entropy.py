@@ -1,0 +1,84 @@
+"""The fused lm_head + cross-entropy op against the unfused path, NumPy, finite differences and PyTorch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deers
+from deers import Var
+from deers.errors import DTypeError, ShapeError
+from deers.loss import cross_entropy
+from deers.ops.linear_cross_entropy import linear_cross_entropy
+from helpers import check_op
+
+
+def numpy_reference(x, w, t, ignore_index=-100):
+    logits = x.reshape(-1, x.shape[-1]) @ w.T  # (N, V)
+    t = t.reshape(-1)
+    peak = logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
+    valid = t != ignore_index
+    picked = logits[np.arange(len(t)), np.where(valid, t, 0)]
+    return ((lse - picked) * valid).sum() / valid.sum()
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 64])
+def test_matches_reference_and_gradients(chunk_rows):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 5, 8)), rng.standard_normal((11, 8))
+    t = rng.integers(0, 11, (2, 5))
+    t[0, 3] = -100
+    check_op(lambda x, w, t: linear_cross_entropy(x, w, t, chunk_rows=chunk_rows), x, w, t,
+             reference=numpy_reference, layouts=("contiguous", "permuted", "narrowed"),
+             torch_fn=lambda x, w, t: __import__("torch").nn.functional.cross_entropy(
+                 (x @ w.T).reshape(-1, w.shape[0]), t.reshape(-1)))
+
+
+def test_same_as_unfused_path_in_f32():
+    rng = np.random.default_rng(1)
+    x = Var(deers.tensor(rng.standard_normal((64, 16), dtype=np.float32)))
+    w = Var(deers.tensor(rng.standard_normal((300, 16), dtype=np.float32)))
+    t = deers.tensor(rng.integers(0, 300, 64))
+    fused = linear_cross_entropy(x, w, t, chunk_rows=10)
+    g_fused = fused.backward()
+    plain = cross_entropy(x @ w.T, t)
+    g_plain = plain.backward()
+    np.testing.assert_allclose(fused.item(), plain.item(), rtol=1e-6)
+    np.testing.assert_allclose(g_fused[x].numpy(), g_plain[x].numpy(), atol=1e-6)
+    np.testing.assert_allclose(g_fused[w].numpy(), g_plain[w].numpy(), atol=1e-6)
+
+
+def test_only_the_loss_without_grad_and_a_scaled_backward():
+    rng = np.random.default_rng(2)
+    x = Var(deers.tensor(rng.standard_normal((6, 4))))
+    w = deers.tensor(rng.standard_normal((7, 4)))  # not trainable: no dW is made
+    t = deers.tensor(rng.integers(0, 7, 6))
+    with deers.no_grad():
+        value = linear_cross_entropy(x, w, t).item()
+    np.testing.assert_allclose(value, numpy_reference(x.numpy(), w.numpy(), t.numpy()))
+    grads = (linear_cross_entropy(x, w, t) * 3.0).backward()
+    assert w not in grads
+    single = linear_cross_entropy(x, w, t).backward()
+    np.testing.assert_allclose(grads[x].numpy(), 3.0 * single[x].numpy())
+
+
+def test_all_rows_ignored_is_nan_with_zero_gradient():
+    x = Var(deers.ones(3, 4, dtype=deers.f64))
+    w = Var(deers.ones(5, 4, dtype=deers.f64))
+    t = deers.full((3,), -100)
+    loss = linear_cross_entropy(x, w, t)
+    assert np.isnan(loss.item())
+    grads = loss.backward()
+    assert not grads[x].numpy().any() and not grads[w].numpy().any()
+
+
+def test_errors_name_the_operands():
+    x, w = deers.ones(4, 8), deers.ones(10, 8)
+    with pytest.raises(ShapeError, match="linear_cross_entropy.*targets"):
+        linear_cross_entropy(x, w, deers.zeros(3, dtype=deers.i64))
+    with pytest.raises(DTypeError, match="i64"):
+        linear_cross_entropy(x, w, deers.zeros(4))
+    with pytest.raises(ShapeError, match=r"\(10, 7\)"):
+        linear_cross_entropy(x, deers.ones(10, 7), deers.zeros(4, dtype=deers.i64))
+    with pytest.raises(IndexError):
+        linear_cross_entropy(x, w, deers.full((4,), 10))
