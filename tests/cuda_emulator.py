@@ -115,8 +115,9 @@ def build_library() -> tuple[str, dict[str, dict[str, list[tuple[str, bool]]]]]:
 class HostRuntime:
     """The CUDA backend's runtime interface on the CPU (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, bf16_gemm: bool = True):
         path, self.kernels = build_library()
+        self.bf16_gemm = bf16_gemm  # False: matmul refuses bf16 like a CuPy without bf16 support
         self.lib = ctypes.CDLL(path)
         self.launches: list[str] = []  # kernel names in launch order, for tests to inspect
         self.allow_tf32_seen: list[bool] = []
@@ -147,6 +148,8 @@ class HostRuntime:
     def matmul(self, x: np.ndarray, y: np.ndarray, out: np.ndarray, allow_tf32: bool) -> None:
         """NumPy's matmul; 16-bit inputs accumulate in f32 as cuBLAS does with CUBLAS_COMPUTE_32F."""
         self.allow_tf32_seen.append(allow_tf32)
+        if x.dtype.name == "bfloat16" and not self.bf16_gemm:
+            raise TypeError("dtype is not supported: bfloat16")
         if x.dtype.itemsize == 2:
             out[...] = np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(out.dtype)
         else:

@@ -12,7 +12,7 @@ import pytest
 import deers
 from cuda_emulator import HostRuntime, cuda_backend_fixture
 from deers.backend import backend_for
-from deers.backend.cuda import plan, set_allow_tf32
+from deers.backend.cuda import CUDABackend, plan, set_allow_tf32
 from deers.layout import Layout
 from deers.ops.attention import apply_rope
 
@@ -265,3 +265,18 @@ def test_tf32_switch_reaches_the_gemm(cuda):
     np.testing.assert_allclose(fast, exact, atol=0.05, rtol=1e-2)  # TF32 keeps ~10 mantissa bits
     if isinstance(cuda.rt, HostRuntime):
         assert cuda.rt.allow_tf32_seen[-2:] == [False, True]
+
+
+@pytest.mark.skipif(deers.bf16 is None, reason="needs ml_dtypes")
+def test_bf16_matmul_falls_back_to_f32_gemm_when_the_library_refuses_bf16(cuda):
+    if not isinstance(cuda.rt, HostRuntime):
+        pytest.skip("the fallback is exercised with an emulated GEMM that refuses bf16")
+    backend = CUDABackend(0, runtime=HostRuntime(bf16_gemm=False))
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(s).astype(deers.bf16.numpy) for s in ((2, 3, 8), (2, 8, 5)))
+    layout_b = Layout((2, 8, 5))
+    expected = cuda.matmul(_up(cuda, a, deers.bf16), Layout(a.shape), _up(cuda, b, deers.bf16), layout_b)
+    got = backend.matmul(_up(backend, a, deers.bf16), Layout(a.shape), _up(backend, b, deers.bf16), layout_b)
+    assert got.dtype == deers.bf16.numpy
+    np.testing.assert_array_equal(_down(backend, got), _down(cuda, expected))
+    assert "copy_bf16_f32" in backend.rt.launches and "copy_f32_bf16" in backend.rt.launches

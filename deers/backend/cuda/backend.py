@@ -256,8 +256,19 @@ class CUDABackend(FusedKernels):
         y_shape, y_strides = plan.matmul_operand(lb.shape, lb.strides)
         x = self.rt.view(a, x_shape, x_strides, la.offset)
         y = self.rt.view(b, y_shape, y_strides, lb.offset)
-        self.rt.matmul(x, y, out.reshape(out_shape), MatmulSettings.allow_tf32)
+        try:
+            self.rt.matmul(x, y, out.reshape(out_shape), MatmulSettings.allow_tf32)
+        except (TypeError, ValueError, NotImplementedError):
+            if plan.suffix(a.dtype) != "bf16":
+                raise
+            return self._matmul_through_f32(a, la, b, lb, out_shape)  # a CuPy without bf16 GEMM
         return out
+
+    def _matmul_through_f32(self, a, la: Layout, b, lb: Layout, out_shape: tuple[int, ...]):
+        """bf16 GEMM as f32 GEMM on converted copies (same f32 accumulation, one extra pass)."""
+        f32 = as_dtype("f32")
+        wide = self.matmul(self.cast(a, la, f32), Layout(la.shape), self.cast(b, lb, f32), Layout(lb.shape))
+        return self.cast(wide, Layout(out_shape), _dtype_of(a.dtype))
 
     # 11-12. indexing ---------------------------------------------------------------------------
     def _index_copy(self, op: str, a, la: Layout, dim: int, idx, shape: tuple[int, ...], per_element: bool):

@@ -42,11 +42,17 @@ class CupyRuntime:
     def __init__(self, index: int):
         try:
             count = cupy.cuda.runtime.getDeviceCount()
-        except cupy.cuda.runtime.CUDARuntimeError as exc:
+        except Exception as exc:  # CUDARuntimeError: no driver, no device, driver too old
             raise BackendUnavailable(
                 f"device cuda:{index}: CuPy is installed but no usable CUDA GPU or driver was found ({exc})") from exc
         if not 0 <= index < count:
             raise BackendUnavailable(f"device cuda:{index}: this machine has {count} CUDA GPU(s)")
+        try:
+            cupy.cuda.nvrtc.getVersion()  # the kernels are compiled at run time by NVRTC
+        except Exception as exc:
+            raise BackendUnavailable(
+                f"device cuda:{index}: CuPy cannot load NVRTC, the CUDA run-time compiler; install the CUDA "
+                f"toolkit or the CUDA wheels: pip install 'cupy-cuda12x[ctk]' ({exc})") from exc
         self.device = cupy.cuda.Device(index)
         self._options = compile_options()
         self._modules: dict[str, cupy.RawModule] = {}
