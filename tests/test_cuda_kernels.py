@@ -192,9 +192,10 @@ def test_casts_between_every_dtype(cuda):
 
 def test_16_bit_float_conversions_round_like_numpy(cuda):
     backend = cuda
-    every_f16 = np.arange(65536, dtype=np.uint16).view(np.float16)  # every bit pattern, NaNs included
-    wide = backend.cast(backend.from_numpy(every_f16, deers.f16), Layout((65536,)), deers.f32)
-    np.testing.assert_array_equal(backend.to_numpy(wide, Layout((65536,))), every_f16.astype(np.float32))
+    for dtype in LOW_PRECISION:  # every bit pattern, NaNs and subnormals included
+        every = np.arange(65536, dtype=np.uint16).view(dtype.numpy)
+        wide = backend.cast(backend.from_numpy(every, dtype), Layout((65536,)), deers.f32)
+        np.testing.assert_array_equal(backend.to_numpy(wide, Layout((65536,))), every.astype(np.float32))
     rng = np.random.default_rng(0)
     specials = np.array([0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e-8, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26,
                          np.inf, -np.inf, np.nan, 1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11, 3.0e38], np.float32)
