@@ -56,11 +56,11 @@ class CUDABackend(FusedKernels):
     def __init__(self, index: int = 0, runtime=None):
         self.index = index
         self.rt = runtime if runtime is not None else _cupy_runtime(index)
-        self.flag = self.zeros(2, np.dtype(np.int64))  # set by the indexing kernels on a bad index
+        self.flag = self._zeros(2, np.dtype(np.int64))  # set by the indexing kernels on a bad index
         self.seed(int.from_bytes(os.urandom(8), "little"))
 
     # ---- helpers -------------------------------------------------------------------------------
-    def zeros(self, numel: int, np_dtype: np.dtype):
+    def _zeros(self, numel: int, np_dtype: np.dtype):
         buf = self.rt.empty(numel, np_dtype)
         self._fill(buf, 0)
         return buf
@@ -224,7 +224,7 @@ class CUDABackend(FusedKernels):
         if cols == 0:
             if name != "sum":
                 raise ValueError(f"{name}: zero-size reduction over axes {axes} of shape {la.shape} has no identity")
-            return self.zeros(rows, a.dtype)
+            return self._zeros(rows, a.dtype)
         exact = name != "sum" or sfx in ("f32", "f64", "i64")
         p = plan.reduction_plan(la.shape, la.strides, la.offset, tuple(axes), exact)
         meta = self.rt.meta(p.meta)
@@ -289,7 +289,7 @@ class CUDABackend(FusedKernels):
         acc_dtype = np.dtype({"f32": np.float32, "f64": np.float64, "i64": np.int64}[acc])
         if src.dtype != acc_dtype:
             src, lsrc = self.cast(src, lsrc, _dtype_of(acc_dtype)), Layout(lsrc.shape)
-        out = self.zeros(math.prod(shape), acc_dtype)
+        out = self._zeros(math.prod(shape), acc_dtype)
         if lsrc.numel:
             meta = plan.index_meta(lsrc.shape, dim, shape[dim], (lsrc.offset, lsrc.strides), plan.dense(shape))
             self._elementwise(plan.kernel("index_accumulate", acc), lsrc.numel,
