@@ -90,10 +90,11 @@ def build_library() -> tuple[str, dict[str, dict[str, list[tuple[str, bool]]]]]:
             return library, {file: {name: [tuple(p) for p in params] for name, params in kernels.items()}
                              for file, kernels in json.load(f).items()}
     kernels = {file: kernel_signatures(file) for file in plan.KERNEL_FILES}
-    os.makedirs(folder, exist_ok=True)
+    build = os.path.join(folder, f"build-{os.getpid()}")  # a concurrent run builds in its own folder
+    os.makedirs(build, exist_ok=True)
     jobs, objects = [], []
     for file in plan.KERNEL_FILES:
-        source = os.path.join(folder, file.replace(".cu", ".cpp"))
+        source = os.path.join(build, file.replace(".cu", ".cpp"))
         with open(source, "w") as f:
             f.write(_trampolines(file, kernels[file]))
         objects.append(source.replace(".cpp", ".o"))
@@ -109,6 +110,7 @@ def build_library() -> tuple[str, dict[str, dict[str, list[tuple[str, bool]]]]]:
     with open(signatures + f".{os.getpid()}", "w") as f:
         json.dump(kernels, f)
     os.replace(signatures + f".{os.getpid()}", signatures)
+    shutil.rmtree(build, ignore_errors=True)
     return library, kernels
 
 
