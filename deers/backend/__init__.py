@@ -35,6 +35,14 @@ every other backend is tested against. A new backend implements these primitives
 17. adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
                                                            fused in-place AdamW update of flat buffers
 
+Rules every backend keeps (the ops rely on them):
+- indices may be in [-size, size) and negatives wrap; anything else raises IndexError;
+- gather accepts an index smaller than the input along the other dims (as torch.gather);
+- reduce("sum") of integer or bool data returns int64;
+- copy writes into the destination buffer in place (compact, cat and leaf gradients use
+  empty + copy);
+- results are fresh buffers the caller owns; `out=` (when given) is written and returned.
+
 `backend_for(device)` returns the one backend instance of a device. Backends other than the CPU
 one are imported only when asked for, so `import deers` works without CuPy or MLX.
 """
