@@ -68,7 +68,8 @@ def kernel_signatures(file: str) -> dict[str, list[tuple[str, bool]]]:
 def _trampolines(file: str, kernels: dict[str, list[tuple[str, bool]]]) -> str:
     lines = [f'#include "{SHIM}"', f'#include "{os.path.join(KERNEL_DIR, file)}"']
     for name, params in kernels.items():
-        call_args = ", ".join(f"*({ctype}{'*' if pointer else ''}*)args[{i}]" for i, (ctype, pointer) in enumerate(params))
+        call_args = ", ".join(f"*({ctype}{'*' if pointer else ''}*)args[{i}]"
+                              for i, (ctype, pointer) in enumerate(params))
         lines.append(f"static void body_{name}(void* p) {{ void** args = (void**)p; {name}({call_args}); }}")
         lines.append(f'extern "C" void launch_{name}(const long long* cfg, void** args) '
                      f"{{ emu::launch(cfg, body_{name}, args); }}")
@@ -98,8 +99,8 @@ def build_library() -> tuple[str, dict[str, dict[str, list[tuple[str, bool]]]]]:
         with open(source, "w") as f:
             f.write(_trampolines(file, kernels[file]))
         objects.append(source.replace(".cpp", ".o"))
-        jobs.append(subprocess.Popen(["g++", "-std=c++17", "-O0", "-fPIC", "-w", "-U_FORTIFY_SOURCE", "-c", source, "-o", objects[-1]],
-                                     stderr=subprocess.PIPE, text=True))
+        command = ["g++", "-std=c++17", "-O0", "-fPIC", "-w", "-U_FORTIFY_SOURCE", "-c", source, "-o", objects[-1]]
+        jobs.append(subprocess.Popen(command, stderr=subprocess.PIPE, text=True))
     for job in jobs:
         _, err = job.communicate()
         if job.returncode:
@@ -174,8 +175,8 @@ class HostRuntime:
                 expected = POINTEES[ctype]
                 if not isinstance(arg, np.ndarray) or arg.dtype.name != expected or arg.ndim != 1 \
                         or not arg.flags.c_contiguous:
-                    raise AssertionError(f"{k.name} argument {i}: needs a flat {expected} buffer, got "
-                                         f"{type(arg).__name__} {getattr(arg, 'dtype', '')} {getattr(arg, 'shape', '')}")
+                    got = f"{type(arg).__name__} {getattr(arg, 'dtype', '')} {getattr(arg, 'shape', '')}"
+                    raise AssertionError(f"{k.name} argument {i}: needs a flat {expected} buffer, got {got}")
                 value = ctypes.c_void_p(arg.ctypes.data)
                 buffers.append(arg)
             else:

@@ -73,8 +73,10 @@ def test_random_kernels_follow_philox_and_advance_the_offset(cuda):
     key = (seed & 0xFFFFFFFF, seed >> 32)
     words = [philox4x32_10(((5 + i) & 0xFFFFFFFF, (5 + i) >> 32, 0, 0), key) for i in range(15)]
     np.testing.assert_array_equal(uniform, [(w[0] >> 8) / 2.0 ** 24 for w in words[:6]])
-    u = [(1.0 - ((w[0] >> 5) * 2.0 ** 26 + (w[1] >> 6)) / 2.0 ** 53, ((w[2] >> 5) * 2.0 ** 26 + (w[3] >> 6)) / 2.0 ** 53)
-         for w in words[6:10]]
+    def unit53(hi: int, lo: int) -> float:
+        return ((hi >> 5) * 2.0 ** 26 + (lo >> 6)) / 2.0 ** 53
+
+    u = [(1.0 - unit53(w[0], w[1]), unit53(w[2], w[3])) for w in words[6:10]]
     np.testing.assert_allclose(normal, [np.sqrt(-2 * np.log(a)) * np.cos(2 * np.pi * b) for a, b in u], rtol=1e-12)
     np.testing.assert_array_equal(ints, [-3 + (((w[1] << 32) | w[0]) % ((1 << 40) + 3)) for w in words[10:]])
     cuda.set_rng_state(state)
@@ -250,7 +252,8 @@ def test_half_precision_matmul_accumulates_in_f32(cuda, dtype):
     a, b = rng.uniform(0, 1, (4, 2048)), rng.uniform(0, 1, (2048, 3))  # sums near 512: f16/bf16 steps of 0.25-2
     a16, b16 = a.astype(dtype.numpy), b.astype(dtype.numpy)
     expected = (a16.astype(np.float64) @ b16.astype(np.float64)).astype(dtype.numpy).astype(np.float64)
-    got = cuda.matmul(_up(cuda, a16, dtype), Layout(a.shape), _up(cuda, b16.T.copy(), dtype), Layout((2048, 3), (1, 2048)))
+    b_transposed = _up(cuda, b16.T.copy(), dtype)  # read through a transposed layout
+    got = cuda.matmul(_up(cuda, a16, dtype), Layout(a.shape), b_transposed, Layout((2048, 3), (1, 2048)))
     np.testing.assert_allclose(_down(cuda, got).reshape(4, 3), expected, rtol=1e-2)
 
 

@@ -15,7 +15,7 @@ import deers
 from cuda_emulator import cuda_backend_fixture
 from deers.array import NDArray
 from deers.layout import Layout
-from deers.ops.attention import apply_rope, masked_softmax
+from deers.ops.attention import masked_softmax
 from deers.ops.norm import rms_norm
 from helpers import make_input
 
@@ -175,7 +175,8 @@ def test_argmax_ties_and_nan_take_the_first_like_numpy(cuda):
     got = deers.tensor(x, device=CUDA).argmax(1).numpy()
     np.testing.assert_array_equal(got, np.argmax(x, 1))
     wide = np.random.default_rng(0).standard_normal((3, 5000))
-    np.testing.assert_array_equal(deers.tensor(wide, device=CUDA).argmax(1).numpy(), np.argmax(wide.astype(np.float32), 1))
+    np.testing.assert_array_equal(deers.tensor(wide, device=CUDA).argmax(1).numpy(),
+                                  np.argmax(wide.astype(np.float32), 1))
 
 
 def test_casts_between_every_dtype(cuda):
@@ -223,8 +224,8 @@ def test_integer_and_bool_arithmetic_keep_their_dtype(cuda):
     np.testing.assert_array_equal(deers.where(mask, ones, -1.0).numpy(), [1.0, -1.0, 1.0])
 
 
-@pytest.mark.parametrize("dtype", [deers.f32, deers.f16, deers.f64, deers.i64, deers.bool_, deers.u8] + LOW_PRECISION[1:],
-                         ids=lambda d: d.name)
+@pytest.mark.parametrize("dtype", [deers.f32, deers.f16, deers.f64, deers.i64, deers.bool_, deers.u8]
+                         + LOW_PRECISION[1:], ids=lambda d: d.name)
 def test_move_round_trip_is_exact(cuda, dtype):
     values = (np.arange(12).reshape(3, 4) - 5.5).astype(dtype.numpy)
     on_cuda = deers.tensor(values, dtype=dtype).to_device("cuda")

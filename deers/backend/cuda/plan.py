@@ -151,7 +151,8 @@ def integer_compare(op: str, value) -> tuple[str, int] | bool:
 
 
 # ---- layouts -> meta ----------------------------------------------------------------------------------
-def coalesce(shape: tuple[int, ...], strides_list: list[tuple[int, ...]]) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+def coalesce(shape: tuple[int, ...],
+             strides_list: list[tuple[int, ...]]) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
     """Drop size-1 dims and merge neighbours that every operand walks contiguously.
 
     Dims d and d+1 merge when, for each operand, stride[d] == stride[d+1] * shape[d+1]: the pair
