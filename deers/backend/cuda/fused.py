@@ -76,9 +76,9 @@ class FusedKernels:
 
     # 16. RMSNorm -------------------------------------------------------------------------------
     def rmsnorm(self, x, w, rows: int, d: int, eps: float):
-        """(y, rstd) with rstd = 1/sqrt(mean(x^2) + eps) per row, stored in x's dtype."""
+        """(y, rstd) with rstd = 1/sqrt(mean(x^2) + eps) per row, kept in f32 (f64 for f64 inputs)."""
         y = self.rt.empty(rows * d, x.dtype)
-        rstd = self.rt.empty(rows, x.dtype)
+        rstd = self.rt.empty(rows, np.dtype(_acc(x.dtype)))
         if rows and d:
             grid, block = plan.row_launch(rows, d)
             self.rt.launch(plan.kernel("rmsnorm_forward", plan.suffix(x.dtype)), grid, block,
