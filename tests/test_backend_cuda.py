@@ -1,8 +1,9 @@
 """The CUDA backend's host side, on every machine: layout -> kernel-argument planning (plan.py),
 op codes against the .cu sources, and the errors when CuPy or a GPU is missing.
 
-The backend itself against the CPU oracle is in tests/test_cuda_kernels.py (on a real GPU when
-there is one, and always on the CPU emulation of the kernels).
+The backend itself against the CPU oracle is in tests/test_cuda_kernels.py, test_cuda_fused.py and
+test_cuda_models.py (on a real GPU when there is one, and always on the CPU emulation of the
+kernels, tests/cuda_emulator.py); compilation of the .cu files in tests/test_cuda_compile.py.
 """
 from __future__ import annotations
 
