@@ -12,6 +12,7 @@ import numpy as np
 
 from ..dtype import DType
 from ..layout import Layout, contiguous_strides
+from . import cpu_kernels
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
@@ -60,8 +61,9 @@ class CPUBackend:
 
     name = "cpu"
 
-    def __init__(self):
+    def __init__(self, threads: int | None = None):
         self.rng = np.random.default_rng()
+        self.pool = cpu_kernels.RowPool(threads)  # threads for the fused kernels (NumPy releases the GIL)
 
     # 1. allocation ---------------------------------------------------------------------------
     def empty(self, numel: int, dtype: DType) -> np.ndarray:
@@ -229,33 +231,7 @@ class CPUBackend:
 
     def cross_entropy(self, logits: np.ndarray, targets: np.ndarray, n: int, c: int, ignore_index: int,
                       label_smoothing: float) -> tuple[float, int, np.ndarray]:
-        x = logits.reshape(n, c)
-        valid = targets != ignore_index
-        count = int(valid.sum())
-        safe_targets = np.where(valid, targets, 0)
-        if valid.any() and (safe_targets.min() < 0 or safe_targets.max() >= c):
-            raise IndexError(f"cross_entropy: target out of range for {c} classes "
-                             f"(got values in [{targets[valid].min()}, {targets[valid].max()}])")
-        grad = np.empty((n, c), logits.dtype)
-        np.subtract(x, x.max(axis=1, keepdims=True), out=grad)  # shifted logits
-        np.exp(grad, out=grad)
-        sums = grad.sum(axis=1, keepdims=True)
-        rows = np.arange(n)
-        # loss_i = logsumexp(x_i) - (1-s) x_i[t] - s * mean(x_i)
-        lse = np.log(sums[:, 0]) + x.max(axis=1)
-        picked = x[rows, safe_targets]
-        per_row = lse - (1.0 - label_smoothing) * picked
-        if label_smoothing:
-            per_row -= label_smoothing * x.mean(axis=1, dtype=np.float64).astype(x.dtype)
-        loss_sum = float(per_row[valid].sum(dtype=np.float64))
-        # dloss_i/dx_i = softmax_i - (1-s) one_hot(t) - s/C, divided by the count for the mean
-        scale = 1.0 / max(count, 1)
-        grad *= (scale / sums).astype(grad.dtype)
-        grad[rows, safe_targets] -= (1.0 - label_smoothing) * scale
-        if label_smoothing:
-            grad -= label_smoothing * scale / c
-        grad[~valid] = 0
-        return loss_sum, count, grad.reshape(-1)
+        return cpu_kernels.cross_entropy(self.pool, logits.reshape(n, c), targets, ignore_index, label_smoothing)
 
     def rmsnorm(self, x: np.ndarray, w: np.ndarray, rows: int, d: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
         if x.dtype.itemsize < 4:  # f16 / bf16 (einsum has no bf16): compute in f32, round y once, keep rstd f32
@@ -285,14 +261,4 @@ class CPUBackend:
 
     def adamw_step(self, param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
                    beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
-        if weight_decay:
-            param *= param.dtype.type(1.0 - lr * weight_decay)
-        m *= beta1
-        m += (1.0 - beta1) * grad
-        v *= beta2
-        v += (1.0 - beta2) * np.square(grad)
-        bias1 = 1.0 - beta1 ** step
-        bias2 = 1.0 - beta2 ** step
-        denom = np.sqrt(v / bias2)
-        denom += eps
-        param -= (lr / bias1) * m / denom
+        cpu_kernels.adamw_step(self.pool, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
