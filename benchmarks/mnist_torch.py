@@ -3,13 +3,14 @@
     python benchmarks/mnist_torch.py --data /path/to/mnist --epochs 3
 
 Same model (784-256-128-10, ReLU), same PyTorch-default init, same optimizer (AdamW lr 1e-3,
-weight decay 0.01, or SGD), batch size, input normalisation and shuffled batches (the data is read
+weight decay 0.01, or SGD), same cosine learning-rate decay, batch size, input normalisation and shuffled batches (the data is read
 and batched by deers.dataset, so only the training arithmetic differs). Prints the same per-epoch
 line as the Deers example.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -43,6 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     loader = DataLoader((train.images, train.labels.astype(np.int64)), batch_size=args.batch_size, seed=args.seed)
+    total_steps = args.epochs * len(loader)
+    if args.schedule == "cosine":  # deers.optim.LRSchedule(lr, total_steps, kind="cosine"), step by step
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * (step + 1) / total_steps)))
+    else:
+        scheduler = None
 
     def inputs(images: np.ndarray) -> torch.Tensor:
         x = images.reshape(len(images), 784).astype(np.float32)  # (B, 784)
@@ -58,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total += loss.item()
             batches += 1
         model.eval()

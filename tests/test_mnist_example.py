@@ -64,10 +64,11 @@ def test_mnist_example_sgd_option(mnist_dir, tmp_path):
 
 def test_mnist_example_resume_continues_exactly(mnist_dir, tmp_path, capsys):
     example = _load_example()
-    straight = _run(example, mnist_dir, tmp_path / "straight", "--epochs", "3")
-    _run(example, mnist_dir, tmp_path / "resumed", "--epochs", "2")
+    # a constant learning rate: with the cosine default, --epochs 2 and --epochs 3 are different schedules
+    straight = _run(example, mnist_dir, tmp_path / "straight", "--epochs", "3", "--schedule", "constant")
+    _run(example, mnist_dir, tmp_path / "resumed", "--epochs", "2", "--schedule", "constant")
     capsys.readouterr()
-    resumed = _run(example, mnist_dir, tmp_path / "resumed", "--epochs", "3", "--resume")
+    resumed = _run(example, mnist_dir, tmp_path / "resumed", "--epochs", "3", "--resume", "--schedule", "constant")
     out = capsys.readouterr().out
     assert "resumed from" in out and "epoch 1/3" not in out
     assert [h["epoch"] for h in resumed] == [3]
