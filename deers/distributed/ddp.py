@@ -81,8 +81,13 @@ def all_reduce_grads(params: Iterable[Tensor], grads: Grads, op: str = "mean",
 
     Parameters without a gradient are skipped: every rank must have gradients for the same
     parameters (as it does when every rank runs the same model). Each reduced gradient is stored
-    back with `grads.set_array` as a view into its bucket's buffer.
+    back with `grads.set_array` as a view into its bucket's buffer. In a world of one `grads` is
+    returned as it is (the mean over one rank is the identity).
     """
+    if op not in comm.REDUCE_OPS:
+        raise ValueError(f"all_reduce_grads: op must be one of {comm.REDUCE_OPS}, got {op!r}")
+    if comm.group().size == 1:  # a world of one: every reduction is the identity, skip the copies
+        return grads
     present = [p for p in params if grads.array(p) is not None]
     arrays = [grads.array(p) for p in present]
     plan = plan_buckets([(a.numel, a.dtype, a.device) for a in arrays], bucket_bytes)
