@@ -45,11 +45,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-at", type=int, default=0)
     parser.add_argument("--resume", default="")
+    parser.add_argument("--dtype", default="f64", help="f64 keeps the rounding far below the test's tolerance")
     args = parser.parse_args()
 
     dist.init()
     deers.manual_seed(args.seed + 1000 * dist.rank())  # different init per rank: broadcast must fix it
-    model = GPT(CONFIG)
+    model = GPT(CONFIG, dtype=args.dtype)
     params = model.parameters()
     dist.broadcast_parameters(params)
     optimizer = AdamW(params, lr=1e-2, weight_decay=0.1)
