@@ -6,7 +6,6 @@
     grads = (x @ w).relu().sum().backward()
     grads[w]            # a Tensor shaped like w
 """
-from . import loss
 from .autograd import Grads, Op, is_grad_enabled, no_grad
 from .creation import (arange, from_numpy, full, get_rng_state, host_rng, manual_seed, ones, ones_like, rand,
                        randint, randn, set_rng_state, tensor, zeros, zeros_like)
@@ -18,5 +17,7 @@ from .ops.indexing import embedding, gather, index_select
 from .ops.linalg import matmul
 from .ops.shape import cat, stack
 from .tensor import Tensor, Var, apply
+
+from . import checkpoint, loss, nn, optim  # noqa: E402  (subpackages users reach as deers.nn, ...)
 
 __version__ = "0.1.0"
