@@ -65,6 +65,7 @@ def check_collectives(results: list[dict]) -> None:
     scale_sum = world * (world + 1) / 2  # sum over ranks of (r + 1)
     for r, res in enumerate(results):
         assert int(res["world"]) == world and int(res["rank"]) == r
+        assert int(res["local_rank"]) == r  # every rank on this one host
         np.testing.assert_array_equal(res["sum_f32"], base * scale_sum)
         np.testing.assert_allclose(res["mean_f64"], base * scale_sum / world, rtol=1e-15)
         np.testing.assert_array_equal(res["sum_i64"], (base * scale_sum).astype(np.int64))

@@ -40,17 +40,8 @@ class ProcessGroup:
         self.mpi = mpi_comm
         self.rank: int = mpi_comm.Get_rank()
         self.size: int = mpi_comm.Get_size()
+        self.local_rank: int = _local_rank(mpi_comm)
         self._nccl: dict[int, object] = {}  # CUDA device index -> NcclTransport
-
-    def local_rank(self) -> int:
-        """This process's index among the ranks on the same host (which GPU it should use)."""
-        from mpi4py import MPI
-
-        node = self.mpi.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        try:
-            return node.Get_rank()
-        finally:
-            node.Free()
 
     def nccl(self, device_index: int):
         """The NCCL transport for one GPU; every rank must reach this at the same point."""
@@ -61,6 +52,20 @@ class ProcessGroup:
             transport = NcclTransport(self.mpi, self.rank, self.size, device_index)
             self._nccl[device_index] = transport
         return transport
+
+
+def _local_rank(mpi_comm) -> int:
+    """This process's index among the ranks on the same host (which GPU it should use).
+
+    Splitting the communicator by shared memory is a collective, so it runs once, in init().
+    """
+    from mpi4py import MPI
+
+    node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=mpi_comm.Get_rank())
+    try:
+        return node.Get_rank()
+    finally:
+        node.Free()
 
 
 _state: dict[str, ProcessGroup | None] = {"group": None}  # set once by init()
@@ -109,7 +114,7 @@ def is_main() -> bool:
 
 def local_rank() -> int:
     """This process's index on its host (0 before init()); use it to pick `cuda:{local_rank()}`."""
-    return 0 if _state["group"] is None else _state["group"].local_rank()
+    return 0 if _state["group"] is None else _state["group"].local_rank
 
 
 def barrier() -> None:

@@ -28,7 +28,8 @@ def main() -> None:
     r, world = dist.rank(), dist.world_size()
     device = f"cuda:{dist.local_rank()}" if args.device == "cuda" else args.device
     base = np.arange(12, dtype=np.float64).reshape(3, 4)
-    results: dict[str, np.ndarray] = {"world": np.array(world), "rank": np.array(r)}
+    results: dict[str, np.ndarray] = {"world": np.array(world), "rank": np.array(r),
+                                      "local_rank": np.array(dist.local_rank())}
 
     def tensor(values, dtype):
         return deers.tensor(values, dtype=dtype, device=device)
