@@ -151,6 +151,41 @@ def test_data_parallel_gpt_matches_one_process_and_resumes_in_one(tmp_path):
     assert single["losses"][-1] < single["losses"][0]
 
 
+TRAINER = ROOT / "examples" / "tinystories_train.py"
+
+
+@needs_mpi
+@pytest.mark.skipif("--ddp" not in TRAINER.read_text(), reason="examples/tinystories_train.py has no --ddp flag yet")
+def test_trainer_ddp_two_ranks_then_resume_alone(tmp_path):
+    pytest.importorskip("tiktoken")
+    pytest.importorskip("safetensors")
+    from tiny_bpe import train_byte_bpe, write_tiktoken_file
+
+    sentences = ["Once upon a time there was a cat named Tom.", "Tom liked to play with a red ball.",
+                 "One day Lily found a big dog.", "They were happy and went home."]
+    rng = np.random.default_rng(0)
+    text = "\n<|endoftext|>\n".join(" ".join(rng.permutation(sentences)) for _ in range(200))
+    (tmp_path / "stories.txt").write_text(text)
+    write_tiktoken_file(train_byte_bpe(text[:3000], 40), tmp_path / "tiny.tiktoken")
+    common = ["--text-file", str(tmp_path / "stories.txt"), "--tokenizer-file", str(tmp_path / "tiny.tiktoken"),
+              "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--batch-size", "2",
+              "--seq-len", "16", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--mlp-hidden", "32",
+              "--log-every", "2", "--eval-every", "4", "--eval-batches", "1", "--sample-every", "4",
+              "--sample-tokens", "4", "--checkpoint-every", "4", "--val-fraction", "0.05"]
+    command = ["mpirun", "-n", "2", sys.executable, str(TRAINER), "--ddp", "--steps", "4", *common]
+    done = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert sum("on each of 2 ranks" in line for line in lines) == 1  # rank 0 alone prints
+    assert [line.split(" | ")[0] for line in lines if "train_loss" in line] == ["step 2/4", "step 4/4"]
+    assert sum(line.startswith("saved ") for line in lines) == 1
+    assert (tmp_path / "run" / "ckpt.safetensors").exists()
+    resume = [sys.executable, str(TRAINER), "--steps", "6", "--resume", *common]  # 1 process, no --ddp
+    done = subprocess.run(resume, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "at step 4" in done.stdout and "saved" in done.stdout and "step 6/6" in done.stdout
+
+
 # ---- in-process checks (no launcher) -------------------------------------------------------------
 def test_import_without_mpi4py_and_init_names_the_extra():
     code = ("import sys; sys.modules['mpi4py'] = None\n"
