@@ -272,3 +272,57 @@ def test_nccl_transport_without_cupy_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(deers.distributed.DistributedUnavailable, match="cuda12"):
         nccl.NcclTransport(mpi_comm=None, rank=0, size=1, device_index=0)
+
+
+class _FakeNccl:
+    """Stands in for cupy.cuda.nccl with the signatures of CuPy's nccl.pyx, recording every call."""
+
+    NCCL_FLOAT16, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_BFLOAT16, NCCL_INT64, NCCL_UINT8 = 6, 7, 8, 9, 4, 1
+    NCCL_SUM, NCCL_MAX, NCCL_MIN, NCCL_AVG = 0, 2, 3, 4
+    available = True
+    calls: list = []
+
+    @staticmethod
+    def get_unique_id():
+        return tuple(range(128))
+
+    class NcclCommunicator:
+        def __init__(self, ndev, comm_id, rank):
+            _FakeNccl.calls.append(("init", ndev, comm_id[:3], rank))
+
+        def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):  # noqa: N802 (CuPy's name)
+            _FakeNccl.calls.append(("allReduce", sendbuf, recvbuf, count, datatype, op, stream))
+
+        def bcast(self, buff, count, datatype, root, stream):
+            _FakeNccl.calls.append(("bcast", buff, count, datatype, root, stream))
+
+
+def test_nccl_transport_calls_with_cupy_signatures(monkeypatch):
+    import contextlib
+    import types
+
+    stream = types.SimpleNamespace(ptr=77)
+    cuda = types.SimpleNamespace(nccl=_FakeNccl, Device=lambda index: contextlib.nullcontext(),
+                                 get_current_stream=lambda: stream)
+    fake_cupy = types.ModuleType("cupy")
+    fake_cupy.cuda = cuda
+    fake_cuda_module = types.ModuleType("cupy.cuda")
+    fake_cuda_module.nccl = _FakeNccl
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", fake_cuda_module)
+
+    class FakeMPI:  # rank 1 of 2: receives rank 0's unique id through bcast
+        def bcast(self, value, root):
+            assert value is None and root == 0
+            return tuple(range(128))
+
+    _FakeNccl.calls = []
+    transport = nccl.NcclTransport(FakeMPI(), rank=1, size=2, device_index=0)
+    region = types.SimpleNamespace(data=types.SimpleNamespace(ptr=4096), size=10)
+    transport.all_reduce(region, deers.f32, "mean")
+    transport.all_reduce(region, deers.f16, "max")
+    transport.broadcast(region, deers.i64, src=1)
+    assert _FakeNccl.calls == [("init", 2, (0, 1, 2), 1),
+                               ("allReduce", 4096, 4096, 10, 7, 4, 77),  # in place, f32, avg, current stream
+                               ("allReduce", 4096, 4096, 10, 6, 2, 77),
+                               ("bcast", 4096, 10, 4, 1, 77)]

@@ -15,3 +15,12 @@ from .comm import (DistributedUnavailable, ProcessGroup, all_reduce, all_reduce_
                    world_size)
 from .ddp import (DEFAULT_BUCKET_BYTES, Bucket, all_reduce_grads, any_rank, broadcast_parameters, device_for_rank,
                   job_tokens_per_second, main_first, mean_over_ranks, plan_buckets, seed_for_rank, shard_batch)
+
+__all__ = [
+    "init", "is_initialized", "group", "ProcessGroup", "DistributedUnavailable",
+    "rank", "world_size", "local_rank", "is_main",
+    "all_reduce", "broadcast", "barrier", "broadcast_object", "all_reduce_array", "broadcast_array",
+    "broadcast_parameters", "all_reduce_grads", "plan_buckets", "Bucket", "DEFAULT_BUCKET_BYTES",
+    "seed_for_rank", "shard_batch", "job_tokens_per_second",
+    "device_for_rank", "main_first", "mean_over_ranks", "any_rank",
+]

@@ -4,7 +4,8 @@
     mpirun -n 2 python tests/dist_scripts/bench_step.py --batch-size 4     # 2 ranks, same global batch
 
 Rank 0 prints the median of each phase over the timed steps ("wait": for the slowest rank to
-finish its backward) and the job's tokens per second (local tokens x world size / step time). Data are random tokens: the speed does not depend on them.
+finish its backward) and the job's tokens per second (local tokens x world size / step time).
+The data are random tokens: the speed does not depend on them.
 """
 from __future__ import annotations
 
