@@ -52,7 +52,7 @@ class DeersRunner:
     def step(self, idx, targets) -> float:
         t = self.timer
         t.start()
-        _, loss = self.model(idx, targets)
+        loss = self.model.loss(idx, targets)  # fused lm_head + cross-entropy
         value = loss.item()
         t.stamp("forward")
         grads = loss.backward()

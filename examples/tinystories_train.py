@@ -169,7 +169,7 @@ def evaluate(model: GPT, val: TokenBinDataset, batch_size: int, max_batches: int
         for i, (inputs, targets) in enumerate(val.iter_batches(batch_size, device)):
             if i == max_batches:
                 break
-            _, loss = model(inputs, targets)
+            loss = model.loss(inputs, targets)
             total += loss.item() * inputs.shape[0]
             rows += inputs.shape[0]
     return total / rows
@@ -310,7 +310,7 @@ def train(args: argparse.Namespace) -> dict:
                 if low is not None:
                     low.sync()
                     net = low.model
-                _, loss = net(inputs, targets)
+                loss = net.loss(inputs, targets)  # fused lm_head + cross-entropy: no (B, T, V) logits
                 grads = loss.backward() if scaler.scale == 1.0 else (loss * scaler.scale).backward()
                 if low is not None:
                     grads = low.master_grads(grads, scaler.scale)

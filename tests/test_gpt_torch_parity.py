@@ -52,6 +52,22 @@ def test_logits_loss_and_every_gradient_match_torch(dtype, rtol, atol):
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("dtype, rtol, atol", [("f64", 1e-10, 1e-13), ("f32", 1e-4, 1e-6)])
+def test_fused_training_loss_and_every_gradient_match_torch(dtype, rtol, atol):
+    """GPT.loss (fused lm_head + cross-entropy, logits never materialized) against PyTorch."""
+    model, reference = pair(dtype)
+    x, y = batch(2)
+    loss = model.loss(deers.tensor(x), deers.tensor(y))
+    grads = loss.backward()
+    _, torch_loss = reference(torch.tensor(x), torch.tensor(y))
+    torch_loss.backward()
+    np.testing.assert_allclose(loss.item(), torch_loss.item(), rtol=rtol)
+    for name, p in model.named_parameters():
+        expected = dict(reference.named_parameters())[name].grad.numpy()
+        np.testing.assert_allclose(grads[p].numpy(), expected, rtol=rtol,
+                                   atol=atol * 10 + rtol * np.abs(expected).max() * 0.1, err_msg=name)
+
+
 def test_shorter_sequences_match_torch():
     model, reference = pair("f64", seed=1)
     x, _ = batch(1, B=2, T=5)

@@ -24,6 +24,7 @@ from ..loss import cross_entropy
 from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore
 from ..nn import RMSNorm as _RMSNormLayer
 from ..ops.attention import apply_rope, masked_softmax
+from ..ops.linear_cross_entropy import linear_cross_entropy
 from ..ops.norm import rms_norm
 from ..ops.shape import cat
 from ..tensor import Tensor
@@ -179,8 +180,32 @@ class GPT(Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None):
         """Logits (B, T, V) for token ids idx (B, T); with targets (B, T) also the mean cross-entropy.
 
-        With a KVCache the ids continue the positions already in the cache (generation).
+        With a KVCache the ids continue the positions already in the cache (generation). Training
+        should call `loss`, which never builds the (B, T, V) logits.
         """
+        logits = self.lm_head(self.hidden(idx, cache))  # (B, T, V)
+        if targets is None:
+            return logits
+        self._check_targets(idx, targets)
+        wide = logits if logits.dtype.itemsize >= 4 else logits.to_dtype(f32)  # f16 / bf16: the loss in f32
+        return logits, cross_entropy(wide, targets)
+
+    def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
+        """Mean next-token cross-entropy of idx (B, T) against targets (B, T): a 0-d tensor.
+
+        Same value and gradients as `forward(idx, targets)[1]`, through the fused lm_head +
+        cross-entropy op, which holds the logits one chunk of rows at a time (the full (B, T, V)
+        logits and their gradient are most of a training step's memory traffic).
+        """
+        self._check_targets(idx, targets)
+        x = self.hidden(idx)  # (B, T, D)
+        weight = self.lm_head.weight
+        if x.dtype.itemsize < 4:  # f16 / bf16: the loss in f32
+            x, weight = x.to_dtype(f32), weight.to_dtype(f32)
+        return linear_cross_entropy(x, weight, targets)
+
+    def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+        """The final normalized hidden states (B, T, D) that lm_head turns into logits."""
         start = cache.length if cache is not None else 0
         self._check_ids(idx, start)
         B, T = idx.shape
@@ -190,15 +215,13 @@ class GPT(Module):
         x = self.wte(idx)  # (B, T, D)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, cache.layers[i] if cache is not None else None)  # (B, T, D)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         if cache is not None:
             cache.length += T
-        if targets is None:
-            return logits
-        if targets.shape != (B, T):
+        return self.norm_f(x)  # (B, T, D)
+
+    def _check_targets(self, idx: Tensor, targets: Tensor) -> None:
+        if targets.shape != idx.shape:
             raise ShapeError(f"GPT: targets {describe(targets)} must match idx {describe(idx)}")
-        wide = logits if logits.dtype.itemsize >= 4 else logits.to_dtype(f32)  # f16 / bf16: the loss in f32
-        return logits, cross_entropy(wide, targets)
 
     def _check_ids(self, idx: Tensor, start: int) -> None:
         if idx.dtype.name != "i64":
