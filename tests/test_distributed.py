@@ -94,6 +94,8 @@ def check_collectives(results: list[dict]) -> None:
         assert float(res["mean_over_ranks"]) == scale_sum / world
         assert bool(res["any_rank_last"]) and not bool(res["any_rank_none"])
         assert bool(res["main_first_saw_file"])
+        if "mps_refused" in res:  # only where MLX is installed
+            assert bool(res["mps_refused"])
 
 
 @needs_mpi

@@ -152,14 +152,12 @@ def all_reduce_array(array: NDArray, op: str = "mean") -> None:
     if array.dtype.name in ("bool", "u8"):
         raise DTypeError(f"all_reduce: cannot reduce {describe(array)}; cast it to i64 or a float first")
     g = group()
+    _check_device(array, "all_reduce")
     region, write_back = _flat_region(array, "all_reduce")
     if array.device.kind == "cpu":
         _mpi_all_reduce(g.mpi, region, op, g.size)
-    elif array.device.kind == "cuda":
-        g.nccl(array.device.index).all_reduce(region, array.dtype, op)
     else:
-        raise DistributedUnavailable(f"all_reduce: no transport for device {array.device}; move the tensor to "
-                                     "cpu or cuda")
+        g.nccl(array.device.index).all_reduce(region, array.dtype, op)
     write_back()
 
 
@@ -168,15 +166,20 @@ def broadcast_array(array: NDArray, src: int = 0) -> None:
     g = group()
     if not 0 <= src < g.size:
         raise ValueError(f"broadcast: src must be a rank in [0, {g.size}), got {src}")
+    _check_device(array, "broadcast")
     region, write_back = _flat_region(array, "broadcast")
     if array.device.kind == "cpu":
         g.mpi.Bcast(region.view(np.uint8), root=src)  # as bytes: any dtype, bf16 included
-    elif array.device.kind == "cuda":
-        g.nccl(array.device.index).broadcast(region, array.dtype, src)
     else:
-        raise DistributedUnavailable(f"broadcast: no transport for device {array.device}; move the tensor to "
-                                     "cpu or cuda")
+        g.nccl(array.device.index).broadcast(region, array.dtype, src)
     write_back()
+
+
+def _check_device(array: NDArray, op_name: str) -> None:
+    """CPU tensors go over MPI and CUDA tensors over NCCL; there is no transport for the others."""
+    if array.device.kind not in ("cpu", "cuda"):
+        raise DistributedUnavailable(f"{op_name}: no transport for {describe(array)}; move the tensor to cpu "
+                                     "or cuda first")
 
 
 def _flat_region(array: NDArray, op_name: str):

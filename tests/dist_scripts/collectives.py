@@ -85,6 +85,17 @@ def main() -> None:
     results["bcast_params"] = np.concatenate([p.numpy().reshape(-1) for p in params])
     results["bcast_params_same_buffers"] = np.array(all(p.data.buffer is b for p, b in zip(params, buffers)))
 
+    # a device with no transport (MLX's "mps") is refused with the operand described
+    try:
+        on_mps = deers.ones(2, device="mps")
+    except deers.BackendUnavailable:  # MLX not installed
+        on_mps = None
+    if on_mps is not None:
+        try:
+            dist.all_reduce(on_mps)
+        except dist.DistributedUnavailable as exc:
+            results["mps_refused"] = np.array("shape (2,) f32 mps" in str(exc))
+
     # the training-loop glue
     results["mean_over_ranks"] = np.array(dist.mean_over_ranks(float(r + 1)))
     results["any_rank_last"] = np.array(dist.any_rank(r == world - 1))
