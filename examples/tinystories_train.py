@@ -19,6 +19,11 @@ then writes a checkpoint and the loss-curve plot (<out>/loss.png, needs matplotl
 With --dtype bf16 or f16 the forward and backward run in that dtype on a copy of the model while
 the master weights and the AdamW state stay in f32 (f16 also scales the loss to keep small
 gradients from underflowing).
+
+With --ddp, run under `mpirun -n N`: each rank takes --batch-size / N rows of every global batch
+(all ranks draw the same global batch and keep their shard, so the run trains like one process
+with the same --batch-size, and a checkpoint resumes in any number of processes); gradients are
+averaged across ranks before each step; rank 0 alone logs, evaluates, samples and saves.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import time
 from pathlib import Path
 
 import deers
+import deers.distributed as dist
 from deers import checkpoint
 from deers.autograd import Grads
 from deers.dataset import TokenBinDataset
@@ -86,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: data/tinystories_gpt2, or data/<text file>_<tokenizer>)")
     p.add_argument("--tokenizer-file", default=None,
                    help="a .tiktoken rank file to use instead of GPT-2's BPE (<|endoftext|> gets the next id)")
+    p.add_argument("--ddp", action="store_true",
+                   help="data-parallel over the ranks of `mpirun -n N` (each takes batch-size / N rows)")
     args = p.parse_args(argv)
     for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches", "sample_every",
                  "checkpoint_every"):
@@ -137,7 +145,7 @@ class LowPrecisionCopy:
 
 
 class LossScaler:
-    """Dynamic loss scaling for f16: halve the scale on an overflow (and skip the step), double it every 500 good steps."""
+    """Dynamic loss scaling for f16: an overflow halves the scale (and skips the step); 500 good steps double it."""
 
     def __init__(self, scale: float):
         self.scale = scale
@@ -187,6 +195,12 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: i
     return prompt + tokenizer.decode(new_ids)
 
 
+def say(text: str) -> None:
+    """Print on rank 0 only (every process of a data-parallel run executes the same lines)."""
+    if dist.is_main():
+        print(text, flush=True)
+
+
 def plot_losses(history: dict, path: Path) -> None:
     """Train (per step, and its running mean) and validation loss against the step, as a PNG."""
     try:
@@ -195,7 +209,7 @@ def plot_losses(history: dict, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"note: matplotlib is not installed, so {path} was not written (pip install 'deers[plot]')", flush=True)
+        say(f"note: matplotlib is not installed, so {path} was not written (pip install 'deers[plot]')")
         return
     fig, ax = plt.subplots(figsize=(8, 5))
     if history["train"]:
@@ -216,7 +230,7 @@ def plot_losses(history: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    print(f"wrote {path}", flush=True)
+    say(f"wrote {path}")
 
 
 class StopRequest:
@@ -237,7 +251,7 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupted: finishing this step, then saving (Ctrl-C again to abort without saving)", flush=True)
+        say("\ninterrupted: finishing this step, then saving (Ctrl-C again to abort without saving)")
 
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
@@ -267,6 +281,12 @@ def train(args: argparse.Namespace) -> dict:
     """Run the training described by `args`; returns the loss history {"train": [[step, loss]], "val": [...]}."""
     out = Path(args.out)
     ckpt_path = out / CHECKPOINT_NAME
+    if args.ddp:
+        dist.init()
+        args.device = dist.device_for_rank(args.device)  # "cuda" -> this rank's GPU
+    world = dist.world_size()
+    if args.batch_size % world:
+        raise SystemExit(f"--batch-size {args.batch_size} does not split evenly over {world} ranks")
     if args.resume:
         restore_run_settings(args, ckpt_path)
     for name in ("text_file", "tokenizer_file"):  # absolute, so the checkpoint works from any folder
@@ -278,10 +298,13 @@ def train(args: argparse.Namespace) -> dict:
 
     deers.manual_seed(args.seed)
     tokenizer = load_tokenizer(args)
-    train_data, val_data = load_data(args, tokenizer)
+    with dist.main_first():  # rank 0 downloads and tokenizes; the others then find the files
+        train_data, val_data = load_data(args, tokenizer)
     config = GPTConfig(vocab_size=tokenizer.vocab_size(), sequence_len=args.seq_len, n_layer=args.n_layer,
                        n_head=args.n_head, n_embd=args.n_embd, mlp_hidden_dim=args.mlp_hidden)
     model = GPT(config, device=args.device)  # f32 master weights
+    if args.ddp:
+        dist.broadcast_parameters(model.parameters())  # the same seed made the same init; make sure
     low = LowPrecisionCopy(model, dtype, args.device) if dtype is not deers.f32 else None
     optimizer = make_optimizer(model, args)
     schedule = LRSchedule(args.lr, args.steps, warmup=warmup, warmdown=warmdown)
@@ -291,21 +314,24 @@ def train(args: argparse.Namespace) -> dict:
     if args.resume:
         info = checkpoint.load(ckpt_path, model=model, optimizer=optimizer)  # also restores every RNG state
         step, history, scaler.scale = info["step"], info["extra"]["history"], info["extra"]["loss_scale"]
-        print(f"resumed from {ckpt_path} at step {step} (model, data, optimizer, dtype and seed settings "
-              f"come from the checkpoint)", flush=True)
-    print(f"model: {model.num_parameters():,} parameters, {config}", flush=True)
-    print(f"data: {len(train_data):,} train tokens, {len(val_data):,} val tokens; "
-          f"{args.batch_size} x {args.seq_len} tokens per step on {args.device} in {args.dtype}", flush=True)
+        say(f"resumed from {ckpt_path} at step {step} (model, data, optimizer, dtype and seed settings "
+            f"come from the checkpoint)")
+    say(f"model: {model.num_parameters():,} parameters, {config}")
+    ranks = f", {args.batch_size // world} rows on each of {world} ranks" if world > 1 else ""
+    say(f"data: {len(train_data):,} train tokens, {len(val_data):,} val tokens; "
+        f"{args.batch_size} x {args.seq_len} tokens per step{ranks} on {args.device} in {args.dtype}")
 
     tokens_per_step = args.batch_size * args.seq_len
     interval_losses: list[float] = []
     interval_time = 0.0
     try:
         with StopRequest() as stop:
-            while step < args.steps and not stop.requested:
+            while step < args.steps and not dist.any_rank(stop.requested):  # ranks stop at the same step
                 started = time.perf_counter()
                 lr = schedule(step)
                 inputs, targets = train_data.sample_batch(args.batch_size, args.device)  # (B, T) each
+                if world > 1:  # every rank drew the same global batch; keep this rank's rows
+                    inputs, targets = dist.shard_batch(inputs), dist.shard_batch(targets)  # (B / world, T)
                 net = model
                 if low is not None:
                     low.sync()
@@ -314,15 +340,16 @@ def train(args: argparse.Namespace) -> dict:
                 grads = loss.backward() if scaler.scale == 1.0 else (loss * scaler.scale).backward()
                 if low is not None:
                     grads = low.master_grads(grads, scaler.scale)
+                if args.ddp:
+                    dist.all_reduce_grads(model.parameters(), grads)  # mean over ranks: the global batch's gradient
                 norm = clip_grad_norm(model.parameters(), grads, args.grad_clip if args.grad_clip > 0 else math.inf)
                 if math.isfinite(norm):
                     optimizer.set_lr(lr)
                     optimizer.step_with_grads(grads)
                 elif dtype is deers.f16:
-                    print(f"step {step + 1}: gradient overflow at loss scale {scaler.scale:g}, step skipped",
-                          flush=True)
+                    say(f"step {step + 1}: gradient overflow at loss scale {scaler.scale:g}, step skipped")
                 scaler.update(math.isfinite(norm))
-                loss_value = loss.item()
+                loss_value = dist.mean_over_ranks(loss.item())  # the global batch's loss
                 step += 1
                 interval_time += time.perf_counter() - started
                 interval_losses.append(loss_value)
@@ -330,25 +357,29 @@ def train(args: argparse.Namespace) -> dict:
 
                 if step % args.log_every == 0 or step == args.steps:
                     per_step = interval_time / len(interval_losses)
-                    print(f"step {step}/{args.steps} | train_loss {sum(interval_losses) / len(interval_losses):.4f} | "
-                          f"lr {lr:.2e} | {per_step:.3f}s | {tokens_per_step / per_step:.0f} tok/s", flush=True)
+                    say(f"step {step}/{args.steps} | train_loss {sum(interval_losses) / len(interval_losses):.4f} | "
+                        f"lr {lr:.2e} | {per_step:.3f}s | {tokens_per_step / per_step:.0f} tok/s")
                     interval_losses, interval_time = [], 0.0
+                if not dist.is_main():  # evaluation, samples and checkpoints are rank 0's
+                    continue
                 if step % args.eval_every == 0 or step == args.steps:
                     val_loss = evaluate(model, val_data, args.batch_size, args.eval_batches, args.device)
                     history["val"].append([step, val_loss])
-                    print(f"step {step} | val_loss {val_loss:.4f}", flush=True)
+                    say(f"step {step} | val_loss {val_loss:.4f}")
                 if step % args.sample_every == 0 or step == args.steps:
                     text = sample_text(model, tokenizer, args.prompt, args.sample_tokens, args.seed + step, args.device)
-                    print("sample: " + " ".join(text.split()), flush=True)
+                    say("sample: " + " ".join(text.split()))
                 if step % args.checkpoint_every == 0 and step < args.steps:
                     save(ckpt_path, model, optimizer, step, args, history, scaler.scale)
     except KeyboardInterrupt:
-        print(f"aborted during step {step + 1}; {ckpt_path} keeps the last periodic checkpoint", flush=True)
-        plot_losses(history, out / PLOT_NAME)
+        say(f"aborted during step {step + 1}; {ckpt_path} keeps the last periodic checkpoint")
+        if dist.is_main():
+            plot_losses(history, out / PLOT_NAME)
         raise
-    save(ckpt_path, model, optimizer, step, args, history, scaler.scale)
-    print(f"saved {ckpt_path} at step {step}", flush=True)
-    plot_losses(history, out / PLOT_NAME)
+    if dist.is_main():
+        save(ckpt_path, model, optimizer, step, args, history, scaler.scale)
+        say(f"saved {ckpt_path} at step {step}")
+        plot_losses(history, out / PLOT_NAME)
     return history
 
 
