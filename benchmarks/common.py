@@ -52,7 +52,17 @@ def matmul_peak_gflops(shapes=((2048, 2048, 2048), (1024, 192, 50257))) -> float
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux's VmHWM belongs to this process image only; ru_maxrss survives fork + exec, so a child
+    started by a big parent would report the parent's peak.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
