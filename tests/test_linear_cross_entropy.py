@@ -82,3 +82,18 @@ def test_errors_name_the_operands():
         linear_cross_entropy(x, deers.ones(10, 7), deers.zeros(4, dtype=deers.i64))
     with pytest.raises(IndexError):
         linear_cross_entropy(x, w, deers.full((4,), 10))
+
+
+def test_cpu_kernel_may_write_the_gradient_over_the_logits():
+    from deers.backend import backend_for
+
+    backend = backend_for("cpu")
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal(6 * 9).astype(np.float32)
+    targets = np.array([0, 8, -100, 3, 3, 1])
+    fresh = backend.cross_entropy(logits.copy(), targets, 6, 9, -100, 0.1)
+    buffer = logits.copy()
+    loss, count, grad = backend.cross_entropy(buffer, targets, 6, 9, -100, 0.1, overwrite_logits=True)
+    assert np.shares_memory(grad, buffer)
+    assert (loss, count) == pytest.approx(fresh[:2])
+    np.testing.assert_allclose(grad, fresh[2], atol=1e-7)

@@ -28,9 +28,11 @@ every other backend is tested against. A new backend implements these primitives
 13. copy(src, lsrc, dst, ldst)                             write a (broadcastable) view into a view, in place
 14. softmax(a, la, log) / softmax_backward(y, g, shape, log)
                                                            fused (log-)softmax over the last dim
-15. cross_entropy(logits, targets, n, c, ignore_index, label_smoothing)
+15. cross_entropy(logits, targets, n, c, ignore_index, label_smoothing, overwrite_logits=False)
                                                            fused loss: returns (loss_sum, count, grad_logits
-                                                           already divided by the count)
+                                                           already divided by the count); with
+                                                           overwrite_logits the gradient may reuse the
+                                                           logits buffer (a memory hint)
 16. rmsnorm(x, w, rows, d, eps) / rmsnorm_backward(...)   fused RMSNorm over the last dim
 17. adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
                                                            fused in-place AdamW update of flat buffers

@@ -230,8 +230,9 @@ class CPUBackend:
         return res.reshape(-1)
 
     def cross_entropy(self, logits: np.ndarray, targets: np.ndarray, n: int, c: int, ignore_index: int,
-                      label_smoothing: float) -> tuple[float, int, np.ndarray]:
-        return cpu_kernels.cross_entropy(self.pool, logits.reshape(n, c), targets, ignore_index, label_smoothing)
+                      label_smoothing: float, overwrite_logits: bool = False) -> tuple[float, int, np.ndarray]:
+        return cpu_kernels.cross_entropy(self.pool, logits.reshape(n, c), targets, ignore_index, label_smoothing,
+                                         overwrite_logits)
 
     def rmsnorm(self, x: np.ndarray, w: np.ndarray, rows: int, d: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
         if x.dtype.itemsize < 4:  # f16 / bf16 (einsum has no bf16): compute in f32, round y once, keep rstd f32

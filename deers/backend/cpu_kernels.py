@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-BLOCK_BYTES = 1 << 18  # 256 KiB of one operand per block: every pass of a block stays in L2
+BLOCK_BYTES = 1 << 18  # 256 KiB of one operand per AdamW block: every pass of a block stays in L2
+ROW_BLOCK_BYTES = 1 << 20  # cross-entropy rows per block: ~1 MiB (fewer, longer NumPy calls per thread)
 
 
 class RowPool:
@@ -37,8 +38,10 @@ class RowPool:
 
 
 def cross_entropy(pool: RowPool, x: np.ndarray, targets: np.ndarray, ignore_index: int,
-                  label_smoothing: float) -> tuple[float, int, np.ndarray]:
+                  label_smoothing: float, overwrite_logits: bool = False) -> tuple[float, int, np.ndarray]:
     """Loss sum, counted rows and dlogits / count for logits x (N, C) and targets (N,).
+
+    With overwrite_logits the gradient is written over x (no fresh (N, C) buffer to fault in).
 
     loss_i = logsumexp(x_i) - (1 - s) x_i[t_i] - s mean(x_i);
     dloss_i/dx_i = softmax(x_i) - (1 - s) one_hot(t_i) - s / C (zero for ignored rows).
@@ -51,23 +54,23 @@ def cross_entropy(pool: RowPool, x: np.ndarray, targets: np.ndarray, ignore_inde
         raise IndexError(f"cross_entropy: target out of range for {c} classes "
                          f"(got values in [{targets[valid].min()}, {targets[valid].max()}])")
     scale = 1.0 / max(count, 1)
-    grad = np.empty((n, c), x.dtype)
+    grad = x if overwrite_logits else np.empty((n, c), x.dtype)
     row_loss = np.zeros(n, np.float64)
-    block = max(1, BLOCK_BYTES // (c * x.itemsize))
+    block = max(1, ROW_BLOCK_BYTES // (c * x.itemsize))
 
     def rows(start: int, stop: int) -> None:
         for r0 in range(start, stop, block):
             r1 = min(r0 + block, stop)
-            xs, g = x[r0:r1], grad[r0:r1]
+            xs, g = x[r0:r1], grad[r0:r1]  # g may be xs itself: read x before it is overwritten
+            picked = xs[np.arange(r1 - r0), safe[r0:r1]].astype(np.float64)
+            loss = -(1.0 - label_smoothing) * picked
+            if label_smoothing:
+                loss -= label_smoothing * xs.mean(axis=1, dtype=np.float64)
             peak = xs.max(axis=1, keepdims=True)  # (b, 1)
             np.subtract(xs, peak, out=g)
             np.exp(g, out=g)
-            sums = g.sum(axis=1, keepdims=True, dtype=np.float64)  # (b, 1)
-            picked = xs[np.arange(r1 - r0), safe[r0:r1]].astype(np.float64)
-            loss = np.log(sums[:, 0]) + peak[:, 0] - (1.0 - label_smoothing) * picked
-            if label_smoothing:
-                loss -= label_smoothing * xs.mean(axis=1, dtype=np.float64)
-            row_loss[r0:r1] = loss
+            sums = g.sum(axis=1, keepdims=True).astype(np.float64)  # (b, 1)
+            row_loss[r0:r1] = loss + np.log(sums[:, 0]) + peak[:, 0]
             g *= (scale / sums).astype(g.dtype)  # softmax / count
             g[np.arange(r1 - r0), safe[r0:r1]] -= (1.0 - label_smoothing) * scale
             if label_smoothing:

@@ -306,8 +306,11 @@ class MLXBackend:
         return _flat(res.astype(dtype))
 
     def cross_entropy(self, logits: mx.array, targets: mx.array, n: int, c: int, ignore_index: int,
-                      label_smoothing: float) -> tuple[float, int, mx.array]:
-        """Computed in f32 for f16/bf16 logits (the gradient is cast back to the logits' dtype)."""
+                      label_smoothing: float, overwrite_logits: bool = False) -> tuple[float, int, mx.array]:
+        """Computed in f32 for f16/bf16 logits (the gradient is cast back to the logits' dtype).
+
+        overwrite_logits is a memory hint; MLX arrays are values here, so a new gradient is returned.
+        """
         compute = mx.float32 if logits.dtype in (mx.float16, mx.bfloat16) else logits.dtype
         x = logits.reshape(n, c).astype(compute)
         valid = targets != ignore_index
