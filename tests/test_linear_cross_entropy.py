@@ -97,3 +97,13 @@ def test_cpu_kernel_may_write_the_gradient_over_the_logits():
     assert np.shares_memory(grad, buffer)
     assert (loss, count) == pytest.approx(fresh[:2])
     np.testing.assert_allclose(grad, fresh[2], atol=1e-7)
+
+
+def test_a_second_backward_through_one_forward_raises_instead_of_sharing_buffers():
+    rng = np.random.default_rng(4)
+    x = Var(deers.tensor(rng.standard_normal((5, 3))))
+    w = Var(deers.tensor(rng.standard_normal((4, 3))))
+    loss = linear_cross_entropy(x, w, deers.tensor(rng.integers(0, 4, 5)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()

@@ -35,10 +35,9 @@ class LinearCrossEntropy(Op):
         want_dw = self.needs_input_grad is not None and self.needs_input_grad[1]
         total = int(targets.scalar("ne", self.ignore_index).cast(x.dtype).sum().numpy())
         w_t = w.transpose(0, 1)  # (D, V), a view: the GEMM reads W transposed
-        dx = NDArray.full((n, d), 0, x.dtype, x.device) if want_dx else None  # ignored rows keep 0
-        dw = NDArray.full((v, d), 0, w.dtype, w.device) if want_dw else None
         chunks = -(-n * v // CHUNK_ELEMENTS)  # ceil: equal chunks (one for the headline 1024 x 50257)
         rows = self.chunk_rows or max(1, -(-n // max(chunks, 1)))
+        dx = dw = None  # made by the first chunk that counts; zeros if none does
         loss_sum = 0.0
         for start in range(0, n, rows):
             c = min(rows, n - start)
@@ -50,23 +49,40 @@ class LinearCrossEntropy(Op):
             loss_sum += chunk_loss
             if not (want_dx or want_dw) or count == 0:
                 continue
-            # the kernel divided by this chunk's count; the mean is over all counted rows
-            share = count / total
+            share = count / total  # the kernel divided by this chunk's count; the mean is over all rows
             g = logits._new(grad, (c, v))  # dlogits (c, V)
             if want_dx:
-                dx_chunk = g.matmul(w) * share  # (c, D)
-                backend.copy(dx_chunk.buffer, dx_chunk.layout, dx.buffer, dx.layout.narrow(0, start, c))
+                dx_chunk = g.matmul(w)  # (c, D)
+                if share != 1.0:
+                    dx_chunk = dx_chunk * share
+                if c == n:
+                    dx = dx_chunk
+                else:
+                    dx = NDArray.full((n, d), 0, x.dtype, x.device) if dx is None else dx  # ignored rows keep 0
+                    backend.copy(dx_chunk.buffer, dx_chunk.layout, dx.buffer, dx.layout.narrow(0, start, c))
             if want_dw:
-                dw_chunk = g.transpose(0, 1).matmul(x_chunk * share)  # (V, D)
-                backend.binary("add", dw.buffer, dw.layout, dw_chunk.buffer, dw_chunk.layout, out=dw.buffer)
-        self.dx, self.dw = dx, dw
+                dw_chunk = g.transpose(0, 1).matmul(x_chunk if share == 1.0 else x_chunk * share)  # (V, D)
+                if dw is None:
+                    dw = dw_chunk
+                else:
+                    backend.binary("add", dw.buffer, dw.layout, dw_chunk.buffer, dw_chunk.layout, out=dw.buffer)
+        if want_dx and dx is None:
+            dx = NDArray.full((n, d), 0, x.dtype, x.device)
+        if want_dw and dw is None:
+            dw = NDArray.full((v, d), 0, w.dtype, w.device)
+        self.dx, self.dw, self.handed_out = dx, dw, False
         value = loss_sum / total if total else float("nan")  # mean over counted rows, nan when none
         return NDArray.full((), value, x.dtype, x.device)
 
     def backward(self, g: NDArray):  # d loss/dx and d loss/dW were made in forward; scale by dL/dloss
-        return (None if self.dx is None else self.dx * g,
-                None if self.dw is None else self.dw * g,
-                None)
+        if self.handed_out:
+            raise RuntimeError("linear_cross_entropy: a second backward through the same forward; its gradients "
+                               "went to the first one (optimizers may scale them in place): run the forward again")
+        self.handed_out = True
+        dx, dw, self.dx, self.dw = self.dx, self.dw, None, None
+        if float(g.numpy()) == 1.0:  # the usual loss.backward(): no extra pass over dW (V x D)
+            return dx, dw, None
+        return (None if dx is None else dx * g, None if dw is None else dw * g, None)
 
 
 def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = -100,
