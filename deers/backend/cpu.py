@@ -208,26 +208,16 @@ class CPUBackend:
         x = _view(a, la)
         if a.dtype.itemsize < 4:  # f16 / bf16: compute in f32, round once
             return self.softmax(x.astype(np.float32).reshape(-1), Layout(la.shape), log).astype(a.dtype)
-        res = np.empty(la.numel, a.dtype)
-        out = res.reshape(la.shape)
-        np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
-        if log:
-            out -= np.log(np.exp(out).sum(axis=-1, keepdims=True))
-        else:
-            np.exp(out, out=out)
-            out /= out.sum(axis=-1, keepdims=True)
-        return res
+        c = la.shape[-1] if la.shape else 1
+        rows = np.ascontiguousarray(x).reshape(-1, c)  # (rows, C): a view when already contiguous
+        return cpu_kernels.softmax(self.pool, rows, log).reshape(-1)
 
     def softmax_backward(self, y: np.ndarray, g: np.ndarray, shape: tuple[int, ...], log: bool) -> np.ndarray:
         if y.dtype.itemsize < 4:  # f16 / bf16: compute in f32, round once
             res = self.softmax_backward(y.astype(np.float32), g.astype(np.float32), shape, log)
             return res.astype(y.dtype)
-        y, g = y.reshape(shape), g.reshape(shape)
-        if log:  # d/dx log_softmax: g - softmax * sum(g)
-            res = g - np.exp(y) * g.sum(axis=-1, keepdims=True)
-        else:  # d/dx softmax: y * (g - sum(g * y))
-            res = y * (g - (g * y).sum(axis=-1, keepdims=True))
-        return res.reshape(-1)
+        c = shape[-1] if shape else 1
+        return cpu_kernels.softmax_backward(self.pool, y.reshape(-1, c), g.reshape(-1, c), log).reshape(-1)
 
     def cross_entropy(self, logits: np.ndarray, targets: np.ndarray, n: int, c: int, ignore_index: int,
                       label_smoothing: float, overwrite_logits: bool = False) -> tuple[float, int, np.ndarray]:

@@ -120,3 +120,50 @@ def adamw_step(pool: RowPool, param: np.ndarray, grad: np.ndarray, m: np.ndarray
             p -= t
 
     pool.run(param.size, chunk, min_per_thread=1 << 16)
+
+
+def softmax(pool: RowPool, x: np.ndarray, log: bool) -> np.ndarray:
+    """(log-)softmax over the last dim of a 2-D array (rows, C), in row blocks over the threads."""
+    rows_total, c = x.shape
+    out = np.empty_like(x)
+    block = max(1, ROW_BLOCK_BYTES // max(c * x.itemsize, 1))
+
+    def rows(start: int, stop: int) -> None:
+        for r0 in range(start, stop, block):
+            xs, o = x[r0:min(r0 + block, stop)], out[r0:min(r0 + block, stop)]
+            np.subtract(xs, xs.max(axis=1, keepdims=True), out=o)
+            if log:  # x - max - log(sum(exp(x - max)))
+                o -= np.log(np.exp(o).sum(axis=1, keepdims=True))
+            else:  # exp(x - max) / sum
+                np.exp(o, out=o)
+                o /= o.sum(axis=1, keepdims=True)
+
+    pool.run(rows_total, rows, min_per_thread=max(1, (1 << 16) // max(c, 1)))
+    return out
+
+
+def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool) -> np.ndarray:
+    """Gradient through (log-)softmax over the last dim of 2-D arrays, from its output y.
+
+    softmax: dx = y (g - sum(g y));  log_softmax: dx = g - exp(y) sum(g)
+    """
+    rows_total, c = y.shape
+    out = np.empty_like(y)
+    block = max(1, ROW_BLOCK_BYTES // max(c * y.itemsize, 1))
+
+    def rows(start: int, stop: int) -> None:
+        for r0 in range(start, stop, block):
+            r1 = min(r0 + block, stop)
+            ys, gs, o = y[r0:r1], g[r0:r1], out[r0:r1]
+            if log:
+                np.exp(ys, out=o)
+                o *= gs.sum(axis=1, keepdims=True)
+                np.subtract(gs, o, out=o)
+            else:
+                np.multiply(gs, ys, out=o)
+                total = o.sum(axis=1, keepdims=True)
+                np.subtract(gs, total, out=o)
+                o *= ys
+
+    pool.run(rows_total, rows, min_per_thread=max(1, (1 << 16) // max(c, 1)))
+    return out
