@@ -40,8 +40,12 @@ class CrossEntropy(Op):
         return NDArray.full((), value, logits.dtype, logits.device)
 
     def backward(self, g: NDArray):  # d mean = (softmax - one_hot) / count; d sum = softmax - one_hot
-        scale = g if self.reduction == "mean" else g * float(self.count)
-        return self.grad * scale, None
+        scale = float(g.numpy()) * (1.0 if self.reduction == "mean" else float(self.count))
+        grad, self.grad = self.grad, None  # handed out once: optimizers may scale it in place
+        if grad is None:
+            raise RuntimeError("cross_entropy: a second backward through the same forward; its gradient went "
+                               "to the first one: run the forward again")
+        return (grad if scale == 1.0 else grad * scale), None  # loss.backward(): no extra pass over (N, C)
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100, label_smoothing: float = 0.0,
