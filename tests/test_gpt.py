@@ -282,3 +282,21 @@ def test_a_tiny_gpt_learns_a_generated_corpus():
         losses.append(loss.item())
     assert abs(losses[0] - math.log(len(alphabet))) < 0.2
     assert np.mean(losses[-20:]) < 0.25 * math.log(len(alphabet)), np.mean(losses[-20:])
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+def test_causal_block_path_of_masked_softmax_matches_the_dense_one(offset):
+    from deers.ops.attention import MaskedSoftmax
+
+    t, s = 70, 70 + offset  # several row blocks, the last one partial
+    mask = np.where(np.arange(s)[None, :] > np.arange(t)[:, None] + offset, -np.inf, 0.0)
+    scores_np = np.random.default_rng(0).standard_normal((2, 3, t, s))
+    check_op(lambda x: masked_softmax(x, deers.from_numpy(mask), 0.5, causal_offset=offset), scores_np,
+             reference=lambda x: _softmax_np(x * 0.5 + mask), layouts=("contiguous", "permuted"),
+             torch_fn=lambda x: (x * 0.5 + __import__("torch").from_numpy(mask)).softmax(-1))
+    assert MaskedSoftmax.ROW_BLOCK < t
+
+
+def _softmax_np(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)

@@ -115,7 +115,8 @@ class CausalSelfAttention(Module):
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, S, hd) with S = positions cached + T
         scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
-        att = masked_softmax(scores, mask, scale=1.0 / math.sqrt(hd))  # -inf mask where s > t; (B, nh, T, S)
+        S = k.shape[2]  # positions cached + T
+        att = masked_softmax(scores, mask, scale=1.0 / math.sqrt(hd), causal_offset=S - T)  # (B, nh, T, S)
         y = att @ v  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, nh, hd) -> (B, T, D)
         return self.proj(y)
