@@ -21,11 +21,9 @@ from ..device import Device
 from ..dtype import DType, as_dtype, f32
 from ..errors import DTypeError, ShapeError, describe
 from ..loss import cross_entropy
-from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore
-from ..nn import RMSNorm as _RMSNormLayer
+from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore, RMSNorm
 from ..ops.attention import apply_rope, masked_softmax
 from ..ops.linear_cross_entropy import linear_cross_entropy
-from ..ops.norm import rms_norm
 from ..ops.shape import cat
 from ..tensor import Tensor
 
@@ -47,13 +45,6 @@ class GPTConfig:
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must split into n_head ({self.n_head}) heads "
                              f"of an even size (RoPE rotates pairs)")
-
-
-class RMSNorm(_RMSNormLayer):
-    """deers.nn.RMSNorm computed by the fused kernel (deers/ops/norm.py): same parameter, same math."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_tables(head_dim: int, sequence_len: int, base: float) -> tuple[np.ndarray, np.ndarray]:
