@@ -13,23 +13,16 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 
 import deers  # noqa: E402
-from deers.array import NDArray  # noqa: E402
 from deers.backend import backend_for  # noqa: E402
 from deers.layout import Layout  # noqa: E402
-from deers.ops.attention import apply_rope, masked_softmax  # noqa: E402
-from deers.ops.norm import rms_norm  # noqa: E402
-from helpers import make_input  # noqa: E402
+from deers.ops.attention import apply_rope  # noqa: E402
+import device_oracle  # noqa: E402
+from device_oracle import F, LAYOUTS, LOW_PRECISION, OPS  # noqa: E402
 
 MPS = deers.Device.MPS
-LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d is not None]
 # (atol, rtol) of mps vs the CPU oracle, per dtype of the mps computation. f64 is loose on purpose:
 # MLX stores f64 but computes exp, sin, cos and sigmoid in it only to about f32 accuracy.
 TOL = {"f32": (1e-5, 1e-5), "f64": (2e-6, 2e-6), "f16": (2e-3, 2e-3), "bf16": (1.6e-2, 1.6e-2)}
-
-
-def F(*shape, low=-2.0, high=2.0):
-    """A float input of `shape` drawn uniformly from [low, high)."""
-    return ("float", shape, low, high)
 
 
 def _inputs(specs, seed: int = 0) -> list[np.ndarray]:
@@ -38,139 +31,12 @@ def _inputs(specs, seed: int = 0) -> list[np.ndarray]:
             for s in specs]
 
 
-IDX = np.array([4, 0, 4, 2], np.int64)
-MASK = np.array([[True, False, True, False]])
-OPS = {
-    # unary
-    "neg": (lambda x: -x, [F(3, 4)]),
-    "exp": (lambda x: x.exp(), [F(3, 4)]),
-    "log": (lambda x: x.log(), [F(3, 4, low=0.2)]),
-    "sqrt": (lambda x: x.sqrt(), [F(3, 4, low=0.2)]),
-    "rsqrt": (lambda x: x.rsqrt(), [F(3, 4, low=0.2)]),
-    "sin": (lambda x: x.sin(), [F(3, 4)]),
-    "cos": (lambda x: x.cos(), [F(3, 4)]),
-    "tanh": (lambda x: x.tanh(), [F(3, 4)]),
-    "sigmoid": (lambda x: x.sigmoid(), [F(3, 4)]),
-    "relu": (lambda x: x.relu(), [F(3, 4)]),
-    "abs": (lambda x: x.abs(), [F(3, 4)]),
-    "square": (lambda x: x.square(), [F(3, 4)]),
-    # binary, broadcasting
-    "add": (lambda a, b: a + b, [F(3, 4), F(4)]),
-    "sub": (lambda a, b: a - b, [F(2, 3, 4), F(3, 1)]),
-    "mul": (lambda a, b: a * b, [F(3, 1), F(1, 4)]),
-    "div": (lambda a, b: a / b, [F(3, 4), F(3, 4, low=0.5)]),
-    "pow": (lambda a, b: a ** b, [F(3, 4, low=0.5), F(3, 4)]),
-    "maximum": (lambda a, b: a.maximum(b), [F(3, 4), F(3, 4)]),
-    "minimum": (lambda a, b: a.minimum(b), [F(3, 4), F(4)]),
-    # with a Python number
-    "scalar add": (lambda x: x + 2.5, [F(3, 4)]),
-    "scalar rsub": (lambda x: 2.0 - x, [F(3, 4)]),
-    "scalar mul": (lambda x: x * 3.0, [F(3, 4)]),
-    "scalar div": (lambda x: x / 4.0, [F(3, 4)]),
-    "scalar rdiv": (lambda x: 1.0 / x, [F(3, 4, low=0.5)]),
-    "powf": (lambda x: x.powf(3.0), [F(3, 4)]),
-    "rpow": (lambda x: 2.0 ** x, [F(3, 4)]),
-    "clamp": (lambda x: x.clamp(-0.5, 0.5), [F(3, 4)]),
-    # selection
-    "where": (lambda a, b: deers.where(a > 0, a, b), [F(3, 4), F(4)]),
-    "masked_fill": (lambda x, m: x.masked_fill(m, -5.0), [F(3, 4), MASK]),
-    # reductions and the softmax family
-    "sum dim": (lambda x: x.sum(1), [F(3, 4)]),
-    "sum all": (lambda x: x.sum(), [F(2, 3, 4)]),
-    "sum dims keepdim": (lambda x: x.sum((0, 2), keepdim=True), [F(2, 3, 4)]),
-    "mean": (lambda x: x.mean(-1), [F(2, 3, 4)]),
-    "max dim": (lambda x: x.max(1), [F(3, 4)]),
-    "min dims": (lambda x: x.min((0, 1)), [F(3, 4, 2)]),
-    "max all": (lambda x: x.max(), [F(3, 4)]),
-    "logsumexp": (lambda x: x.logsumexp(1), [F(3, 4)]),
-    "softmax last": (lambda x: x.softmax(-1), [F(2, 3, 5)]),
-    "softmax dim 0": (lambda x: x.softmax(0), [F(3, 4)]),
-    "log_softmax": (lambda x: x.log_softmax(-1), [F(3, 5)]),
-    # matmul
-    "matmul 2d": (lambda a, b: a @ b, [F(3, 4), F(4, 5)]),
-    "matmul batched": (lambda a, b: a @ b, [F(2, 3, 4), F(2, 4, 5)]),
-    "matmul broadcast batch": (lambda a, b: a @ b, [F(2, 1, 3, 4), F(3, 4, 2)]),
-    "matmul 3d @ 2d": (lambda a, b: a @ b, [F(2, 3, 4), F(4, 5)]),
-    "matvec": (lambda a, b: a @ b, [F(3, 4), F(4)]),
-    # views and copies
-    "permute compact": (lambda x: x.permute(2, 0, 1).compact() * 1.0, [F(2, 3, 4)]),
-    "reshape copy": (lambda x: x.transpose(0, 1).reshape(-1) * 1.0, [F(3, 4)]),
-    "narrow": (lambda x: x.narrow(1, 1, 2) * 2.0, [F(3, 4)]),
-    "getitem slices": (lambda x: x[1:, ::2] * 1.0, [F(3, 4)]),
-    "getitem int": (lambda x: x[..., 1] * 1.0, [F(3, 4)]),
-    "cat": (lambda a, b: deers.cat([a, b], 1), [F(3, 2), F(3, 4)]),
-    "stack": (lambda a, b: deers.stack([a, b], 0), [F(3, 4), F(3, 4)]),
-    "broadcast_to": (lambda x: x.broadcast_to(2, 3, 4) * 1.0, [F(3, 1)]),
-    # indexing
-    "index_select": (lambda x, i: x.index_select(0, i), [F(5, 3), IDX]),
-    "index_select dim 1": (lambda x, i: x.index_select(1, i), [F(3, 5), IDX]),
-    "embedding": (lambda w, i: deers.embedding(w, i), [F(5, 3), IDX.reshape(2, 2)]),
-    "getitem tensor": (lambda x, i: x[i], [F(5, 3), IDX]),
-    "gather": (lambda x, i: x.gather(1, i), [F(3, 5), np.array([[0, 4], [2, 2], [1, 0]])]),
-    "gather dim 0, smaller index": (lambda x, i: x.gather(0, i), [F(3, 5), np.array([[2, 0, 2], [1, 1, 0]])]),
-    # fused kernels
-    "rms_norm": (lambda x, w: rms_norm(x, w, 1e-5), [F(2, 3, 8), F(8)]),
-    "masked_softmax": (lambda s: masked_softmax(s, deers.tensor(np.triu(np.full((4, 4), -np.inf), 1),
-                                                                dtype=s.dtype, device=s.device), 0.5),
-                       [F(2, 4, 4)]),
-}
-LAYOUTS = ("contiguous", "permuted", "narrowed", "broadcast")
-
-
-def _reference_dtype(dtype: deers.DType) -> deers.DType:
-    return deers.f64 if dtype is deers.f64 else deers.f32
-
-
 def _build(array: np.ndarray, layout: str, dtype: deers.DType) -> tuple[deers.Tensor, deers.Tensor]:
-    """(cpu reference tensor, mps tensor) holding `array`; floats rounded to `dtype` first.
-
-    Float inputs get the layout; the mps tensor reuses the CPU tensor's buffer and exact Layout,
-    so mps reads the same strides and offset. Index and mask inputs stay contiguous (broadcast would
-    change their values).
-    """
-    if array.dtype.kind != "f":
-        cpu = make_input(array, "contiguous")
-        return cpu, cpu.to_device(MPS)
-    if layout == "broadcast" and array.ndim:
-        array = np.ascontiguousarray(np.broadcast_to(array[:1], array.shape))
-    rounded = array.astype(dtype.numpy)
-    on_mps = make_input(rounded, layout).data
-    mps = NDArray(backend_for(MPS).from_numpy(on_mps.buffer, dtype), on_mps.layout, dtype, MPS)
-    assert mps.layout == on_mps.layout
-    reference = make_input(rounded.astype(_reference_dtype(dtype).numpy), layout)
-    return reference.attach(), deers.Tensor(mps).attach()
-
-
-def _assert_close(mps: deers.Tensor, cpu: deers.Tensor, dtype: deers.DType, what: str) -> None:
-    assert mps.device == MPS, f"{what}: result on {mps.device}"
-    assert mps.shape == cpu.shape, f"{what}: shape {mps.shape} vs {cpu.shape}"
-    if cpu.dtype.is_float:
-        assert mps.dtype is dtype, f"{what}: dtype {mps.dtype} vs {dtype}"
-    else:
-        assert mps.dtype is cpu.dtype, f"{what}: dtype {mps.dtype} vs {cpu.dtype}"
-    atol, rtol = TOL[dtype.name]
-    got, expected = mps.numpy(), cpu.numpy()
-    if cpu.dtype.is_float:
-        got, expected = got.astype(np.float64), expected.astype(np.float64)
-        np.testing.assert_allclose(got, expected, atol=atol, rtol=rtol, err_msg=what)
-    else:
-        np.testing.assert_array_equal(got, expected, err_msg=what)
+    return device_oracle._build(array, layout, dtype, MPS)
 
 
 def check_against_cpu(name: str, layout: str, dtype: deers.DType) -> None:
-    """Run OPS[name] on cpu and mps inputs; compare the forward and every input's gradient."""
-    fn, specs = OPS[name]
-    arrays = _inputs(specs)
-    pairs = [_build(a, layout, dtype) for a in arrays]
-    cpu_inputs, mps_inputs = [p[0] for p in pairs], [p[1] for p in pairs]
-    cpu_out, mps_out = fn(*cpu_inputs), fn(*mps_inputs)
-    _assert_close(mps_out, cpu_out, dtype, f"{name} [{layout}, {dtype.name}] forward")
-    seed = np.random.default_rng(1).standard_normal(cpu_out.shape).astype(dtype.numpy)
-    cpu_grads = cpu_out.backward(deers.tensor(seed.astype(cpu_out.dtype.numpy), dtype=cpu_out.dtype))
-    mps_grads = mps_out.backward(deers.tensor(seed, dtype=dtype, device=MPS))
-    for i, (cpu_in, mps_in) in enumerate(zip(cpu_inputs, mps_inputs)):
-        if cpu_in.requires_grad:
-            _assert_close(mps_grads[mps_in], cpu_grads[cpu_in], dtype, f"{name} [{layout}, {dtype.name}] grad {i}")
+    device_oracle.check_against_cpu(name, layout, dtype, MPS, TOL)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -13,14 +13,11 @@ import pytest
 
 import deers
 from cuda_emulator import cuda_backend_fixture
-from deers.array import NDArray
 from deers.layout import Layout
-from deers.ops.attention import masked_softmax
-from deers.ops.norm import rms_norm
-from helpers import make_input
+import device_oracle
+from device_oracle import LAYOUTS, LOW_PRECISION, OPS
 
 CUDA = deers.Device.cuda(0)
-LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d is not None]
 TOL = {"f32": (2e-5, 2e-5), "f64": (1e-10, 1e-10), "f16": (1e-2, 1e-2), "bf16": (6e-2, 3e-2)}
 
 
@@ -29,120 +26,12 @@ def cuda(request):
     yield from cuda_backend_fixture(request)
 
 
-def F(*shape, low=-2.0, high=2.0):
-    """A float input of `shape` drawn uniformly from [low, high)."""
-    return ("float", shape, low, high)
-
-
-IDX = np.array([4, 0, 4, 2], np.int64)
-MASK = np.array([[True, False, True, False]])
-CAUSAL = np.triu(np.full((4, 4), -np.inf), 1)
-OPS = {
-    "neg": (lambda x: -x, [F(3, 4)]),
-    "exp": (lambda x: x.exp(), [F(3, 4)]),
-    "log": (lambda x: x.log(), [F(3, 4, low=0.2)]),
-    "sqrt": (lambda x: x.sqrt(), [F(3, 4, low=0.2)]),
-    "rsqrt": (lambda x: x.rsqrt(), [F(3, 4, low=0.2)]),
-    "sin cos": (lambda x: x.sin() + x.cos(), [F(3, 4)]),
-    "tanh": (lambda x: x.tanh(), [F(3, 4)]),
-    "sigmoid": (lambda x: x.sigmoid(), [F(3, 4)]),
-    "relu": (lambda x: x.relu(), [F(3, 4)]),
-    "abs": (lambda x: x.abs(), [F(3, 4)]),
-    "square": (lambda x: x.square(), [F(3, 4)]),
-    "add": (lambda a, b: a + b, [F(3, 4), F(4)]),
-    "sub": (lambda a, b: a - b, [F(2, 3, 4), F(3, 1)]),
-    "mul": (lambda a, b: a * b, [F(3, 1), F(1, 4)]),
-    "div": (lambda a, b: a / b, [F(3, 4), F(3, 4, low=0.5)]),
-    "pow": (lambda a, b: a ** b, [F(3, 4, low=0.5), F(3, 4)]),
-    "maximum": (lambda a, b: a.maximum(b), [F(3, 4), F(3, 4)]),
-    "minimum": (lambda a, b: a.minimum(b), [F(3, 4), F(4)]),
-    "scalar add": (lambda x: x + 2.5, [F(3, 4)]),
-    "scalar rsub": (lambda x: 2.0 - x, [F(3, 4)]),
-    "scalar mul": (lambda x: x * 3.0, [F(3, 4)]),
-    "scalar rdiv": (lambda x: 1.0 / x, [F(3, 4, low=0.5)]),
-    "powf": (lambda x: x.powf(3.0), [F(3, 4)]),
-    "rpow": (lambda x: 2.0 ** x, [F(3, 4)]),
-    "clamp": (lambda x: x.clamp(-0.5, 0.5), [F(3, 4)]),
-    "where": (lambda a, b: deers.where(a > 0, a, b), [F(3, 4), F(4)]),
-    "masked_fill": (lambda x, m: x.masked_fill(m, -5.0), [F(3, 4), MASK]),
-    "sum dim": (lambda x: x.sum(1), [F(3, 4)]),
-    "sum all": (lambda x: x.sum(), [F(2, 3, 4)]),
-    "sum dims keepdim": (lambda x: x.sum((0, 2), keepdim=True), [F(2, 3, 4)]),
-    "sum over rows (cols kernel)": (lambda x: x.sum(0), [F(300, 3)]),
-    "mean": (lambda x: x.mean(-1), [F(2, 3, 4)]),
-    "max dim": (lambda x: x.max(1), [F(3, 4)]),
-    "min dims": (lambda x: x.min((0, 1)), [F(3, 4, 2)]),
-    "max all": (lambda x: x.max(), [F(3, 4)]),
-    "logsumexp": (lambda x: x.logsumexp(1), [F(3, 4)]),
-    "softmax last": (lambda x: x.softmax(-1), [F(2, 3, 5)]),
-    "softmax dim 0": (lambda x: x.softmax(0), [F(3, 4)]),
-    "log_softmax": (lambda x: x.log_softmax(-1), [F(3, 5)]),
-    "matmul 2d": (lambda a, b: a @ b, [F(3, 4), F(4, 5)]),
-    "matmul batched": (lambda a, b: a @ b, [F(2, 3, 4), F(2, 4, 5)]),
-    "matmul broadcast batch": (lambda a, b: a @ b, [F(2, 1, 3, 4), F(3, 4, 2)]),
-    "matmul 3d @ 2d": (lambda a, b: a @ b, [F(2, 3, 4), F(4, 5)]),
-    "matvec": (lambda a, b: a @ b, [F(3, 4), F(4)]),
-    "permute compact": (lambda x: x.permute(2, 0, 1).compact() * 1.0, [F(2, 3, 4)]),
-    "reshape copy": (lambda x: x.transpose(0, 1).reshape(-1) * 1.0, [F(3, 4)]),
-    "getitem slices": (lambda x: x[1:, ::2] * 1.0, [F(3, 4)]),
-    "cat": (lambda a, b: deers.cat([a, b], 1), [F(3, 2), F(3, 4)]),
-    "stack": (lambda a, b: deers.stack([a, b], 0), [F(3, 4), F(3, 4)]),
-    "index_select": (lambda x, i: x.index_select(0, i), [F(5, 3), IDX]),
-    "index_select dim 1": (lambda x, i: x.index_select(1, i), [F(3, 5), IDX]),
-    "embedding": (lambda w, i: deers.embedding(w, i), [F(5, 3), IDX.reshape(2, 2)]),
-    "gather": (lambda x, i: x.gather(1, i), [F(3, 5), np.array([[0, 4], [2, 2], [1, 0]])]),
-    "gather dim 0, smaller index": (lambda x, i: x.gather(0, i), [F(3, 5), np.array([[2, 0, 2], [1, 1, 0]])]),
-    "rms_norm": (lambda x, w: rms_norm(x, w, 1e-5), [F(2, 3, 8), F(8)]),
-    "masked_softmax": (lambda s: masked_softmax(s, deers.tensor(CAUSAL, dtype=s.dtype, device=s.device), 0.5),
-                       [F(2, 4, 4)]),
-    "cross_entropy": (lambda x: deers.loss.cross_entropy(x, deers.tensor([1, 0, 4], device=x.device)), [F(3, 5)]),
-}
-LAYOUTS = ("contiguous", "permuted", "narrowed", "broadcast")
-
-
 def _build(array: np.ndarray, layout: str, dtype: deers.DType) -> tuple[deers.Tensor, deers.Tensor]:
-    """(cpu reference, cuda tensor) holding `array`, floats rounded to `dtype`; the cuda tensor has
-    the CPU tensor's exact buffer and Layout (strides, offset), so it reads the same view."""
-    if array.dtype.kind != "f":
-        cpu = make_input(array, "contiguous")
-        return cpu, cpu.to_device(CUDA)
-    if layout == "broadcast" and array.ndim:
-        array = np.ascontiguousarray(np.broadcast_to(array[:1], array.shape))
-    rounded = array.astype(dtype.numpy)
-    host = make_input(rounded, layout).data
-    backend = deers.backend.backend_for(CUDA)
-    on_cuda = NDArray(backend.from_numpy(host.buffer, dtype), host.layout, dtype, CUDA)
-    reference = make_input(rounded.astype(np.float64 if dtype is deers.f64 else np.float32), layout)
-    return reference.attach(), deers.Tensor(on_cuda).attach()
-
-
-def _assert_close(got: deers.Tensor, expected: deers.Tensor, dtype: deers.DType, what: str) -> None:
-    assert got.device == CUDA, f"{what}: result on {got.device}"
-    assert got.shape == expected.shape, f"{what}: shape {got.shape} vs {expected.shape}"
-    assert got.dtype is (dtype if expected.dtype.is_float else expected.dtype), f"{what}: dtype {got.dtype}"
-    if expected.dtype.is_float:
-        atol, rtol = TOL[dtype.name]
-        np.testing.assert_allclose(got.numpy().astype(np.float64), expected.numpy().astype(np.float64),
-                                   atol=atol, rtol=rtol, err_msg=what)
-    else:
-        np.testing.assert_array_equal(got.numpy(), expected.numpy(), err_msg=what)
+    return device_oracle._build(array, layout, dtype, CUDA)
 
 
 def check_against_cpu(name: str, layout: str, dtype: deers.DType) -> None:
-    """Run OPS[name] on cpu and cuda inputs; compare the forward and every input's gradient."""
-    fn, specs = OPS[name]
-    rng = np.random.default_rng(0)
-    arrays = [rng.uniform(s[2], s[3], s[1]) if isinstance(s, tuple) else np.asarray(s) for s in specs]
-    pairs = [_build(a, layout, dtype) for a in arrays]
-    cpu_inputs, cuda_inputs = [p[0] for p in pairs], [p[1] for p in pairs]
-    cpu_out, cuda_out = fn(*cpu_inputs), fn(*cuda_inputs)
-    _assert_close(cuda_out, cpu_out, dtype, f"{name} [{layout}, {dtype.name}] forward")
-    seed = np.random.default_rng(1).standard_normal(cpu_out.shape).astype(dtype.numpy)
-    cpu_grads = cpu_out.backward(deers.tensor(seed.astype(cpu_out.dtype.numpy), dtype=cpu_out.dtype))
-    cuda_grads = cuda_out.backward(deers.tensor(seed, dtype=dtype, device=CUDA))
-    for i, (cpu_in, cuda_in) in enumerate(zip(cpu_inputs, cuda_inputs)):
-        if cpu_in.requires_grad:
-            _assert_close(cuda_grads[cuda_in], cpu_grads[cpu_in], dtype, f"{name} [{layout}, {dtype.name}] grad {i}")
+    device_oracle.check_against_cpu(name, layout, dtype, CUDA, TOL)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
