@@ -43,8 +43,7 @@ class DeersRunner:
         self.model = GPT(config, device=device, dtype=dtype)
         self.params = self.model.parameters()
         self.opt = AdamW(self.params, lr=5e-4, weight_decay=0.1)
-        backend = self.params[0].data.backend
-        self.timer = PhaseTimer(getattr(backend, "synchronize", lambda: None))
+        self.timer = PhaseTimer(self.params[0].data.synchronize)
 
     def batch(self, idx: np.ndarray, targets: np.ndarray):
         return deers.tensor(idx, device=self.device), deers.tensor(targets, device=self.device)

@@ -19,8 +19,8 @@ from common import machine_description
 import deers
 from deers import Var
 from deers.loss import cross_entropy
-from deers.ops.attention import masked_softmax
-from deers.ops.norm import rms_norm
+from deers.fused.attention import causal_softmax
+from deers.fused.rms_norm import rms_norm
 from deers.optim import AdamW
 
 N, D, H, V = 1024, 192, 768, 50257  # tokens per step, width, MLP width, vocab
@@ -49,8 +49,7 @@ def deers_cases(rng: np.random.Generator) -> dict:
         cases[f"matmul {name} dY@W"] = lambda g=g, w=w: g @ w
         cases[f"matmul {name} dY.T@x"] = lambda g=g, x=x: g.T @ x
     scores = deers.tensor(arr(4, 6, 256, 256))
-    mask = deers.tensor(np.triu(np.full((256, 256), -np.inf, np.float32), k=1))
-    cases["causal softmax (4,6,256,256)"] = lambda: masked_softmax(scores, mask, 0.17)
+    cases["causal softmax (4,6,256,256)"] = lambda: causal_softmax(scores, 0.17)
     logits = Var(deers.tensor(arr(N, V)))
     targets = deers.tensor(rng.integers(0, V, N))
     cases[f"cross_entropy fwd+bwd ({N}x{V})"] = lambda: cross_entropy(logits, targets).backward()
@@ -59,7 +58,7 @@ def deers_cases(rng: np.random.Generator) -> dict:
     params = [Var(deers.tensor(arr(*s) * 0.02)) for s in _param_shapes()]
     grads = deers.Grads()
     for p in params:
-        grads.set_array(p, deers.tensor(arr(*p.shape)).data)
+        grads.set(p, deers.tensor(arr(*p.shape)))
     opt = AdamW(params, lr=1e-3, weight_decay=0.1)
     cases[f"AdamW step ({sum(p.numel() for p in params) / 1e6:.1f}M params)"] = lambda: opt.step_with_grads(grads)
     return cases

@@ -1,21 +1,22 @@
 """NDArray: a backend buffer seen through a Layout, with a dtype and a device.
 
-This is the strided array layer under Tensor. It knows nothing of autograd: views only make a
+This is the strided array layer under Tensor, and the only door to the backends: nothing above
+this file calls a backend or touches a buffer. It knows nothing of autograd: views only make a
 new Layout over the same buffer, and every computation is one backend primitive (see
-`deers.backend`). Op classes (deers/ops) write both their forward and backward with it.
+`deers.backend`, whose numbered items the methods below name). Op classes (deers/ops,
+deers/fused), optimizers and collectives write everything they compute with these methods.
 """
 from __future__ import annotations
 
 from math import prod
+from typing import Any
 
 import numpy as np
 
-from .backend import backend_for
-from .device import Device
-from .dtype import DType, bool_, i64
+from .backend import COMPARISONS, backend_for, loaded_backends, seed_all
+from .device import Device, as_device
+from .dtype import DType, bool_, f32, f64, i64
 from .layout import Layout, broadcast_shapes
-
-COMPARISONS = frozenset(("eq", "ne", "lt", "le", "gt", "ge"))  # binary ops whose result is a bool mask
 
 
 class NDArray:
@@ -30,24 +31,55 @@ class NDArray:
         self.device = device
         self.backend = backend if backend is not None else backend_for(device)
 
-    # ---- construction ----------------------------------------------------------------------
+    # ---- construction (items 1-3) ------------------------------------------------------------
     @staticmethod
-    def from_numpy(array: np.ndarray, dtype: DType, device: Device) -> "NDArray":
+    def from_numpy(array: np.ndarray, dtype: DType, device: "Device | str") -> "NDArray":
+        """A copy of a host array on `device` (item 2)."""
+        device = as_device(device)
         backend = backend_for(device)
         array = np.asarray(array)
         return NDArray(backend.from_numpy(array, dtype), Layout(array.shape), dtype, device, backend)
 
-    @staticmethod
-    def full(shape: tuple[int, ...], value, dtype: DType, device: Device) -> "NDArray":
+    @classmethod
+    def full(cls, shape: tuple[int, ...], value, dtype: DType, device: "Device | str") -> "NDArray":
+        """A dense array of `shape` filled with `value` (item 1)."""
+        device = as_device(device)
         backend = backend_for(device)
-        return NDArray(backend.full(prod(shape), value, dtype), Layout(shape), dtype, device, backend)
+        return cls(backend.full(prod(shape), value, dtype), Layout(tuple(shape)), dtype, device, backend)
+
+    @staticmethod
+    def empty(shape: tuple[int, ...], dtype: DType, device: "Device | str") -> "NDArray":
+        """A dense array of `shape` with unspecified values, to be written with `assign` (item 1)."""
+        device = as_device(device)
+        backend = backend_for(device)
+        return NDArray(backend.empty(prod(shape), dtype), Layout(tuple(shape)), dtype, device, backend)
+
+    @staticmethod
+    def random(kind: str, shape: tuple[int, ...], dtype: DType, device: "Device | str") -> "NDArray":
+        """Samples from the device's generator (item 3): kind "randn" (standard normal) or "rand" ([0, 1))."""
+        device = as_device(device)
+        backend = backend_for(device)
+        sample = {"randn": backend.randn, "rand": backend.rand}[kind]
+        return NDArray(sample(prod(shape), dtype), Layout(tuple(shape)), dtype, device, backend)
+
+    @staticmethod
+    def randint(shape: tuple[int, ...], low: int, high: int, device: "Device | str") -> "NDArray":
+        """Uniform i64 integers in [low, high) from the device's generator (item 3)."""
+        device = as_device(device)
+        backend = backend_for(device)
+        return NDArray(backend.randint(prod(shape), low, high), Layout(tuple(shape)), i64, device, backend)
 
     def _new(self, buffer, shape: tuple[int, ...], dtype: DType | None = None) -> "NDArray":
         """Wrap a fresh contiguous result buffer from this array's backend."""
         return NDArray(buffer, Layout(shape), dtype or self.dtype, self.device, self.backend)
 
-    def _with_layout(self, layout: Layout) -> "NDArray":
+    def as_layout(self, layout: Layout) -> "NDArray":
+        """The same buffer seen through another layout (shape ops make it; it must fit the buffer)."""
         return NDArray(self.buffer, layout, self.dtype, self.device, self.backend)
+
+    def synchronize(self) -> None:
+        """Wait until the device has finished the work queued so far (item 19; timing, profiling)."""
+        self.backend.synchronize()
 
     # ---- metadata ----------------------------------------------------------------------------
     @property
@@ -66,14 +98,21 @@ class NDArray:
         return self.layout.is_contiguous()
 
     def numpy(self) -> np.ndarray:
+        """A fresh host copy (waits for the device)."""
         return self.backend.to_numpy(self.buffer, self.layout)
+
+    def item(self) -> Any:
+        """The single element as a Python number (a host read)."""
+        if self.numel != 1:
+            raise ValueError(f"item(): needs exactly one element, got shape {self.shape}")
+        return self.numpy().reshape(-1)[0].item()
 
     def __repr__(self) -> str:
         return f"NDArray({self.numpy()!r}, dtype={self.dtype.name}, device={self.device})"
 
     # ---- views: new layout, same buffer --------------------------------------------------------
     def permute(self, axes: tuple[int, ...]) -> "NDArray":
-        return self._with_layout(self.layout.permute(axes))
+        return self.as_layout(self.layout.permute(axes))
 
     def transpose(self, d0: int, d1: int) -> "NDArray":
         axes = list(range(self.ndim))
@@ -83,16 +122,16 @@ class NDArray:
     def broadcast_to(self, shape: tuple[int, ...]) -> "NDArray":
         if tuple(shape) == self.shape:
             return self
-        return self._with_layout(self.layout.broadcast_to(tuple(shape)))
+        return self.as_layout(self.layout.broadcast_to(tuple(shape)))
 
     def narrow(self, dim: int, start: int, length: int) -> "NDArray":
-        return self._with_layout(self.layout.narrow(dim, start, length))
+        return self.as_layout(self.layout.narrow(dim, start, length))
 
     def strided_slice(self, dim: int, start: int, length: int, step: int) -> "NDArray":
-        return self._with_layout(self.layout.slice(dim, start, length, step))
+        return self.as_layout(self.layout.slice(dim, start, length, step))
 
     def select(self, dim: int, index: int) -> "NDArray":
-        return self._with_layout(self.layout.select(dim, index))
+        return self.as_layout(self.layout.select(dim, index))
 
     def reshape(self, shape: tuple[int, ...]) -> "NDArray":
         """A view when the strides allow it, otherwise a compact copy."""
@@ -101,8 +140,8 @@ class NDArray:
             return self
         layout = self.layout.reshape(shape)
         if layout is None:
-            return self.compact()._with_layout(Layout(shape))
-        return self._with_layout(layout)
+            return self.compact().as_layout(Layout(shape))
+        return self.as_layout(layout)
 
     def compact(self) -> "NDArray":
         """The same object when already contiguous, otherwise one contiguous copy."""
@@ -110,7 +149,11 @@ class NDArray:
 
     def is_dense(self) -> bool:
         """Contiguous, starting at offset 0 and covering the whole buffer (a fresh result's shape)."""
-        return self.layout.offset == 0 and self.backend_size() == self.numel and self.layout.is_contiguous()
+        return self.layout.offset == 0 and self.buffer_size() == self.numel and self.layout.is_contiguous()
+
+    def storage_id(self) -> int:
+        """An id of the underlying buffer: equal for views of one buffer (writes show through)."""
+        return id(self.buffer)
 
     def dense(self) -> "NDArray":
         """This array when it is dense, otherwise a copy that is (a buffer of its own, exactly numel)."""
@@ -122,12 +165,29 @@ class NDArray:
         self.backend.copy(self.buffer, self.layout, out, Layout(self.shape))
         return self._new(out, self.shape)
 
-    def contiguous_buffer(self):
-        """A flat buffer holding exactly this array's elements in row-major order."""
-        return self.dense().buffer
+    def assign(self, src: "NDArray") -> "NDArray":
+        """Write `src` (broadcast to this shape) into this view, in place (item 13); returns self."""
+        if src.device != self.device:
+            raise ValueError(f"assign: source on {src.device}, destination on {self.device}")
+        src = src.cast(self.dtype).broadcast_to(self.shape)
+        self.backend.copy(src.buffer, src.layout, self.buffer, self.layout)
+        return self
 
-    def backend_size(self) -> int:
+    def buffer_size(self) -> int:
+        """Elements in the underlying buffer (>= numel for a view)."""
         return int(self.buffer.size)
+
+    def flat_region(self):
+        """For transports (MPI, NCCL): a 1-D backend buffer that aliases this array's elements, or
+        None when they are not one contiguous run (then compact, transfer, and `assign` back)."""
+        if not self.layout.is_contiguous():
+            return None
+        start = self.layout.offset
+        return self.buffer[start:start + self.numel]
+
+    def write_region(self, region) -> None:
+        """Write a flat buffer of numel elements (as `flat_region` gives, of a compact copy) into this view."""
+        self.backend.copy(region, Layout(self.shape), self.buffer, self.layout)
 
     # ---- computation (each one backend primitive) ---------------------------------------------
     def unary(self, name: str) -> "NDArray":
@@ -183,6 +243,79 @@ class NDArray:
         res = self.backend.matmul(self.buffer, self.layout, other.buffer, other.layout)
         return self._new(res, self.shape[:-1] + (other.shape[-1],))
 
+    def add_(self, other: "NDArray") -> "NDArray":
+        """self += other in place (item 5 with out= aliasing self); self must be dense."""
+        other = other.broadcast_to(self.shape)
+        self.backend.binary("add", self.buffer, self.layout, other.buffer, other.layout, out=self.buffer)
+        return self
+
+    # ---- indexing (items 11-12) ------------------------------------------------------------------
+    def index_select(self, dim: int, index: "NDArray") -> "NDArray":
+        """Slices of self at `index` (1-D i64) along `dim`; IndexError out of range."""
+        res = self.backend.index_select(self.buffer, self.layout, dim, index.buffer, index.layout)
+        return self._new(res, self.shape[:dim] + index.shape + self.shape[dim + 1:])
+
+    def index_add_into(self, shape: tuple[int, ...], dim: int, index: "NDArray") -> "NDArray":
+        """zeros(shape) with self's slices added at `index` along `dim` (index_select's backward)."""
+        res = self.backend.index_add(tuple(shape), self.dtype, dim, index.buffer, index.layout, self.buffer,
+                                     self.layout)
+        return self._new(res, tuple(shape))
+
+    def gather(self, dim: int, index: "NDArray") -> "NDArray":
+        """out[i][j] = self[index[i][j]][j] for dim 0 (torch.gather); IndexError out of range."""
+        return self._new(self.backend.gather(self.buffer, self.layout, dim, index.buffer, index.layout),
+                         index.shape)
+
+    def scatter_add_into(self, shape: tuple[int, ...], dim: int, index: "NDArray") -> "NDArray":
+        """zeros(shape).scatter_add_(dim, index, self) (gather's backward)."""
+        res = self.backend.scatter_add(tuple(shape), self.dtype, dim, index.buffer, index.layout, self.buffer,
+                                       self.layout)
+        return self._new(res, tuple(shape))
+
+    # ---- fused primitives (items 14-18) ----------------------------------------------------------
+    def softmax(self, log: bool = False, causal: bool = False) -> "NDArray":
+        """(log-)softmax over the last dim; causal: (..., T, S) scores where row t sees s <= t + S - T."""
+        return self._new(self.backend.softmax(self.buffer, self.layout, log, causal), self.shape)
+
+    def softmax_backward(self, g: "NDArray", log: bool = False) -> "NDArray":
+        """For y = self = (log-)softmax(x): dx from dy = g."""
+        return self._new(self.backend.softmax_backward(self.buffer, self.layout, g.buffer, g.layout, log), self.shape)
+
+    def cross_entropy(self, targets: "NDArray", ignore_index: int, label_smoothing: float = 0.0,
+                      overwrite_logits: bool = False) -> tuple["NDArray", "NDArray", "NDArray"]:
+        """For logits self (N, C) and targets (N,): (loss_sum 0-d, count 0-d i64, dlogits / count (N, C)).
+
+        All three stay on the device (no host read). With overwrite_logits the gradient may reuse
+        this array's buffer: the logits must not be read afterwards.
+        """
+        loss_sum, count, grad = self.backend.cross_entropy(self.buffer, self.layout, targets.buffer, targets.layout,
+                                                           ignore_index, label_smoothing, overwrite_logits)
+        acc = f64 if self.dtype is f64 else f32
+        return self._new(loss_sum, (), acc), self._new(count, (), i64), self._new(grad, self.shape)
+
+    def rms_norm(self, weight: "NDArray", eps: float) -> tuple["NDArray", "NDArray"]:
+        """(y, rstd): y = self / sqrt(mean(self^2, last dim) + eps) * weight; rstd per row (rows,)."""
+        y, rstd = self.backend.rmsnorm(self.buffer, self.layout, weight.buffer, weight.layout, eps)
+        rows = self.numel // max(self.shape[-1], 1)
+        return self._new(y, self.shape), self._new(rstd, (rows,), f32 if self.dtype.is_half else self.dtype)
+
+    def rms_norm_backward(self, x: "NDArray", weight: "NDArray", rstd: "NDArray") -> tuple["NDArray", "NDArray"]:
+        """For g = self, the incoming gradient of y = rms_norm(x, weight): (dx, dweight)."""
+        gx, gw = self.backend.rmsnorm_backward(self.buffer, self.layout, x.buffer, x.layout, weight.buffer,
+                                               weight.layout, rstd.buffer, rstd.layout)
+        return self._new(gx, x.shape), self._new(gw, weight.shape)
+
+    def rope(self, cos: "NDArray", sin: "NDArray", inverse: bool = False) -> "NDArray":
+        """self (..., T, hd) rotated by the tables cos, sin (T, hd); inverse: the transpose (backward)."""
+        return self._new(self.backend.rope(self.buffer, self.layout, cos.buffer, cos.layout, sin.buffer, sin.layout,
+                                           inverse), self.shape)
+
+    def adamw_step_(self, grad: "NDArray", exp_avg: "NDArray", exp_avg_sq: "NDArray", lr: float, beta1: float,
+                    beta2: float, eps: float, weight_decay: float, step: int) -> None:
+        """One AdamW update of self (a dense parameter) and its two moment arrays, in place."""
+        self.backend.adamw_step(self.buffer, self.layout, grad.buffer, grad.layout, exp_avg.buffer, exp_avg.layout,
+                                exp_avg_sq.buffer, exp_avg_sq.layout, lr, beta1, beta2, eps, weight_decay, step)
+
     # ---- operators (used by backward formulas) -------------------------------------------------
     def _op(self, name: str, other, reverse: bool = False) -> "NDArray":
         if isinstance(other, NDArray):
@@ -213,3 +346,26 @@ class NDArray:
     def tanh(self): return self.unary("tanh")
     def sigmoid(self): return self.unary("sigmoid")
     def sign(self): return self.unary("sign")
+
+
+# ---- the generators of every device ------------------------------------------------------------
+def seed_all_devices(seed: int) -> None:
+    """Seed every device's generator, including devices first used later."""
+    backend_for("cpu")
+    seed_all(seed)
+
+
+def rng_states() -> dict:
+    """Each used device's generator state, keyed by its unique backend name ("cpu", "cuda:0", ...)."""
+    return {backend.name: backend.get_rng_state() for backend in loaded_backends()}
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore generator states saved by `rng_states` (a state saved under the old shared name
+    "cuda" belongs to cuda:0)."""
+    for backend in loaded_backends():
+        state = states.get(backend.name)
+        if state is None and backend.name == "cuda:0":
+            state = states.get("cuda")
+        if state is not None:
+            backend.set_rng_state(state)

@@ -19,22 +19,47 @@ class Op:
 
     forward(*arrays) -> NDArray computes the result and saves on `self` what backward needs.
     backward(out_grad) -> one NDArray (or None for "no gradient") per forward input.
-    `needs_input_grad` (set by `apply` before forward when the op is recorded) says which inputs
-    want a gradient, so backward can skip work for the others (PyTorch's ctx.needs_input_grad).
+    `needs_input_grad` (set by `apply` before every forward) says which inputs want a gradient,
+    so forward saves and backward computes only what is needed (PyTorch's ctx.needs_input_grad);
+    an op that is not recorded (no_grad, or no input requires grad) sees all False.
+    `graph_retained` (set by the engine before backward) says whether a later backward may run
+    through this op again (`retain_graph=True`), so saved state must not be handed out.
     """
 
     name = "op"
-    needs_input_grad: tuple[bool, ...] | None = None  # None: not recorded, treat every input as needed
+    needs_input_grad: tuple[bool, ...] = ()
+    graph_retained = False
 
     def needs(self, i: int) -> bool:
         """Whether input `i` wants a gradient."""
-        return self.needs_input_grad is None or self.needs_input_grad[i]
+        return i < len(self.needs_input_grad) and self.needs_input_grad[i]
+
+    def hand_out(self, saved: "NDArray | None", g: NDArray) -> "NDArray | None":
+        """A gradient that forward already computed (fused ops), times the incoming gradient g.
+
+        The one way fused ops give out saved gradients: when g is the engine's implicit 1
+        (`loss.backward()`) and the graph is being freed, the saved array itself goes out — no
+        copy, no pass over it; the optimizer may then scale it in place. Otherwise the result is a
+        fresh array (g * saved), so a retained graph can run backward again with the same values.
+        """
+        if saved is None:
+            return None
+        if isinstance(g, UnitGrad):
+            return saved.copy() if self.graph_retained else saved
+        return saved * g  # g is 0-d here: a loss's gradient
 
     def forward(self, *inputs: NDArray) -> NDArray:
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def backward(self, out_grad: NDArray) -> tuple["NDArray | None", ...]:
         raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+
+class UnitGrad(NDArray):
+    """The implicit gradient 1 that `loss.backward()` starts from (a 0-d or one-element array of
+    ones); ops may skip multiplying by it. Arithmetic on it gives plain NDArrays."""
+
+    __slots__ = ()
 
 
 class _GradMode(threading.local):
@@ -83,11 +108,20 @@ class Grads:
         return self
 
     def array(self, tensor) -> NDArray | None:
+        """The gradient's NDArray (for the layers under Tensor: optimizers, clipping, collectives)."""
         entry = self._store.get(id(tensor))
         return None if entry is None else entry[1]
 
     def set_array(self, tensor, grad: NDArray) -> None:
+        """Store an NDArray as the gradient of `tensor` (for the layers under Tensor)."""
         self._store[id(tensor)] = (tensor, grad)
+
+    def set(self, tensor, grad) -> None:
+        """Make the Tensor `grad` the gradient of `tensor` (same shape), replacing any it had."""
+        if tuple(grad.shape) != tuple(tensor.shape):
+            raise ValueError(f"Grads.set: gradient of shape {tuple(grad.shape)} for a tensor of shape "
+                             f"{tuple(tensor.shape)}")
+        self._store[id(tensor)] = (tensor, grad.data)
 
     def get(self, tensor, default=None):
         from .tensor import Tensor
@@ -148,17 +182,18 @@ def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> G
     buffer with another leaf's or with `out_grad`: optimizers may read and scale it in place.
     """
     pending: dict[int, NDArray] = {id(root): out_grad}
-    claimed = {id(out_grad.buffer)}  # buffers already handed out; a second claimant gets a copy
+    claimed = {out_grad.storage_id()}  # buffers already handed out; a second claimant gets a copy
     for node in reversed(topo_sort(root)):
         grad = pending.pop(id(node), None)
         if grad is None:
             continue
         if node._op is None:
-            if id(grad.buffer) in claimed or not grad.is_dense():
+            if grad.storage_id() in claimed or not grad.is_dense():
                 grad = grad.copy()
-            claimed.add(id(grad.buffer))
+            claimed.add(grad.storage_id())
             grads.accumulate(node, grad)
             continue
+        node._op.graph_retained = retain_graph
         input_grads = node._op.backward(grad)
         for parent, parent_grad in zip(node._inputs, input_grads):
             if parent_grad is None or not parent.requires_grad:

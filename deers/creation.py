@@ -1,15 +1,12 @@
 """Creation functions (tensor, zeros, randn, ...) and the random seed shared by every backend."""
 from __future__ import annotations
 
-from math import prod
 
 import numpy as np
 
-from .array import NDArray
-from .backend import backend_for, loaded_backends, seed_all
+from .array import NDArray, rng_states, seed_all_devices, set_rng_states
 from .device import Device, as_device
 from .dtype import DType, as_dtype, default_float, i64
-from .layout import Layout
 from .tensor import Tensor
 
 _host = {"rng": np.random.default_rng()}  # the host generator for data sampling and dropout masks
@@ -81,9 +78,7 @@ def _random(kind: str, shape, dtype, device) -> Tensor:
     shape = _shape(shape)
     dtype = as_dtype(dtype) if dtype is not None else default_float()
     device = as_device(device)
-    backend = backend_for(device)
-    buffer = backend.randn(prod(shape), dtype) if kind == "randn" else backend.rand(prod(shape), dtype)
-    return Tensor(NDArray(buffer, Layout(shape), dtype, device, backend))
+    return Tensor(NDArray.random(kind, shape, dtype, device))
 
 
 def randn(*shape, dtype=None, device=None) -> Tensor:
@@ -100,15 +95,13 @@ def randint(low: int, high: int, shape, device=None) -> Tensor:
     """Uniform integers in [low, high) as i64."""
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
     device = as_device(device)
-    backend = backend_for(device)
-    return Tensor(NDArray(backend.randint(prod(shape), low, high), Layout(shape), i64, device, backend))
+    return Tensor(NDArray.randint(shape, low, high, device))
 
 
 def manual_seed(seed: int) -> None:
     """Seed every backend's generator and the host generator used for data order and sampling."""
     _host["rng"] = np.random.default_rng(seed)
-    backend_for("cpu")
-    seed_all(seed)
+    seed_all_devices(seed)
 
 
 def host_rng() -> np.random.Generator:
@@ -119,13 +112,10 @@ def host_rng() -> np.random.Generator:
 def get_rng_state() -> dict:
     """Every generator's state, for checkpoints (restored by set_rng_state)."""
     state = {"host": _host["rng"].bit_generator.state}
-    for backend in loaded_backends():
-        state[backend.name] = backend.get_rng_state()
+    state.update(rng_states())
     return state
 
 
 def set_rng_state(state: dict) -> None:
     _host["rng"].bit_generator.state = state["host"]
-    for backend in loaded_backends():
-        if backend.name in state:
-            backend.set_rng_state(state[backend.name])
+    set_rng_states(state)

@@ -9,15 +9,17 @@ import numpy as np
 
 
 class DType:
-    """A tensor element type: its name, NumPy equivalent and whether it is floating point."""
+    """A tensor element type: its name, NumPy equivalent, whether it is floating point, and whether
+    it is a 16-bit float (f16/bf16), which the backends compute in f32 and round once."""
 
-    __slots__ = ("name", "numpy", "is_float", "itemsize")
+    __slots__ = ("name", "numpy", "is_float", "is_half", "itemsize")
 
     def __init__(self, name: str, numpy_dtype: np.dtype, is_float: bool):
         self.name = name
         self.numpy = np.dtype(numpy_dtype)
         self.is_float = is_float
         self.itemsize = self.numpy.itemsize
+        self.is_half = is_float and self.itemsize == 2
 
     def __repr__(self) -> str:
         return f"deers.{self.name}"
@@ -65,6 +67,11 @@ def as_dtype(value: "DType | str | np.dtype | type") -> DType:
     if npd.kind in "iu":
         return i64
     raise TypeError(f"unsupported NumPy dtype {npd}")
+
+
+def is_half_numpy(np_dtype: np.dtype) -> bool:
+    """Whether a backend buffer's NumPy dtype is f16 or bf16 (the backends' "compute in f32" rule)."""
+    return np_dtype.itemsize == 2 and np_dtype.kind not in "biu"
 
 
 def default_float() -> DType:

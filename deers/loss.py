@@ -9,8 +9,8 @@ Classes are the last dim of the logits (the GPT's (B, T, V) logits go in as they
 from __future__ import annotations
 
 from .errors import DTypeError, ShapeError, describe
-from .ops.cross_entropy import check_cross_entropy_operands
-from .ops.cross_entropy import cross_entropy as _fused_cross_entropy
+from .fused.cross_entropy import check_cross_entropy_operands
+from .fused.cross_entropy import cross_entropy as _fused_cross_entropy
 from .ops.elementwise import where
 from .tensor import Tensor
 

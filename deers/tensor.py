@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .array import NDArray
-from .autograd import Grads, Op, grad_mode, run_backward
+from .autograd import Grads, Op, UnitGrad, grad_mode, run_backward
 from .device import Device, as_device
 from .dtype import DType, as_dtype
 from .errors import DeviceError, DTypeError, ShapeError, describe
@@ -21,8 +21,7 @@ def apply(op: Op, *inputs: "Tensor") -> "Tensor":
     """Run `op` on the inputs' arrays; record it in the graph when any input requires grad."""
     needs = tuple([t.requires_grad for t in inputs])
     record = grad_mode.enabled and True in needs
-    if record:
-        op.needs_input_grad = needs  # backward may skip inputs that want no gradient
+    op.needs_input_grad = needs if record else (False,) * len(inputs)  # forward saves only what backward needs
     out = op.forward(*[t.data for t in inputs])
     if record:
         return Tensor(out, requires_grad=True, _op=op, _inputs=inputs)
@@ -133,7 +132,7 @@ class Tensor:
         if grad is None:
             if self.numel() != 1:
                 raise ShapeError(f"backward: a non-scalar tensor ({describe(self)}) needs an explicit grad")
-            seed = NDArray.full(self.shape, 1.0, self.dtype, self.device)
+            seed = UnitGrad.full(self.shape, 1.0, self.dtype, self.device)
         else:
             if tuple(grad.shape) != self.shape:
                 raise ShapeError(f"backward: grad {describe(grad)} does not match the tensor {describe(self)}")
@@ -285,8 +284,7 @@ class Var(Tensor):
             raise ShapeError(f"set_data: value of shape {src.shape} does not fit Var of shape {self.shape}")
         if src.device != self.device:
             src = NDArray.from_numpy(src.numpy(), self.dtype, self.device)
-        src = src.cast(self.dtype)
-        self.data.backend.copy(src.buffer, src.layout, self.data.buffer, self.data.layout)
+        self.data.assign(src)
 
 
 def _dims(args: Sequence) -> tuple[int, ...]:

@@ -13,8 +13,8 @@ import numpy as np
 import deers
 from deers.array import NDArray
 from deers.backend import backend_for
-from deers.ops.attention import masked_softmax
-from deers.ops.norm import rms_norm
+from deers.fused.attention import apply_rope, causal_softmax
+from deers.fused.rms_norm import rms_norm
 from helpers import make_input
 
 LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d is not None]
@@ -28,7 +28,9 @@ def F(*shape, low=-2.0, high=2.0):
 
 IDX = np.array([4, 0, 4, 2], np.int64)
 MASK = np.array([[True, False, True, False]])
-CAUSAL = np.triu(np.full((4, 4), -np.inf), 1)
+_ANGLES = np.outer(np.arange(3), [1.0, 0.1])  # (T, hd/2) = (3, 2)
+ROPE_COS = np.concatenate([np.cos(_ANGLES)] * 2, -1)  # (3, 4): [c, c]
+ROPE_SIN = np.concatenate([np.sin(_ANGLES)] * 2, -1)  # (3, 4): [s, s]
 OPS = {
     # unary
     "neg": (lambda x: -x, [F(3, 4)]),
@@ -100,8 +102,10 @@ OPS = {
     "gather dim 0, smaller index": (lambda x, i: x.gather(0, i), [F(3, 5), np.array([[2, 0, 2], [1, 1, 0]])]),
     # fused kernels
     "rms_norm": (lambda x, w: rms_norm(x, w, 1e-5), [F(2, 3, 8), F(8)]),
-    "masked_softmax": (lambda s: masked_softmax(s, deers.tensor(CAUSAL, dtype=s.dtype, device=s.device), 0.5),
-                       [F(2, 4, 4)]),
+    "causal_softmax": (lambda s: causal_softmax(s, 0.5), [F(2, 4, 4)]),
+    "causal_softmax with cached positions": (lambda s: causal_softmax(s, 0.5), [F(2, 3, 5)]),
+    "rope": (lambda x: apply_rope(x, deers.tensor(ROPE_COS, dtype=x.dtype, device=x.device),
+                                  deers.tensor(ROPE_SIN, dtype=x.dtype, device=x.device)), [F(2, 3, 4)]),
     "cross_entropy": (lambda x: deers.loss.cross_entropy(x, deers.tensor([1, 0, 4], device=x.device)), [F(3, 5)]),
 }
 

@@ -6,8 +6,8 @@ import pytest
 
 import deers
 from deers.models.gpt import GPT, GPTConfig, KVCache, rope_tables, sample_next
-from deers.ops.attention import apply_rope, masked_softmax
-from deers.ops.norm import rms_norm
+from deers.fused.attention import apply_rope, causal_softmax
+from deers.fused.rms_norm import rms_norm
 from helpers import check_op, rand
 
 TINY = dict(vocab_size=11, sequence_len=8, n_layer=2, n_head=2, n_embd=8, mlp_hidden_dim=12)
@@ -80,7 +80,7 @@ def test_rope_scores_depend_only_on_the_relative_position():
         np.testing.assert_allclose(diagonal, diagonal[0], atol=1e-12)
 
 
-def test_masked_softmax_op_forward_and_backward():
+def test_causal_softmax_op_forward_and_backward():
     mask = np.triu(np.full((4, 4), -np.inf), k=1)
 
     def reference(s):
@@ -88,7 +88,7 @@ def test_masked_softmax_op_forward_and_backward():
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
-    check_op(lambda s: masked_softmax(s, deers.from_numpy(mask), 0.5), rand(2, 3, 4, 4), reference=reference,
+    check_op(lambda s: causal_softmax(s, 0.5), rand(2, 3, 4, 4), reference=reference,
              torch_fn=lambda s: (s * 0.5 + _torch().tensor(mask)).softmax(-1))
 
 
@@ -250,7 +250,7 @@ def test_sample_next_respects_top_k_and_temperature():
 def test_to_device_keeps_the_constant_tables_with_the_parameters():
     model = tiny_gpt(dtype="f32")
     model.to_device("cpu")
-    assert model.rope_cos.device == "cpu" and model.causal_mask.shape == (8, 8)
+    assert model.rope_cos.device == "cpu" and model.rope_sin.shape == (8, 4)
     assert "rope_cos" not in model.state_dict() and len(model.parameters()) == 3 + 6 * 2
 
 
@@ -284,15 +284,13 @@ def test_a_tiny_gpt_learns_a_generated_corpus():
     assert np.mean(losses[-20:]) < 0.25 * math.log(len(alphabet)), np.mean(losses[-20:])
 
 
-@pytest.mark.parametrize("offset", [0, 3])
-def test_causal_block_path_of_masked_softmax_matches_the_dense_one(offset, monkeypatch):
-    from deers.ops.attention import MaskedSoftmax
-
-    monkeypatch.setattr(MaskedSoftmax, "ROW_BLOCK", 4)  # several row blocks on a small input, the last partial
-    t, s = 10, 10 + offset
+@pytest.mark.parametrize("offset", [0, 3, 37])
+def test_causal_softmax_with_cached_positions_matches_the_masked_dense_one(offset):
+    """Row t sees s <= t + S - T (S - T positions from a KV cache); blocks of rows, the last partial."""
+    t, s = 40, 40 + offset
     mask = np.where(np.arange(s)[None, :] > np.arange(t)[:, None] + offset, -np.inf, 0.0)
     scores_np = np.random.default_rng(0).standard_normal((2, 1, t, s))
-    check_op(lambda x: masked_softmax(x, deers.from_numpy(mask), 0.5, causal_offset=offset), scores_np,
+    check_op(lambda x: causal_softmax(x, 0.5), scores_np,
              reference=lambda x: _softmax_np(x * 0.5 + mask), layouts=("contiguous", "permuted"),
              torch_fn=lambda x: (x * 0.5 + __import__("torch").from_numpy(mask)).softmax(-1))
 

@@ -8,7 +8,7 @@ import deers
 from deers import Var
 from deers.errors import DTypeError, ShapeError
 from deers.loss import cross_entropy
-from deers.ops.linear_cross_entropy import linear_cross_entropy
+from deers.fused.linear_cross_entropy import linear_cross_entropy
 from helpers import check_op
 
 

@@ -5,7 +5,7 @@ import pytest
 
 import deers
 from deers import loss
-from deers.ops.cross_entropy import CrossEntropy
+from deers.fused.cross_entropy import CrossEntropy
 from devices import DEVICES
 
 

@@ -1,63 +1,208 @@
 """Backends: where the numbers are computed. Every op in Deers is written over this contract.
 
 A backend stores data in flat *buffers* (a 1-D array of one dtype) and reads them through a
-`Layout` (shape, strides, offset, all in elements). Primitives take `(buffer, layout)` pairs and
-return a fresh contiguous buffer unless they say otherwise. The CPU backend (NumPy) is the oracle
-every other backend is tested against. A new backend implements these primitives, nothing else:
+`Layout` (shape, strides, offset, all in elements). Every primitive takes `(buffer, layout)`
+pairs — the fused ones too — and returns a fresh contiguous buffer unless it says otherwise.
+The numbered list below is the whole contract, written as the typed `Backend` Protocol; the CPU
+backend (NumPy) is the oracle every other backend is tested against, and a test checks that the
+three backends implement every item.
 
- 1. empty(numel, dtype) / full(numel, value, dtype)       allocate (uninitialised / filled)
- 2. from_numpy(array, dtype) / to_numpy(buf, layout)       host transfer (to_numpy returns a copy)
- 3. seed(s), get_rng_state(), set_rng_state(state),
-    randn(numel, dtype) / rand(numel, dtype) / randint(numel, low, high)
-                                                           random numbers from the backend's generator
- 4. unary(name, a, la, out=None)                           neg exp log sqrt rsqrt sin cos tanh sigmoid
-                                                           relu abs sign square logical_not
- 5. binary(name, a, la, b, lb, out=None)                   add sub mul div pow maximum minimum
-                                                           eq ne lt le gt ge (same shapes; compare -> bool)
- 6. scalar(name, a, la, value, reverse=False, out=None)    the binary ops with a Python number
-                                                           (reverse: value OP a)
- 7. where(c, lc, a, la, b, lb)                             c ? a : b
- 8. cast(a, la, dtype)                                     convert element type
- 9. reduce(name, a, la, axes)                              sum max min argmax over axes, dims kept as 1
-10. matmul(a, la, b, lb)                                   batched GEMM, (..., m, k) @ (..., k, n);
-                                                           batch dims already broadcast (stride 0 allowed)
-11. index_select(a, la, dim, idx, lidx)                    a.index_select(dim, idx); IndexError out of range
-    index_add(shape, dtype, dim, idx, lidx, src, lsrc)     zeros(shape) with src rows added at idx
-12. gather(a, la, dim, idx, lidx)                          a.gather(dim, idx); IndexError out of range
-    scatter_add(shape, dtype, dim, idx, lidx, src, lsrc)   zeros(shape).scatter_add_(dim, idx, src)
-13. copy(src, lsrc, dst, ldst)                             write a (broadcastable) view into a view, in place
-14. softmax(a, la, log) / softmax_backward(y, g, shape, log)
-                                                           fused (log-)softmax over the last dim
-15. cross_entropy(logits, targets, n, c, ignore_index, label_smoothing, overwrite_logits=False)
-                                                           fused loss: returns (loss_sum, count, grad_logits
-                                                           already divided by the count); with
-                                                           overwrite_logits the gradient may reuse the
-                                                           logits buffer (a memory hint)
-16. rmsnorm(x, w, rows, d, eps) / rmsnorm_backward(...)   fused RMSNorm over the last dim
-17. adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
-                                                           fused in-place AdamW update of flat buffers
+Only `deers/array.py` (NDArray) calls a backend. Everything above it — ops, optimizers, losses,
+distributed, examples — goes through NDArray's methods, so a backend never sees autograd.
 
-Rules every backend keeps (the ops rely on them):
-- indices may be in [-size, size) and negatives wrap; anything else raises IndexError;
-- gather accepts an index smaller than the input along the other dims (as torch.gather);
-- reduce("sum") of integer or bool data returns int64;
-- copy writes into the destination buffer in place (compact, cat and leaf gradients use
-  empty + copy);
-- results are fresh buffers the caller owns; `out=` (when given) is written and returned.
+Duties every backend keeps (the NDArray layer relies on them):
+- Buffers: a 1-D array object with `.size` (elements) and `.dtype` (its NumPy dtype, or the
+  backend's own with `.itemsize`); `buffer[start:stop]` is a 1-D buffer that *aliases* the same
+  storage (collectives write into it in place); on the CPU buffers are NumPy arrays, so
+  `.view(np.uint8)` gives their bytes.
+- Layouts may be anything `Layout` can express: permuted, narrowed, offset, stride 0
+  (broadcast). A primitive that needs a contiguous operand makes it so itself.
+- Results are fresh buffers the caller owns; `out=` (when a primitive takes it) is written and
+  returned, and may alias an input of the same layout (element-wise ops: out[i] = f(a[i])).
+- Indices may be in [-size, size) and negatives wrap; anything else raises IndexError before any
+  output is visible.
+- gather accepts an index smaller than the input along the other dims (as torch.gather).
+- reduce("sum") of integer or bool data returns int64; f16/bf16 compute in f32 and round once.
+- `name` is unique per device ("cpu", "mps", "cuda:0", "cuda:1"): random-number states are
+  saved and restored by it.
+- Asynchronous backends (CUDA, MLX) may return before the work is done; `to_numpy` waits.
 
-`backend_for(device)` returns the one backend instance of a device. Backends other than the CPU
-one are imported only when asked for, so `import deers` works without CuPy or MLX.
+Backends other than the CPU one are imported only when asked for, so `import deers` works
+without CuPy or MLX. `backend_for(device)` returns the one backend instance of a device.
 """
 from __future__ import annotations
 
-from ..device import Device, as_device
-from ..errors import BackendUnavailable
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
+from ..device import Device, as_device
+from ..dtype import DType
+from ..errors import BackendUnavailable
+from ..layout import Layout
+
+
+# ---- the vocabulary: primitive names shared by the ops and every backend ------------------------
+class UnaryFn(str, Enum):
+    """Item 4: element-wise functions of one array (str values, so backends' tables key on them)."""
+
+    NEG = "neg"
+    EXP = "exp"
+    LOG = "log"
+    SQRT = "sqrt"
+    RSQRT = "rsqrt"
+    SIN = "sin"
+    COS = "cos"
+    TANH = "tanh"
+    SIGMOID = "sigmoid"
+    RELU = "relu"
+    ABS = "abs"
+    SIGN = "sign"
+    SQUARE = "square"
+    LOGICAL_NOT = "logical_not"  # bool -> bool
+
+
+class BinaryFn(str, Enum):
+    """Items 5-6: element-wise functions of two arrays (or an array and a number)."""
+
+    ADD = "add"
+    SUB = "sub"
+    MUL = "mul"
+    DIV = "div"
+    POW = "pow"
+    MAXIMUM = "maximum"
+    MINIMUM = "minimum"
+    EQ = "eq"
+    NE = "ne"
+    LT = "lt"
+    LE = "le"
+    GT = "gt"
+    GE = "ge"
+
+
+class ReduceFn(str, Enum):
+    """Item 9: reductions over axes."""
+
+    SUM = "sum"
+    MAX = "max"
+    MIN = "min"
+    ARGMAX = "argmax"
+
+
+UNARY_NAMES = frozenset(f.value for f in UnaryFn)
+BINARY_NAMES = frozenset(f.value for f in BinaryFn)
+COMPARISONS = frozenset(("eq", "ne", "lt", "le", "gt", "ge"))  # binary functions whose result is bool
+REDUCE_NAMES = frozenset(f.value for f in ReduceFn)
+
+
+# ---- the contract ------------------------------------------------------------------------------
+@runtime_checkable
+class Backend(Protocol):
+    """The numbered primitives a backend implements. `Buf` below is the backend's buffer type."""
+
+    name: str  # unique per device: "cpu", "mps", "cuda:0", ...
+
+    # 1. allocation: uninitialised / filled flat buffers of `numel` elements
+    def empty(self, numel: int, dtype: DType) -> Any: ...
+    def full(self, numel: int, value: float, dtype: DType) -> Any: ...
+
+    # 2. host transfer: from_numpy copies (a tensor never aliases the caller's array); to_numpy
+    #    returns a fresh host array of the layout's shape (and waits for asynchronous work)
+    def from_numpy(self, array: np.ndarray, dtype: DType) -> Any: ...
+    def to_numpy(self, buf: Any, layout: Layout) -> np.ndarray: ...
+
+    # 3. random numbers from the backend's own generator, with a restorable state
+    def seed(self, seed: int) -> None: ...
+    def get_rng_state(self) -> Any: ...
+    def set_rng_state(self, state: Any) -> None: ...
+    def randn(self, numel: int, dtype: DType) -> Any: ...
+    def rand(self, numel: int, dtype: DType) -> Any: ...
+    def randint(self, numel: int, low: int, high: int) -> Any: ...
+
+    # 4. y = f(a) for f in UnaryFn
+    def unary(self, name: str, a: Any, la: Layout, out: Any = None) -> Any: ...
+
+    # 5. y = f(a, b) for f in BinaryFn; la and lb have one shape (already broadcast); comparisons -> bool
+    def binary(self, name: str, a: Any, la: Layout, b: Any, lb: Layout, out: Any = None) -> Any: ...
+
+    # 6. y = f(a, value) (reverse: f(value, a)) with a Python number, in a's dtype
+    def scalar(self, name: str, a: Any, la: Layout, value: float, reverse: bool = False,
+               out: Any = None) -> Any: ...
+
+    # 7. c ? a : b, the three layouts of one shape
+    def where(self, c: Any, lc: Layout, a: Any, la: Layout, b: Any, lb: Layout) -> Any: ...
+
+    # 8. convert the element type
+    def cast(self, a: Any, la: Layout, dtype: DType) -> Any: ...
+
+    # 9. f over `axes` for f in ReduceFn, reduced dims kept as size 1 (argmax: one axis, i64)
+    def reduce(self, name: str, a: Any, la: Layout, axes: tuple[int, ...]) -> Any: ...
+
+    # 10. batched GEMM (..., m, k) @ (..., k, n); batch dims already broadcast (stride 0 allowed)
+    def matmul(self, a: Any, la: Layout, b: Any, lb: Layout) -> Any: ...
+
+    # 11. a.index_select(dim, idx) / zeros(shape) with src's slices added at idx along dim
+    def index_select(self, a: Any, la: Layout, dim: int, idx: Any, lidx: Layout) -> Any: ...
+    def index_add(self, shape: tuple[int, ...], dtype: DType, dim: int, idx: Any, lidx: Layout,
+                  src: Any, lsrc: Layout) -> Any: ...
+
+    # 12. a.gather(dim, idx) / zeros(shape).scatter_add_(dim, idx, src)
+    def gather(self, a: Any, la: Layout, dim: int, idx: Any, lidx: Layout) -> Any: ...
+    def scatter_add(self, shape: tuple[int, ...], dtype: DType, dim: int, idx: Any, lidx: Layout,
+                    src: Any, lsrc: Layout) -> Any: ...
+
+    # 13. write the view (src, lsrc) into the view (dst, ldst) in place (lsrc broadcast to ldst's shape)
+    def copy(self, src: Any, lsrc: Layout, dst: Any, ldst: Layout) -> None: ...
+
+    # ---- fused primitives: each could be written from 1-13; one kernel each for speed/memory ----
+    # 14. (log-)softmax over the last dim. causal: la is (..., T, S) attention scores and query row
+    #     t sees key columns s <= t + S - T only; the others get probability exactly 0 (log: -inf)
+    #     and need not be read. softmax_backward: y (g - sum(g y)) / g - exp(y) sum(g) for log.
+    def softmax(self, a: Any, la: Layout, log: bool, causal: bool = False) -> Any: ...
+    def softmax_backward(self, y: Any, ly: Layout, g: Any, lg: Layout, log: bool) -> Any: ...
+
+    # 15. cross-entropy of logits (N, C) against i64 targets (N,), rows with ignore_index skipped:
+    #     returns (loss_sum, count, grad) — loss_sum a 1-element buffer (f64 for f64 logits, else
+    #     f32) of the summed row losses, count a 1-element i64 buffer of counted rows, grad (N, C)
+    #     in the logits' dtype = (softmax - smoothed one_hot) / max(count, 1). With
+    #     overwrite_logits the gradient may be written over the logits buffer (a memory hint).
+    #     A target outside [0, C) that is not ignore_index raises IndexError.
+    def cross_entropy(self, logits: Any, llogits: Layout, targets: Any, ltargets: Layout, ignore_index: int,
+                      label_smoothing: float, overwrite_logits: bool = False) -> tuple[Any, Any, Any]: ...
+
+    # 16. RMSNorm over the last dim: y = x * rstd * w with rstd = 1/sqrt(mean(x^2) + eps) per row;
+    #     returns (y like x, rstd (rows,): f32 for f16/bf16 x, else x's dtype);
+    #     backward returns (gx like x, gw like w)
+    def rmsnorm(self, x: Any, lx: Layout, w: Any, lw: Layout, eps: float) -> tuple[Any, Any]: ...
+    def rmsnorm_backward(self, g: Any, lg: Layout, x: Any, lx: Layout, w: Any, lw: Layout,
+                         rstd: Any, lrstd: Layout) -> tuple[Any, Any]: ...
+
+    # 17. rotary embedding, rotate-half convention, x (..., T, hd) and tables cos, sin (T, hd):
+    #     y = x cos + rotate_half(x) sin; inverse: y = x cos - rotate_half(x) sin (the transpose,
+    #     which is the backward because the tables repeat [c, c] / [s, s] along hd)
+    def rope(self, x: Any, lx: Layout, cos: Any, lcos: Layout, sin: Any, lsin: Layout,
+             inverse: bool = False) -> Any: ...
+
+    # 18. one AdamW step, in place on param, m and v (all dense: offset 0, contiguous, covering
+    #     their buffers); grad any layout of param's shape
+    def adamw_step(self, param: Any, lparam: Layout, grad: Any, lgrad: Layout, m: Any, lm: Layout,
+                   v: Any, lv: Layout, lr: float, beta1: float, beta2: float, eps: float,
+                   weight_decay: float, step: int) -> None: ...
+
+    # 19. wait for queued work (a no-op on synchronous backends)
+    def synchronize(self) -> None: ...
+
+
+CONTRACT = tuple(name for name in Backend.__dict__ if not name.startswith("_") and callable(Backend.__dict__[name]))
+
+
+# ---- one backend instance per device ------------------------------------------------------------
 _instances: dict = {}
 _last_seed: dict = {"seed": None}  # set by seed_all, so a backend created later starts seeded too
 
 
-def backend_for(device: "Device | str"):
+def backend_for(device: "Device | str") -> Backend:
     """The backend object that computes on `device` (created on first use, then reused)."""
     device = as_device(device)
     backend = _instances.get(device)
@@ -80,7 +225,7 @@ def seed_all(seed: int) -> None:
         backend.seed(seed)
 
 
-def _create(device: Device):
+def _create(device: Device) -> Backend:
     if device.kind == "cpu":
         from .cpu import CPUBackend
 
@@ -102,6 +247,6 @@ def _create(device: Device):
     raise BackendUnavailable(f"no backend for device {device}")
 
 
-def loaded_backends() -> list:
+def loaded_backends() -> list[Backend]:
     """Backends created so far (manual_seed seeds each of them)."""
     return list(_instances.values())

@@ -19,7 +19,6 @@ import numpy as np
 
 from ..array import NDArray
 from ..errors import DeersError, DTypeError, describe
-from ..layout import Layout
 from ..tensor import Tensor
 
 REDUCE_OPS = ("sum", "mean", "max", "min")
@@ -192,12 +191,13 @@ def _flat_region(array: NDArray, op_name: str):
     if any(st == 0 and s > 1 for s, st in zip(layout.shape, layout.strides)):
         raise ValueError(f"{op_name}: cannot write in place into a broadcast view ({describe(array)}); "
                          "compact it first")
-    if layout.is_contiguous():
-        return array.buffer[layout.offset:layout.offset + layout.numel], _nothing
-    region = array.compact().buffer
+    region = array.flat_region()
+    if region is not None:
+        return region, _nothing
+    region = array.compact().flat_region()
 
     def write_back() -> None:
-        array.backend.copy(region, Layout(layout.shape), array.buffer, layout)
+        array.write_region(region)
 
     return region, write_back
 

@@ -18,6 +18,7 @@ parameter) and the reduced values are handed back as views of the bucket.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from math import prod
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -26,7 +27,6 @@ from ..autograd import Grads
 from ..creation import tensor
 from ..device import Device
 from ..dtype import DType, f64
-from ..layout import Layout
 from ..tensor import Tensor
 from . import comm
 
@@ -96,18 +96,17 @@ def all_reduce_grads(params: Iterable[Tensor], grads: Grads, op: str = "mean",
         comm.all_reduce_array(flat, op)
         for index, offset in zip(bucket.indices, bucket.offsets):
             shape = arrays[index].shape
-            view = NDArray(flat.buffer, Layout(shape, offset=offset), flat.dtype, flat.device, flat.backend)
-            grads.set_array(present[index], view)  # a view of the bucket, no copy
+            view = flat.narrow(0, offset, prod(shape)).reshape(shape)  # a view of the bucket, no copy
+            grads.set_array(present[index], view)
     return grads
 
 
 def _pack(arrays: list[NDArray], bucket: Bucket) -> NDArray:
     """Copy the arrays back to back into one fresh flat buffer (1 copy per gradient)."""
-    backend = arrays[0].backend
-    buffer = backend.empty(bucket.numel, bucket.dtype)
+    flat = NDArray.empty((bucket.numel,), bucket.dtype, bucket.device)
     for array, offset in zip(arrays, bucket.offsets):
-        backend.copy(array.buffer, array.layout, buffer, Layout(array.shape, offset=offset))
-    return NDArray(buffer, Layout((bucket.numel,)), bucket.dtype, bucket.device, backend)
+        flat.narrow(0, offset, array.numel).reshape(array.shape).assign(array)
+    return flat
 
 
 def broadcast_parameters(params: Iterable[Tensor], src: int = 0) -> None:

@@ -22,8 +22,8 @@ from ..dtype import DType, as_dtype, f32
 from ..errors import DTypeError, ShapeError, describe
 from ..loss import cross_entropy
 from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore, RMSNorm
-from ..ops.attention import apply_rope, masked_softmax
-from ..ops.linear_cross_entropy import linear_cross_entropy
+from ..fused.attention import apply_rope, causal_softmax
+from ..fused.linear_cross_entropy import linear_cross_entropy
 from ..ops.shape import cat
 from ..tensor import Tensor
 
@@ -94,7 +94,7 @@ class CausalSelfAttention(Module):
         self.qkv = Linear(D, 3 * D, bias=False, vb=vb.pp("qkv"), init=Normal(0.0, 0.02))  # rows q, k, v
         self.proj = Linear(D, D, bias=False, vb=vb.pp("proj"), init=Normal(0.0, 0.02))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: LayerCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
         B, T, D = x.shape
         nh, hd = self.n_head, self.head_dim
         qkv = self.qkv(x)  # (B, T, 3D)
@@ -106,8 +106,7 @@ class CausalSelfAttention(Module):
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, S, hd) with S = positions cached + T
         scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
-        S = k.shape[2]  # positions cached + T
-        att = masked_softmax(scores, mask, scale=1.0 / math.sqrt(hd), causal_offset=S - T)  # (B, nh, T, S)
+        att = causal_softmax(scores, scale=1.0 / math.sqrt(hd))  # (B, nh, T, S): row t sees s <= t + S - T
         y = att @ v  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, nh, hd) -> (B, T, D)
         return self.proj(y)
@@ -136,8 +135,8 @@ class GPTBlock(Module):
         self.norm2 = RMSNorm(config.n_embd, eps=config.rms_norm_eps, vb=vb.pp("norm2"))
         self.mlp = MLP(config, vb.pp("mlp"))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: LayerCache | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, mask, cache)  # (B, T, D)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, cache)  # (B, T, D)
         return x + self.mlp(self.norm2(x))  # (B, T, D)
 
 
@@ -166,8 +165,6 @@ class GPT(Module):
         cos, sin = rope_tables(hd, S, config.rope_base)
         self.rope_cos = tensor(cos, dtype=vb.dtype, device=vb.device)  # (S, hd)
         self.rope_sin = tensor(sin, dtype=vb.dtype, device=vb.device)  # (S, hd)
-        causal = np.triu(np.full((S, S), -np.inf), k=1)  # (S, S): 0 where s <= t, -inf where s > t
-        self.causal_mask = tensor(causal, dtype=vb.dtype, device=vb.device)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None):
         """Logits (B, T, V) for token ids idx (B, T); with targets (B, T) also the mean cross-entropy.
@@ -179,7 +176,7 @@ class GPT(Module):
         if targets is None:
             return logits
         self._check_targets(idx, targets)
-        wide = logits if logits.dtype.itemsize >= 4 else logits.to_dtype(f32)  # f16 / bf16: the loss in f32
+        wide = logits.to_dtype(f32) if logits.dtype.is_half else logits  # f16 / bf16: the loss in f32
         return logits, cross_entropy(wide, targets)
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
@@ -192,7 +189,7 @@ class GPT(Module):
         self._check_targets(idx, targets)
         x = self.hidden(idx)  # (B, T, D)
         weight = self.lm_head.weight
-        if x.dtype.itemsize < 4:  # f16 / bf16: the loss in f32
+        if x.dtype.is_half:  # f16 / bf16: the loss in f32
             x, weight = x.to_dtype(f32), weight.to_dtype(f32)
         return linear_cross_entropy(x, weight, targets)
 
@@ -203,10 +200,9 @@ class GPT(Module):
         B, T = idx.shape
         cos = self.rope_cos[start:start + T]  # (T, hd)
         sin = self.rope_sin[start:start + T]  # (T, hd)
-        mask = self.causal_mask[start:start + T, :start + T]  # (T, S) with S = start + T
         x = self.wte(idx)  # (B, T, D)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask, cache.layers[i] if cache is not None else None)  # (B, T, D)
+            x = block(x, cos, sin, cache.layers[i] if cache is not None else None)  # (B, T, D)
         if cache is not None:
             cache.length += T
         return self.norm_f(x)  # (B, T, D)

@@ -11,7 +11,7 @@ from ..device import Device
 from ..dtype import DType
 from ..errors import ShapeError, describe
 from ..ops.indexing import embedding
-from ..ops.norm import rms_norm
+from ..fused.rms_norm import rms_norm
 from ..tensor import Tensor
 from .module import Module
 from .params import Constant, Init, Normal, ParamPath, ParamStore, kaiming_uniform
@@ -94,7 +94,7 @@ class RMSNorm(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_last_dim("RMSNorm", x, self.dim)
-        return rms_norm(x, self.weight, self.eps)  # the fused kernel (deers/ops/norm.py)
+        return rms_norm(x, self.weight, self.eps)  # the fused kernel (deers/fused/rms_norm.py)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"

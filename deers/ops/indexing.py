@@ -22,16 +22,12 @@ class IndexSelect(Op):
 
     def forward(self, a, index):
         self.shape, self.index = a.shape, index
-        out = a._new(a.backend.index_select(a.buffer, a.layout, self.dim, index.buffer, index.layout),
-                     a.shape[:self.dim] + index.shape + a.shape[self.dim + 1:])
-        return out
+        return a.index_select(self.dim, index)  # (..., *index.shape, ...)
 
     def backward(self, g):  # rows picked several times receive the sum of their gradients
-        g = g.reshape(self.shape[:self.dim] + (self.index.numel,) + self.shape[self.dim + 1:])
-        flat_index = self.index.reshape((self.index.numel,))
-        grad = g.backend.index_add(self.shape, g.dtype, self.dim, flat_index.buffer, flat_index.layout,
-                                   g.buffer, g.layout)
-        return g._new(grad, self.shape), None
+        g = g.reshape(self.shape[:self.dim] + (self.index.numel,) + self.shape[self.dim + 1:])  # index flattened
+        flat_index = self.index.reshape((self.index.numel,))  # (n,)
+        return g.index_add_into(self.shape, self.dim, flat_index), None
 
 
 def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
@@ -53,12 +49,10 @@ class Gather(Op):
 
     def forward(self, a, index):
         self.shape, self.index = a.shape, index
-        return a._new(a.backend.gather(a.buffer, a.layout, self.dim, index.buffer, index.layout), index.shape)
+        return a.gather(self.dim, index)
 
     def backward(self, g):  # scatter the gradient back to the gathered positions
-        idx = self.index
-        grad = g.backend.scatter_add(self.shape, g.dtype, self.dim, idx.buffer, idx.layout, g.buffer, g.layout)
-        return g._new(grad, self.shape), None
+        return g.scatter_add_into(self.shape, self.dim, self.index), None
 
 
 def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:

@@ -110,13 +110,13 @@ class Softmax(Op):
         self.name = "log_softmax" if log else "softmax"
 
     def forward(self, a):
-        self.out = a._new(a.backend.softmax(a.buffer, a.layout, self.log), a.shape)
+        self.out = a.softmax(self.log)
         return self.out
 
     def backward(self, g):  # softmax: y (g - sum(g y)); log_softmax: g - softmax sum(g)
         g = g.compact()
         y = self.out
-        return (y._new(y.backend.softmax_backward(y.buffer, g.contiguous_buffer(), y.shape, self.log), y.shape),)
+        return (y.softmax_backward(g, self.log),)
 
 
 def _softmax(x: Tensor, dim, log: bool) -> Tensor:

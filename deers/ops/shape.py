@@ -123,13 +123,12 @@ class View(Op):
 
     def forward(self, a):
         self.input = (a.shape, a.dtype, a.device)
-        return a._with_layout(self.make_layout(a.layout))
+        return a.as_layout(self.make_layout(a.layout))
 
     def backward(self, g):  # the gradient lands in the same view of a zero array
         shape, dtype, device = self.input
         zeros = NDArray.full(shape, 0, dtype, device)
-        target = self.make_layout(Layout(shape))
-        g.backend.copy(g.buffer, g.layout, zeros.buffer, target)
+        zeros.as_layout(self.make_layout(zeros.layout)).assign(g)
         return (zeros,)
 
 
@@ -264,10 +263,10 @@ class Cat(Op):
         self.sizes = [a.shape[self.dim] for a in arrays]
         first = arrays[0]
         shape = first.shape[:self.dim] + (sum(self.sizes),) + first.shape[self.dim + 1:]
-        out = first._new(first.backend.empty(_prod(shape), first.dtype), shape)
+        out = NDArray.empty(shape, first.dtype, first.device)
         start = 0
         for a, size in zip(arrays, self.sizes):
-            first.backend.copy(a.buffer, a.layout, out.buffer, out.layout.narrow(self.dim, start, size))
+            out.narrow(self.dim, start, size).assign(a)
             start += size
         return out
 

@@ -6,14 +6,15 @@ Per parameter and step t (bias-corrected moments, decay applied to the weights d
     m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
     p = p - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
 
-Each update is one call of the backend's fused `adamw_step` (contract item 17) on the flat buffers
-of the parameter, its gradient and its two moments, so a GPU backend does it in one kernel.
+Each update is one fused call (deers/fused/adamw.py: the backend's `adamw_step`, contract item 18)
+on the parameter, its gradient and its two moments, so a GPU backend does it in one kernel.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
 from ..array import NDArray
+from ..fused.adamw import adamw_update
 from ..tensor import Var
 from .optimizer import Optimizer, zeros_like_param
 
@@ -41,9 +42,8 @@ class AdamW(Optimizer):
             state["exp_avg_sq"] = zeros_like_param(param)
         state["step"] += 1
         beta1, beta2 = group["betas"]
-        param.data.backend.adamw_step(param.data.buffer, grad.buffer, state["exp_avg"].buffer,
-                                      state["exp_avg_sq"].buffer, group["lr"], beta1, beta2, group["eps"],
-                                      group["weight_decay"], state["step"])
+        adamw_update(param.data, grad, state["exp_avg"], state["exp_avg_sq"], group["lr"], beta1, beta2,
+                     group["eps"], group["weight_decay"], state["step"])
 
 
 class AdamWConfig:

@@ -25,7 +25,7 @@ def clip_grad_norm(params: Iterable[Var], grads: Grads, max_norm: float, eps: fl
         return 0.0
     per_device: dict = {}  # device -> running sum of squares on that device (one transfer per device)
     for _, g in present:
-        if g.dtype.itemsize < 4:  # f16 / bf16: square and sum in f32
+        if g.dtype.is_half:  # f16 / bf16: square and sum in f32
             g = g.cast(f32)
         square_sum = (g * g).sum()
         per_device[g.device] = square_sum if g.device not in per_device else per_device[g.device] + square_sum

@@ -15,7 +15,6 @@ import numpy as np
 from ..array import NDArray
 from ..autograd import Grads, no_grad
 from ..errors import DeviceError, ShapeError, describe
-from ..layout import Layout
 from ..tensor import Tensor, Var
 
 
@@ -141,11 +140,11 @@ def _check_vars(params: list) -> list[Var]:
 
 
 def _make_flat(p: Var) -> None:
-    """Give `p` its own contiguous buffer starting at 0, so fused updates can run on the flat buffer."""
-    data = p.data
-    if data.is_contiguous() and data.layout.offset == 0 and data.backend_size() == data.numel:
-        return
-    p.data = NDArray(data.contiguous_buffer(), Layout(data.shape), data.dtype, data.device, data.backend)
+    """Give `p` a dense buffer of its own (offset 0, contiguous, nothing else in it), which the
+    fused updates require. Only a Var made over a view of another array (`Var(x.narrow(...))`)
+    is affected: it gets a copy, so its updates no longer show through the array it viewed."""
+    if not p.data.is_dense():
+        p.data = p.data.copy()
 
 
 def _grad_for(p: Var, grad: NDArray) -> NDArray:
@@ -154,8 +153,7 @@ def _grad_for(p: Var, grad: NDArray) -> NDArray:
         raise ShapeError(f"optimizer: gradient of shape {grad.shape} for a parameter {describe(p)}")
     if grad.device != p.device:
         raise DeviceError(f"optimizer: gradient on {grad.device} for a parameter {describe(p)}")
-    grad = grad.cast(p.dtype)
-    return NDArray(grad.contiguous_buffer(), Layout(p.shape), p.dtype, p.device, p.data.backend)
+    return grad.cast(p.dtype).dense()
 
 
 def zeros_like_param(p: Var) -> NDArray:
@@ -165,14 +163,12 @@ def zeros_like_param(p: Var) -> NDArray:
 
 def copy_array(a: NDArray) -> NDArray:
     """A fresh contiguous copy of `a` (state must never alias a gradient or a parameter)."""
-    out = NDArray(a.backend.empty(a.numel, a.dtype), Layout(a.shape), a.dtype, a.device, a.backend)
-    a.backend.copy(a.buffer, a.layout, out.buffer, out.layout)
-    return out
+    return a.copy()
 
 
 def write_into(p: Var, value: NDArray) -> None:
     """Overwrite the parameter's buffer with `value` (same shape), keeping the Var and its buffer."""
-    p.data.backend.copy(value.buffer, value.layout, p.data.buffer, p.data.layout)
+    p.data.assign(value)
 
 
 def _state_array(p: Var, value, where: str) -> NDArray:

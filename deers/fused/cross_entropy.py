@@ -7,14 +7,15 @@ For logits x (N, C), targets t (N,) and label smoothing s, the loss of a row is
 (the cross-entropy against the target distribution (1 - s) one_hot(t_i) + s / C), and its gradient
 is softmax(x_i) - (1 - s) one_hot(t_i) - s / C. Rows whose target is `ignore_index` count for
 nothing. The backend primitive (contract item 15) returns the summed loss, the number of counted
-rows and that gradient already divided by the count, so backward is a single multiply instead of
-the chain log_softmax -> gather -> mean.
+rows and that gradient already divided by the count, so backward is at most one multiply instead
+of the chain log_softmax -> gather -> mean. Nothing is read back to the host.
 """
 from __future__ import annotations
 
 from ..array import NDArray
 from ..autograd import Op
 from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..ops.elementwise import where
 from ..tensor import Tensor, apply
 
 
@@ -27,25 +28,16 @@ class CrossEntropy(Op):
         self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction
 
     def forward(self, logits: NDArray, targets: NDArray) -> NDArray:
-        n, c = logits.shape
-        loss_sum, count, grad = logits.backend.cross_entropy(
-            logits.contiguous_buffer(), targets.contiguous_buffer(), n, c, self.ignore_index,
-            self.label_smoothing)
-        self.grad = logits._new(grad, (n, c))  # (softmax - smoothed one_hot) / count
-        self.count = int(count)
+        loss_sum, count, grad = logits.cross_entropy(targets, self.ignore_index, self.label_smoothing)
         if self.reduction == "sum":
-            value = loss_sum
-        else:  # mean over the counted rows; 0/0 (every row ignored) is nan, as in PyTorch
-            value = loss_sum / self.count if self.count else float("nan")
-        return NDArray.full((), value, logits.dtype, logits.device)
+            self.grad = grad * count.cast(grad.dtype) if self.needs(0) else None  # undo the kernel's / count
+            return loss_sum.cast(logits.dtype)
+        self.grad = grad if self.needs(0) else None  # (softmax - smoothed one_hot) / count
+        # mean over the counted rows; 0/0 (every row ignored) is nan, as in PyTorch
+        return (loss_sum / count.cast(loss_sum.dtype)).cast(logits.dtype)
 
-    def backward(self, g: NDArray):  # d mean = (softmax - one_hot) / count; d sum = softmax - one_hot
-        scale = float(g.numpy()) * (1.0 if self.reduction == "mean" else float(self.count))
-        grad, self.grad = self.grad, None  # handed out once: optimizers may scale it in place
-        if grad is None:
-            raise RuntimeError("cross_entropy: a second backward through the same forward; its gradient went "
-                               "to the first one: run the forward again")
-        return (grad if scale == 1.0 else grad * scale), None  # loss.backward(): no extra pass over (N, C)
+    def backward(self, g: NDArray):  # dloss/dlogits was made in forward: scale it by dL/dloss
+        return self.hand_out(self.grad, g), None
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100, label_smoothing: float = 0.0,
@@ -55,6 +47,21 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100, lab
         raise ValueError(f"cross_entropy op: reduction must be 'mean' or 'sum', got {reduction!r}")
     check_cross_entropy_operands(logits, targets, label_smoothing)
     return apply(CrossEntropy(int(ignore_index), float(label_smoothing), reduction), logits, targets)
+
+
+def cross_entropy_reference(logits: Tensor, targets: Tensor, ignore_index: int = -100,
+                            label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+    """The same loss from core ops: log_softmax, gather, where, sum (for tests and for reading)."""
+    n, c = logits.shape
+    log_probs = logits.log_softmax(dim=-1)  # (N, C)
+    valid = targets.ne(ignore_index)  # (N,) bool
+    safe = where(valid, targets, 0).reshape(n, 1)  # (N, 1): ignored rows pick class 0, masked below
+    picked = -log_probs.gather(1, safe).reshape(n)  # (N,) -log p[t]
+    per_row = picked * (1.0 - label_smoothing) - log_probs.mean(dim=-1) * label_smoothing
+    total = where(valid, per_row, 0.0).sum()
+    if reduction == "sum":
+        return total
+    return total / valid.to_dtype(logits.dtype).sum()
 
 
 def check_cross_entropy_operands(logits: Tensor, targets: Tensor, label_smoothing: float) -> None:

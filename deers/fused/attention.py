@@ -1,0 +1,99 @@
+"""Fused pieces of causal self-attention: the rotary position embedding and the causal softmax.
+
+Both can be written from core ops (`apply_rope_reference`, `causal_softmax_reference`: narrow,
+neg, cat, mul, add, where, softmax); each is one Op here so the attention of a GPT block records
+two graph nodes instead of a dozen, keeps no intermediate copies for its backward, and (causal
+softmax) never exponentiates the scores a query cannot see.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Op
+from ..creation import tensor
+from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..ops.elementwise import where
+from ..ops.shape import cat
+from ..tensor import Tensor, apply
+
+
+class RoPE(Op):
+    """Rotary position embedding, rotate-half convention: y = x * cos + rotate_half(x) * sin.
+
+    x is (..., T, hd); cos and sin are (T, hd) tables repeating [c, c] and [s, s] along hd
+    (constants: they get no gradient).
+    """
+
+    name = "rope"
+
+    def forward(self, x, cos, sin):
+        self.cos, self.sin = cos, sin
+        return x.rope(cos, sin)
+
+    def backward(self, g):
+        # y = x cos + R x sin with R^T = -R and R commuting with the [s, s] table: dx = g cos - R(g) sin
+        return g.rope(self.cos, self.sin, inverse=True), None, None
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (..., T, hd) by the position tables cos, sin (T, hd)."""
+    _check_rope(x, cos, sin)
+    return apply(RoPE(), x, cos, sin)
+
+
+def apply_rope_reference(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """The same from core ops: x * cos + cat(-x[..., hd/2:], x[..., :hd/2]) * sin."""
+    _check_rope(x, cos, sin)
+    half = x.shape[-1] // 2
+    last = x.ndim - 1
+    rotated = cat([-x.narrow(last, half, half), x.narrow(last, 0, half)], last)  # rotate_half(x)
+    return x * cos + rotated * sin
+
+
+def _check_rope(x: Tensor, cos: Tensor, sin: Tensor) -> None:
+    T, hd = x.shape[-2], x.shape[-1]
+    if hd % 2 or cos.shape != (T, hd) or sin.shape != (T, hd):
+        raise ShapeError(f"rope: x {describe(x)} needs an even last dim and cos/sin tables of shape ({T}, {hd}), "
+                         f"got cos {describe(cos)} and sin {describe(sin)}")
+    if cos.device != x.device or sin.device != x.device:
+        raise DeviceError(f"rope: x {describe(x)} and cos {describe(cos)} are on different devices")
+    if cos.dtype is not x.dtype or sin.dtype is not x.dtype:
+        raise DTypeError(f"rope: x {describe(x)} and the tables cos {describe(cos)} differ in dtype")
+
+
+class CausalSoftmax(Op):
+    """softmax(scores * scale) over the last dim of (..., T, S) scores, where query row t sees the
+    key columns s <= t + S - T only (S - T earlier positions come from a KV cache); the others get
+    probability exactly 0. The backend skips the columns no row can see (contract item 14)."""
+
+    name = "causal_softmax"
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def forward(self, scores):
+        z = scores if self.scale == 1.0 else scores * self.scale  # (..., T, S)
+        self.out = z.softmax(causal=True)
+        return self.out
+
+    def backward(self, g):
+        # d softmax(z) = y (g - sum(g y)), dz/dscores = scale; masked entries have y = 0, so they get 0
+        gz = self.out.softmax_backward(g)
+        return (gz if self.scale == 1.0 else gz * self.scale,)
+
+
+def causal_softmax(scores: Tensor, scale: float = 1.0) -> Tensor:
+    """Causal attention probabilities softmax(scores * scale, dim=-1) for scores (..., T, S), S >= T."""
+    if scores.ndim < 2 or scores.shape[-1] < scores.shape[-2]:
+        raise ShapeError(f"causal_softmax: needs scores (..., T, S) with S >= T, got {describe(scores)}")
+    if not scores.dtype.is_float:
+        raise DTypeError(f"causal_softmax: needs floating-point scores, got {describe(scores)}")
+    return apply(CausalSoftmax(float(scale)), scores)
+
+
+def causal_softmax_reference(scores: Tensor, scale: float = 1.0) -> Tensor:
+    """The same from core ops: where(s <= t + S - T, scores * scale, -inf), then softmax."""
+    T, S = scores.shape[-2], scores.shape[-1]
+    visible = np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)  # (T, S) bool
+    mask = tensor(visible, device=scores.device)
+    return where(mask, scores * scale, float("-inf")).softmax(dim=-1)
