@@ -1,15 +1,19 @@
 """Tokenizer: a thin wrapper over a tiktoken byte-level BPE encoding (GPT-2's by default).
 
-tiktoken downloads GPT-2's vocabulary on first use and caches it; with no network, point
-`TIKTOKEN_CACHE_DIR` at a folder holding the cached files, or load a local `.tiktoken` rank file
-with `Tokenizer.from_tiktoken_file`. `tiktoken` is an optional dependency (`pip install deers[train]`).
+GPT-2's rank file ships inside the package (`deers/data/gpt2.tiktoken`, see its NOTICE.md), so
+`Tokenizer.gpt2()` needs no download, no cache and no network, and gives exactly tiktoken's
+"gpt2" tokens. `Tokenizer.from_tiktoken_file` loads any other `.tiktoken` rank file. tiktoken,
+the BPE engine, is an optional dependency (`pip install deers[train]`).
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .data import GPT2_RANK_FILE, data_path
 from .errors import DeersError
 
 EOT_TEXT = "<|endoftext|>"
@@ -17,10 +21,12 @@ EOT_TEXT = "<|endoftext|>"
 # GPT-2's pre-tokenization regex (tiktoken's r50k_base / gpt2 pattern): contractions, letter runs,
 # digit runs, punctuation runs, whitespace — each optionally led by one space.
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT2_EOT = 50256  # <|endoftext|>, right after the 50,256 ranks
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # tiktoken's own check
 
 
 class TokenizerUnavailable(DeersError, RuntimeError):
-    """The vocabulary could not be loaded (no cached copy and no network, or tiktoken is missing)."""
+    """The vocabulary could not be loaded (tiktoken is missing, or the rank file is missing or damaged)."""
 
 
 def _tiktoken():
@@ -29,6 +35,30 @@ def _tiktoken():
     except ImportError as err:
         raise TokenizerUnavailable("the tokenizer needs the tiktoken package: pip install 'deers[train]'") from err
     return tiktoken
+
+
+def read_rank_file(path: "str | Path", sha256: str | None = None) -> dict[bytes, int]:
+    """The ranks of a `.tiktoken` file: one line `base64(token bytes) rank` per token.
+
+    Read directly rather than with `tiktoken.load.load_tiktoken_bpe`, which also copies every
+    file it reads into tiktoken's download cache. With `sha256`, a file whose hash differs raises
+    TokenizerUnavailable.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise TokenizerUnavailable(f"{path} is damaged: its sha256 is {hashlib.sha256(data).hexdigest()}, "
+                                   f"expected {sha256}; reinstall deers")
+    ranks = {}
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError as err:
+            raise ValueError(f"{path}, line {number}: expected 'base64(token) rank', got {line[:60]!r}") from err
+    return ranks
 
 
 class Tokenizer:
@@ -43,18 +73,14 @@ class Tokenizer:
 
     @classmethod
     def gpt2(cls) -> "Tokenizer":
-        """GPT-2's BPE: 50,257 tokens, `<|endoftext|>` = 50256 (downloaded once, then cached by tiktoken)."""
+        """GPT-2's BPE: 50,257 tokens, `<|endoftext|>` = 50256, from the rank file inside the package."""
         tiktoken = _tiktoken()
-        try:
-            encoding = tiktoken.get_encoding("gpt2")
-        except Exception as err:  # tiktoken raises network, hash and import errors of several kinds
-            cache = os.environ.get("TIKTOKEN_CACHE_DIR")
-            where = f"TIKTOKEN_CACHE_DIR={cache} does not hold them" if cache else "TIKTOKEN_CACHE_DIR is not set"
-            raise TokenizerUnavailable(
-                f"could not load the GPT-2 vocabulary ({type(err).__name__}: {err}); {where}. Fix: set "
-                f"TIKTOKEN_CACHE_DIR to a folder with tiktoken's cached GPT-2 files, or go online once so "
-                f"tiktoken can download them, or load a local rank file with "
-                f"Tokenizer.from_tiktoken_file('gpt2.tiktoken')") from err
+        path = data_path(GPT2_RANK_FILE)
+        if not path.is_file():
+            raise TokenizerUnavailable(f"GPT-2's rank file {path} is missing from this installation; reinstall deers")
+        ranks = read_rank_file(path, sha256=GPT2_RANKS_SHA256)
+        encoding = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
+                                     special_tokens={EOT_TEXT: GPT2_EOT}, explicit_n_vocab=GPT2_EOT + 1)
         return cls(encoding)
 
     @classmethod
@@ -66,12 +92,10 @@ class Tokenizer:
         `gpt2.tiktoken` gives the usual id 50256.
         """
         tiktoken = _tiktoken()
-        from tiktoken.load import load_tiktoken_bpe
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tiktoken rank file {path} does not exist")
-        ranks = load_tiktoken_bpe(str(path))
+        ranks = read_rank_file(path)
         if special_tokens is None:
             special_tokens = {EOT_TEXT: len(ranks)}
         encoding = tiktoken.Encoding(name=name or path.stem, pat_str=pat_str, mergeable_ranks=ranks,
