@@ -25,6 +25,7 @@ import tempfile
 import numpy as np
 
 from deers.backend.cuda import plan
+from deers.dtype import is_half_numpy
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deers", "backend", "cuda")
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emulator_shim.h")
@@ -153,7 +154,7 @@ class HostRuntime:
         self.allow_tf32_seen.append(allow_tf32)
         if x.dtype.name == "bfloat16" and not self.bf16_gemm:
             raise TypeError("dtype is not supported: bfloat16")
-        if x.dtype.itemsize == 2:
+        if is_half_numpy(x.dtype):
             out[...] = np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(out.dtype)
         else:
             np.matmul(x, y, out=out)

@@ -14,8 +14,8 @@ mx = pytest.importorskip("mlx.core")
 
 import deers  # noqa: E402
 from deers.backend import backend_for  # noqa: E402
+from deers.fused.attention import apply_rope  # noqa: E402
 from deers.layout import Layout  # noqa: E402
-from deers.ops.attention import apply_rope  # noqa: E402
 import device_oracle  # noqa: E402
 from device_oracle import F, LAYOUTS, LOW_PRECISION, OPS  # noqa: E402
 
@@ -208,9 +208,10 @@ def test_adamw_step_updates_buffers_in_place_like_the_cpu_backend():
     mps = [backend.from_numpy(a, deers.f32) for a in (param, grad, m, v)]
     before = mps[0]
     earlier_result = mps[0] * 1.0  # computed (lazily) before the update: must keep the old values
+    dense = Layout((50,))
     for step in (1, 2, 3):
-        backend_for("cpu").adamw_step(*cpu, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
-        backend.adamw_step(*mps, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        backend_for("cpu").adamw_step(*(x for a in cpu for x in (a, dense)), 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        backend.adamw_step(*(x for a in mps for x in (a, dense)), 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
     assert mps[0] is before
     for got, expected in zip(mps, cpu):
         np.testing.assert_allclose(np.array(got), expected, atol=1e-6, rtol=1e-5)
@@ -238,20 +239,23 @@ def test_cross_entropy_primitive_matches_cpu(dtype, smoothing):
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((n, c)).astype(dtype.numpy)
     targets = np.array([0, 6, -100, 3, 3, 1], np.int64)
-    cpu = backend_for("cpu").cross_entropy(logits.astype(np.float32).reshape(-1), targets, n, c, -100, smoothing)
+    rows, cols = Layout((n, c)), Layout((n,))
+    cpu = backend_for("cpu").cross_entropy(logits.astype(np.float32).reshape(-1), rows, targets, cols, -100,
+                                           smoothing)
     backend = backend_for(MPS)
-    got = backend.cross_entropy(backend.from_numpy(logits, dtype), backend.from_numpy(targets, deers.i64),
-                                n, c, -100, smoothing)
+    got = backend.cross_entropy(backend.from_numpy(logits, dtype), rows, backend.from_numpy(targets, deers.i64),
+                                cols, -100, smoothing)
     atol, rtol = TOL[dtype.name]
-    assert got[1] == cpu[1] == 5
-    assert isinstance(got[0], float)
-    np.testing.assert_allclose(got[0], cpu[0], rtol=1e-5)  # computed in f32 whatever the dtype
+    one = Layout((1,))
+    assert backend.to_numpy(got[1], one)[0] == cpu[1][0] == 5  # 1-element device buffers
+    assert backend.to_numpy(got[0], one).dtype == np.float32  # computed in f32 whatever the dtype
+    np.testing.assert_allclose(backend.to_numpy(got[0], one), cpu[0], rtol=1e-5)
     assert got[2].dtype == backend.from_numpy(logits[:1], dtype).dtype
     np.testing.assert_allclose(backend.to_numpy(got[2], Layout((n * c,))).astype(np.float64), cpu[2],
                                atol=atol, rtol=rtol)
     with pytest.raises(IndexError, match="cross_entropy"):
-        backend.cross_entropy(backend.from_numpy(logits, dtype), backend.from_numpy(targets + 7, deers.i64),
-                              n, c, -93, smoothing)
+        backend.cross_entropy(backend.from_numpy(logits, dtype), rows, backend.from_numpy(targets + 7, deers.i64),
+                              cols, -93, smoothing)
 
 
 def test_rope_matches_cpu():

@@ -2,7 +2,9 @@
 
 Buffers are flat 1-D NumPy arrays. `_view` turns (buffer, layout) into a strided NumPy view
 without copying, so every primitive runs on the layout as it is (permuted, broadcast, narrowed);
-matmul goes straight to BLAS through numpy.matmul.
+matmul goes straight to BLAS through numpy.matmul. The fused primitives (14-18) compact an
+operand only where their loops need rows, and run those loops blocked and threaded in
+cpu_kernels.py. f16 / bf16 compute in f32 and round once (`is_half_numpy`).
 """
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from math import prod
 
 import numpy as np
 
-from ..dtype import DType
+from ..dtype import DType, is_half_numpy
 from ..layout import Layout, contiguous_strides
-from . import cpu_kernels
+from . import COMPARISONS, cpu_kernels
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
@@ -23,7 +25,6 @@ _BINARY = {
     "maximum": np.maximum, "minimum": np.minimum,
     "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
 }
-_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
 
 
 def _view(buf: np.ndarray, layout: Layout) -> np.ndarray:
@@ -122,15 +123,15 @@ class CPUBackend:
 
     def binary(self, name: str, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout,
                out: np.ndarray | None = None) -> np.ndarray:
-        res = np.empty(la.numel, bool if name in _COMPARE else a.dtype) if out is None else out
+        res = np.empty(la.numel, bool if name in COMPARISONS else a.dtype) if out is None else out
         _BINARY[name](_view(a, la), _view(b, lb), out=res.reshape(la.shape))
         return res
 
     def scalar(self, name: str, a: np.ndarray, la: Layout, value, reverse: bool = False,
                out: np.ndarray | None = None) -> np.ndarray:
-        res = np.empty(la.numel, bool if name in _COMPARE else a.dtype) if out is None else out
+        res = np.empty(la.numel, bool if name in COMPARISONS else a.dtype) if out is None else out
         x = _view(a, la)
-        value = a.dtype.type(value) if name not in _COMPARE else value
+        value = a.dtype.type(value) if name not in COMPARISONS else value
         if reverse:
             _BINARY[name](value, x, out=res.reshape(la.shape))
         else:
@@ -146,7 +147,7 @@ class CPUBackend:
     # 9. reductions -----------------------------------------------------------------------------
     def reduce(self, name: str, a: np.ndarray, la: Layout, axes: tuple[int, ...]) -> np.ndarray:
         x = _view(a, la)
-        if name == "sum" and a.dtype.itemsize < 4 and a.dtype.kind not in "biu":
+        if name == "sum" and is_half_numpy(a.dtype):
             # f16 / bf16: accumulate in f32 like PyTorch, round once at the end
             res = np.sum(x, axis=axes, keepdims=True, dtype=np.float32).astype(a.dtype)
         elif name == "sum":
@@ -166,7 +167,7 @@ class CPUBackend:
     def matmul(self, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout) -> np.ndarray:
         x, y = _view(a, la), _view(b, lb)
         out_shape = la.shape[:-1] + (lb.shape[-1],)
-        if a.dtype.itemsize < 4:  # f16 / bf16: NumPy has no half GEMM; compute in f32, round once
+        if is_half_numpy(a.dtype):  # f16 / bf16: NumPy has no half GEMM; compute in f32, round once
             return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(a.dtype).reshape(-1)
         res = np.empty(prod(out_shape), a.dtype)
         np.matmul(x, y, out=res.reshape(out_shape))
@@ -203,53 +204,100 @@ class CPUBackend:
     def copy(self, src: np.ndarray, lsrc: Layout, dst: np.ndarray, ldst: Layout) -> None:
         _view(dst, ldst)[...] = _view(src, lsrc)
 
-    # 14-17. fused kernels ----------------------------------------------------------------------
-    def softmax(self, a: np.ndarray, la: Layout, log: bool) -> np.ndarray:
+    # 14-18. fused primitives -----------------------------------------------------------------
+    def softmax(self, a: np.ndarray, la: Layout, log: bool, causal: bool = False) -> np.ndarray:
+        """Over the last dim of any layout; causal: la is (..., T, S) and row t sees s <= t + S - T
+        (cpu_kernels.causal_softmax skips what no row sees). f16 / bf16 computed in f32, rounded once."""
         x = _view(a, la)
-        if a.dtype.itemsize < 4:  # f16 / bf16: compute in f32, round once
-            return self.softmax(x.astype(np.float32).reshape(-1), Layout(la.shape), log).astype(a.dtype)
-        c = la.shape[-1] if la.shape else 1
-        rows = np.ascontiguousarray(x).reshape(-1, c)  # (rows, C): a view when already contiguous
-        return cpu_kernels.softmax(self.pool, rows, log).reshape(-1)
+        half = is_half_numpy(a.dtype)
+        if half:
+            x = x.astype(np.float32)  # also compacts
+        if causal:
+            if la.ndim < 2:
+                raise ValueError(f"softmax: causal needs (..., T, S) scores, got shape {la.shape}")
+            res = cpu_kernels.causal_softmax(self.pool, x, log)
+        else:
+            c = la.shape[-1] if la.shape else 1
+            res = cpu_kernels.softmax(self.pool, np.ascontiguousarray(x).reshape(-1, c), log)
+        return (res.astype(a.dtype) if half else res).reshape(-1)
 
-    def softmax_backward(self, y: np.ndarray, g: np.ndarray, shape: tuple[int, ...], log: bool) -> np.ndarray:
-        if y.dtype.itemsize < 4:  # f16 / bf16: compute in f32, round once
-            res = self.softmax_backward(y.astype(np.float32), g.astype(np.float32), shape, log)
-            return res.astype(y.dtype)
-        c = shape[-1] if shape else 1
-        return cpu_kernels.softmax_backward(self.pool, y.reshape(-1, c), g.reshape(-1, c), log).reshape(-1)
+    def softmax_backward(self, y: np.ndarray, ly: Layout, g: np.ndarray, lg: Layout, log: bool,
+                         causal: bool = False) -> np.ndarray:
+        """dx from y = (log-)softmax(x) and dy = g (causal: y came from a causal softmax)."""
+        c = ly.shape[-1] if ly.shape else 1
+        compute = np.float32 if is_half_numpy(y.dtype) else y.dtype  # f16 / bf16: f32, rounded once
+        ys = np.ascontiguousarray(_view(y, ly), dtype=compute).reshape(-1, c)
+        gs = np.ascontiguousarray(_view(g, lg), dtype=compute).reshape(-1, c)
+        res = cpu_kernels.softmax_backward(self.pool, ys, gs, log, causal)
+        return res.astype(y.dtype, copy=False).reshape(-1)
 
-    def cross_entropy(self, logits: np.ndarray, targets: np.ndarray, n: int, c: int, ignore_index: int,
-                      label_smoothing: float, overwrite_logits: bool = False) -> tuple[float, int, np.ndarray]:
-        return cpu_kernels.cross_entropy(self.pool, logits.reshape(n, c), targets, ignore_index, label_smoothing,
+    def cross_entropy(self, logits: np.ndarray, llogits: Layout, targets: np.ndarray, ltargets: Layout,
+                      ignore_index: int, label_smoothing: float,
+                      overwrite_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(loss_sum, count, dlogits / count) of logits (N, C) in any layout (compacted first)."""
+        x = np.ascontiguousarray(_view(logits, llogits))  # the buffer itself when already dense
+        return cpu_kernels.cross_entropy(self.pool, x, _view(targets, ltargets), ignore_index, label_smoothing,
                                          overwrite_logits)
 
-    def rmsnorm(self, x: np.ndarray, w: np.ndarray, rows: int, d: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
-        if x.dtype.itemsize < 4:  # f16 / bf16 (einsum has no bf16): compute in f32, round y once, keep rstd f32
-            y, rstd = self.rmsnorm(x.astype(np.float32), w.astype(np.float32), rows, d, eps)
-            return y.astype(x.dtype), rstd
-        xv = x.reshape(rows, d)
-        rstd = 1.0 / np.sqrt(np.einsum("ij,ij->i", xv, xv) / d + eps)  # (rows,)
-        rstd = rstd.astype(x.dtype)
+    def rmsnorm(self, x: np.ndarray, lx: Layout, w: np.ndarray, lw: Layout, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        """y = x rstd w over the last dim, rstd = 1/sqrt(mean(x^2) + eps) per row (kept for the backward).
+        f16 / bf16 (einsum has no bf16) computed in f32: y rounded once, rstd kept in f32."""
+        half = is_half_numpy(x.dtype)
+        compute = np.float32 if half else x.dtype
+        rows, d = prod(lx.shape[:-1]), lx.shape[-1]
+        xv = np.ascontiguousarray(_view(x, lx), dtype=compute).reshape(rows, d)
+        rstd = (1.0 / np.sqrt(np.einsum("ij,ij->i", xv, xv) / d + eps)).astype(compute, copy=False)  # (rows,)
         y = xv * rstd[:, None]
-        y *= w
-        return y.reshape(-1), rstd
+        y *= _view(w, lw).astype(compute, copy=False)
+        return (y.astype(x.dtype) if half else y).reshape(-1), rstd
 
-    def rmsnorm_backward(self, g: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarray, rows: int,
-                         d: int) -> tuple[np.ndarray, np.ndarray]:
-        if x.dtype.itemsize < 4:  # f16 / bf16: compute in f32, round once
-            gx, gw = self.rmsnorm_backward(g.astype(np.float32), x.astype(np.float32), w.astype(np.float32),
-                                           rstd.astype(np.float32), rows, d)
-            return gx.astype(x.dtype), gw.astype(w.dtype)
-        gv, xv = g.reshape(rows, d), x.reshape(rows, d)
-        xhat = xv * rstd[:, None]
-        gw = np.einsum("ij,ij->j", gv, xhat)
-        gxhat = gv * w
-        # dx = rstd * (gxhat - xhat * mean(gxhat * xhat))
+    def rmsnorm_backward(self, g: np.ndarray, lg: Layout, x: np.ndarray, lx: Layout, w: np.ndarray, lw: Layout,
+                         rstd: np.ndarray, lrstd: Layout) -> tuple[np.ndarray, np.ndarray]:
+        """(dx, dw) of y = xhat w with xhat = x rstd; f16 / bf16 computed in f32, rounded once."""
+        compute = np.float32 if is_half_numpy(x.dtype) else x.dtype
+        rows, d = prod(lx.shape[:-1]), lx.shape[-1]
+        gv = np.ascontiguousarray(_view(g, lg), dtype=compute).reshape(rows, d)
+        r = _view(rstd, lrstd).astype(compute, copy=False)[:, None]  # (rows, 1)
+        xhat = np.ascontiguousarray(_view(x, lx), dtype=compute).reshape(rows, d) * r
+        gw = np.einsum("ij,ij->j", gv, xhat)  # dw = sum over rows of g xhat
+        gxhat = gv * _view(w, lw).astype(compute, copy=False)
+        # dx = rstd (gxhat - xhat mean(gxhat xhat)): d rstd/dx = -rstd^3 x / D folds into the projection
         proj = np.einsum("ij,ij->i", gxhat, xhat) / d
-        gx = (gxhat - xhat * proj[:, None].astype(x.dtype)) * rstd[:, None]
-        return gx.reshape(-1), gw.astype(w.dtype)
+        gx = (gxhat - xhat * proj[:, None].astype(compute, copy=False)) * r
+        return gx.astype(x.dtype, copy=False).reshape(-1), gw.astype(w.dtype, copy=False)
 
-    def adamw_step(self, param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
-                   beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
-        cpu_kernels.adamw_step(self.pool, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
+    def rope(self, x: np.ndarray, lx: Layout, cos: np.ndarray, lcos: Layout, sin: np.ndarray, lsin: Layout,
+             inverse: bool = False) -> np.ndarray:
+        """Rotate x (..., T, hd) by the (T, hd) tables: y = x cos + rotate_half(x) sin (inverse: - sin).
+        f16 / bf16 computed in f32, rounded once."""
+        _check_rope(lx, lcos, lsin)
+        compute = np.float32 if is_half_numpy(x.dtype) else x.dtype
+        xv, c, s = (_view(b, lay).astype(compute, copy=False) for b, lay in ((x, lx), (cos, lcos), (sin, lsin)))
+        return cpu_kernels.rope(xv, c, s, inverse).astype(x.dtype, copy=False).reshape(-1)
+
+    def adamw_step(self, param: np.ndarray, lparam: Layout, grad: np.ndarray, lgrad: Layout, m: np.ndarray,
+                   lm: Layout, v: np.ndarray, lv: Layout, lr: float, beta1: float, beta2: float, eps: float,
+                   weight_decay: float, step: int) -> None:
+        """In place on the dense param, m and v; grad may be any layout of param's shape."""
+        for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
+            _check_dense(buf, layout, what)
+        g = np.ascontiguousarray(_view(grad, lgrad)).reshape(-1)  # no copy when grad is dense
+        cpu_kernels.adamw_step(self.pool, param, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+
+    # 19. synchronize ---------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        """NumPy is synchronous: nothing is ever queued."""
+
+
+def _check_rope(lx: Layout, lcos: Layout, lsin: Layout) -> None:
+    """rope's shapes: x (..., T, hd) with hd even, tables (T, hd)."""
+    if lx.ndim < 2 or lx.shape[-1] % 2 or lcos.shape != lx.shape[-2:] or lsin.shape != lx.shape[-2:]:
+        raise ValueError(f"rope: x of shape {lx.shape} needs an even last dim and cos/sin tables of shape "
+                         f"{lx.shape[-2:]}, got {lcos.shape} and {lsin.shape}")
+
+
+def _check_dense(buf: np.ndarray, layout: Layout, what: str) -> None:
+    """adamw_step updates whole buffers in place: each must be read by a dense layout covering it."""
+    if layout.offset != 0 or not layout.is_contiguous() or layout.numel != buf.size:
+        raise ValueError(f"adamw_step: {what} must be dense (offset 0, contiguous, covering its buffer of "
+                         f"{buf.size} elements), got {layout}")

@@ -1,4 +1,5 @@
-"""The CPU backend's fused kernels, written for speed on NumPy: cross-entropy and AdamW.
+"""The CPU backend's fused kernels, written for speed on NumPy: softmax (causal too),
+cross-entropy, RoPE and AdamW.
 
 Two habits make them fast. (1) Work in blocks small enough to stay in cache, so the several
 NumPy passes a formula needs read cache, not memory. (2) Split the blocks across threads: NumPy
@@ -14,6 +15,7 @@ import numpy as np
 
 BLOCK_BYTES = 1 << 18  # 256 KiB of one operand per AdamW block: every pass of a block stays in L2
 ROW_BLOCK_BYTES = 1 << 20  # cross-entropy rows per block: ~1 MiB (fewer, longer NumPy calls per thread)
+CAUSAL_ROW_BLOCK = 32  # query rows per block of the causal softmax
 
 
 class RowPool:
@@ -38,10 +40,12 @@ class RowPool:
 
 
 def cross_entropy(pool: RowPool, x: np.ndarray, targets: np.ndarray, ignore_index: int,
-                  label_smoothing: float, overwrite_logits: bool = False) -> tuple[float, int, np.ndarray]:
-    """Loss sum, counted rows and dlogits / count for logits x (N, C) and targets (N,).
+                  label_smoothing: float, overwrite_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Loss sum, counted rows and dlogits / count for contiguous logits x (N, C) and targets (N,).
 
-    With overwrite_logits the gradient is written over x (no fresh (N, C) buffer to fault in).
+    The loss sum is a 1-element buffer (f64 for f64 logits, else f32; summed in f64), the count a
+    1-element i64 buffer, the gradient flat in x's dtype. With overwrite_logits the gradient is
+    written over x (no fresh (N, C) buffer to fault in).
 
     loss_i = logsumexp(x_i) - (1 - s) x_i[t_i] - s mean(x_i);
     dloss_i/dx_i = softmax(x_i) - (1 - s) one_hot(t_i) - s / C (zero for ignored rows).
@@ -80,7 +84,8 @@ def cross_entropy(pool: RowPool, x: np.ndarray, targets: np.ndarray, ignore_inde
                 g[ignored] = 0
 
     pool.run(n, rows, min_per_thread=max(1, 4096 // max(c, 1)))
-    return float(row_loss[valid].sum()), count, grad.reshape(-1)
+    loss_dtype = np.float64 if x.dtype == np.float64 else np.float32
+    return (np.array([row_loss[valid].sum()], loss_dtype), np.array([count], np.int64), grad.reshape(-1))
 
 
 def adamw_step(pool: RowPool, param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
@@ -142,10 +147,56 @@ def softmax(pool: RowPool, x: np.ndarray, log: bool) -> np.ndarray:
     return out
 
 
-def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool) -> np.ndarray:
+def causal_softmax(pool: RowPool, x: np.ndarray, log: bool) -> np.ndarray:
+    """(log-)softmax over the last dim of attention scores x (..., T, S) (any strides), where query
+    row t sees key columns s <= t + S - T only; the others get exactly 0 (log: -inf).
+
+    Rows go in blocks of CAUSAL_ROW_BLOCK; a block reads and exponentiates only the columns its
+    last row can see, so about half of a causal square is never touched, and the triangle inside
+    the block is masked with -inf before the exp. Blocks are independent and are dealt out to the
+    threads round-robin (later blocks are wider). A row that sees no column (t < T - S) is all 0.
+    """
+    t_rows, s_cols = x.shape[-2], x.shape[-1]
+    offset = s_cols - t_rows  # row t sees columns s <= t + offset
+    first = max(0, -offset)  # rows before `first` see nothing
+    out = np.zeros(x.shape, x.dtype)  # zero pages: the skipped columns cost nothing
+    if log:
+        out[..., :first, :] = -np.inf
+    starts = list(range(first, t_rows, CAUSAL_ROW_BLOCK))
+
+    def block(r0: int) -> None:
+        r1 = min(t_rows, r0 + CAUSAL_ROW_BLOCK)
+        width = min(s_cols, r1 + offset)  # the columns the block's last row sees (>= 1)
+        cols = np.arange(width)[None, :]
+        # the triangle inside the block: 0 where visible, -inf where row r0 + i may not look
+        mask = np.where(cols <= np.arange(r0, r1)[:, None] + offset, 0.0, -np.inf).astype(x.dtype)
+        o = out[..., r0:r1, :width]
+        np.add(x[..., r0:r1, :width], mask, out=o)
+        o -= o.max(axis=-1, keepdims=True)
+        if log:  # z - max - log(sum(exp(z - max)))
+            o -= np.log(np.exp(o).sum(axis=-1, keepdims=True))
+            out[..., r0:r1, width:] = -np.inf
+        else:
+            np.exp(o, out=o)
+            o /= o.sum(axis=-1, keepdims=True)
+
+    parts = 1 if x.size < (1 << 16) else min(pool.threads, len(starts))
+
+    def deal(start: int, stop: int) -> None:
+        for part in range(start, stop):
+            for r0 in starts[part::parts]:
+                block(r0)
+
+    pool.run(parts, deal)
+    return out
+
+
+def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool, causal: bool = False) -> np.ndarray:
     """Gradient through (log-)softmax over the last dim of 2-D arrays, from its output y.
 
-    softmax: dx = y (g - sum(g y));  log_softmax: dx = g - exp(y) sum(g)
+    softmax: dx = y (g - sum(g y)) (masked entries have y = 0, so causal needs nothing more);
+    log_softmax: dx = g - exp(y) sum(g); causal: masked entries (y = -inf) get no gradient and
+    their g is left out of the sum.
     """
     rows_total, c = y.shape
     out = np.empty_like(y)
@@ -156,6 +207,8 @@ def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool) -> 
             r1 = min(r0 + block, stop)
             ys, gs, o = y[r0:r1], g[r0:r1], out[r0:r1]
             if log:
+                if causal:
+                    gs = np.where(np.isneginf(ys), 0, gs)
                 np.exp(ys, out=o)
                 o *= gs.sum(axis=1, keepdims=True)
                 np.subtract(gs, o, out=o)
@@ -166,4 +219,22 @@ def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool) -> 
                 o *= ys
 
     pool.run(rows_total, rows, min_per_thread=max(1, (1 << 16) // max(c, 1)))
+    return out
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, inverse: bool) -> np.ndarray:
+    """Rotary embedding, rotate-half convention, of x (..., T, hd) by tables cos, sin (T, hd):
+
+    y = x cos + rotate_half(x) sin with rotate_half(x) = [-x2, x1] (x1, x2 the two halves of hd);
+    inverse: y = x cos - rotate_half(x) sin. Two half-width passes per output half, no concat.
+    """
+    half = x.shape[-1] // 2
+    out = np.empty(x.shape, x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    y1, y2 = out[..., :half], out[..., half:]
+    minus, plus = (np.add, np.subtract) if inverse else (np.subtract, np.add)
+    np.multiply(x1, cos[:, :half], out=y1)  # y1 = x1 c1 - x2 s1   (inverse: + x2 s1)
+    minus(y1, x2 * sin[:, :half], out=y1)
+    np.multiply(x2, cos[:, half:], out=y2)  # y2 = x2 c2 + x1 s2   (inverse: - x1 s2)
+    plus(y2, x1 * sin[:, half:], out=y2)
     return out

@@ -9,7 +9,7 @@ Lazy evaluation. MLX records a graph and computes only when a value is needed. D
 values at a few explicit points, and only there does this backend force evaluation:
   * `to_numpy` (and so `Tensor.numpy()` / `item()`) copies to the host, which evaluates;
   * index bounds checks read the index's min/max on the host (IndexError before any gather);
-  * `cross_entropy` returns the loss sum and count as Python numbers;
+  * `cross_entropy` reads the count and the targets' range (the loss and gradient stay lazy);
   * `adamw_step` ends with `mx.eval(param, m, v)`, so one optimizer step is one evaluation and the
     graph does not grow across training steps.
 Timing code should call `.item()` or `.numpy()` on a result before reading the clock.
@@ -34,7 +34,7 @@ import numpy as np
 from ..dtype import DType
 from ..errors import DTypeError
 from ..layout import Layout
-from . import mlx_kernels
+from . import COMPARISONS, mlx_kernels
 
 _MX_DTYPES = {
     "f16": mx.float16, "f32": mx.float32, "f64": mx.float64, "bf16": mx.bfloat16,
@@ -51,7 +51,6 @@ _BINARY = {
     "eq": mx.equal, "ne": mx.not_equal, "lt": mx.less, "le": mx.less_equal, "gt": mx.greater,
     "ge": mx.greater_equal,
 }
-_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
 
 
 def on_gpu() -> bool:
@@ -204,7 +203,7 @@ class MLXBackend:
         x = _view(a, la)
         # arithmetic keeps the array's dtype (value converted, as NumPy's a.dtype.type(value));
         # comparisons see the exact Python number
-        other = value if name in _COMPARE else mx.array(value, dtype=x.dtype)
+        other = value if name in COMPARISONS else mx.array(value, dtype=x.dtype)
         res = _BINARY[name](other, x) if reverse else _BINARY[name](x, other)
         return _into(res, out)
 
@@ -287,32 +286,48 @@ class MLXBackend:
         positions = mx.as_strided(span, ldst.shape, ldst.strides, 0)
         dst[_flat(positions)] = _flat(values)
 
-    # 14-17. fused kernels ----------------------------------------------------------------------
-    def softmax(self, a: mx.array, la: Layout, log: bool) -> mx.array:
-        """Over the last dim; f16 / bf16 computed in f32 and rounded once."""
+    # 14-18. fused primitives (composed from MLX ops, which MLX fuses itself) -------------------
+    def softmax(self, a: mx.array, la: Layout, log: bool, causal: bool = False) -> mx.array:
+        """Over the last dim; f16 / bf16 computed in f32 and rounded once. causal: la is (..., T, S)
+        and row t sees s <= t + S - T (masked with -inf first; a row that sees nothing is all 0)."""
         x = _view(a, la)
+        visible = _causal_mask(la.shape, "softmax") if causal else None
+        if visible is not None:
+            x = mx.where(visible, x, mx.array(-float("inf"), x.dtype))
         if log:
             wide = _wide(x)
-            return _flat((wide - mx.logsumexp(wide, axis=-1, keepdims=True)).astype(x.dtype))
-        return _flat(mx.softmax(x, axis=-1, precise=True))
+            res = (wide - mx.logsumexp(wide, axis=-1, keepdims=True)).astype(x.dtype)
+        else:
+            res = mx.softmax(x, axis=-1, precise=True)
+        if visible is not None:  # rows with no visible column came out NaN
+            res = mx.where(visible, res, mx.array(-float("inf") if log else 0.0, res.dtype))
+        return _flat(res)
 
-    def softmax_backward(self, y: mx.array, g: mx.array, shape: tuple[int, ...], log: bool) -> mx.array:
+    def softmax_backward(self, y: mx.array, ly: Layout, g: mx.array, lg: Layout, log: bool,
+                         causal: bool = False) -> mx.array:
+        """dx from y = (log-)softmax(x) and dy = g, in f32 for f16 / bf16."""
         dtype = y.dtype
-        y, g = _wide(y.reshape(shape)), _wide(g.reshape(shape))
-        if log:  # d/dx log_softmax: g - softmax * sum(g)
-            res = g - mx.exp(y) * mx.sum(g, axis=-1, keepdims=True)
-        else:  # d/dx softmax: y * (g - sum(g * y))
-            res = y * (g - mx.sum(g * y, axis=-1, keepdims=True))
+        yv, gv = _wide(_view(y, ly)), _wide(_view(g, lg))
+        if log:  # d/dx log_softmax: g - softmax * sum(g); causal: masked entries get and give nothing
+            visible = _causal_mask(ly.shape, "softmax_backward") if causal else None
+            if visible is not None:
+                gv = mx.where(visible, gv, mx.array(0.0, gv.dtype))
+            res = gv - mx.exp(yv) * mx.sum(gv, axis=-1, keepdims=True)
+        else:  # d/dx softmax: y * (g - sum(g * y)); masked entries have y = 0
+            res = yv * (gv - mx.sum(gv * yv, axis=-1, keepdims=True))
         return _flat(res.astype(dtype))
 
-    def cross_entropy(self, logits: mx.array, targets: mx.array, n: int, c: int, ignore_index: int,
-                      label_smoothing: float, overwrite_logits: bool = False) -> tuple[float, int, mx.array]:
-        """Computed in f32 for f16/bf16 logits (the gradient is cast back to the logits' dtype).
-
-        overwrite_logits is a memory hint; MLX arrays are values here, so a new gradient is returned.
+    def cross_entropy(self, logits: mx.array, llogits: Layout, targets: mx.array, ltargets: Layout,
+                      ignore_index: int, label_smoothing: float,
+                      overwrite_logits: bool = False) -> tuple[mx.array, mx.array, mx.array]:
+        """(loss_sum, count, dlogits / count); computed in f32 for f16/bf16 logits (the gradient is
+        cast back to the logits' dtype). The count and the targets' range are read on the host (the
+        IndexError promise); the loss stays lazy. overwrite_logits is a memory hint MLX has no use for.
         """
+        n, c = llogits.shape
         compute = mx.float32 if logits.dtype in (mx.float16, mx.bfloat16) else logits.dtype
-        x = logits.reshape(n, c).astype(compute)
+        x = _view(logits, llogits).astype(compute)
+        targets = _view(targets, ltargets)
         valid = targets != ignore_index
         safe_targets = mx.where(valid, targets, 0)
         count, low, high = np.array(mx.stack([mx.sum(valid).astype(mx.int64), mx.min(safe_targets),
@@ -330,47 +345,80 @@ class MLXBackend:
         per_row = lse - (1.0 - label_smoothing) * picked
         if label_smoothing:
             per_row = per_row - label_smoothing * mx.mean(x, axis=1)
-        loss_sum = mx.sum(mx.where(valid, per_row, 0.0))
+        loss_sum = mx.sum(mx.where(valid, per_row, 0.0)).astype(compute).reshape(1)
         # dloss_i/dx_i = softmax_i - (1-s) one_hot(t) - s/C, divided by the count for the mean
         scale = 1.0 / max(count, 1)
         grad = shifted * (scale / sums) - one_hot * ((1.0 - label_smoothing) * scale)
         if label_smoothing:
             grad = grad - label_smoothing * scale / c
         grad = mx.where(valid[:, None], grad, 0.0).astype(logits.dtype)
-        mx.eval(loss_sum, grad)  # the loss is returned as a Python number: evaluate both together
-        return float(loss_sum.item()), int(count), _flat(grad)
+        return loss_sum, mx.array([count], dtype=mx.int64), _flat(grad)
 
-    def rmsnorm(self, x: mx.array, w: mx.array, rows: int, d: int, eps: float) -> tuple[mx.array, mx.array]:
-        """y through MLX's fused rms_norm; the per-row 1/rms is kept for the backward."""
-        xv = x.reshape(rows, d)
-        xf = xv.astype(mx.float32) if xv.dtype != mx.float64 else xv
-        rstd = mx.rsqrt(mx.mean(xf * xf, axis=1) + eps).astype(x.dtype)  # (rows,)
-        y = mx.fast.rms_norm(xv, w, eps)
+    def rmsnorm(self, x: mx.array, lx: Layout, w: mx.array, lw: Layout, eps: float) -> tuple[mx.array, mx.array]:
+        """y through MLX's fused rms_norm; the per-row 1/rms is kept for the backward (f32 for
+        f16 / bf16 x, else x's dtype, like the CPU backend)."""
+        rows, d = prod(lx.shape[:-1]), lx.shape[-1]
+        xv = _view(x, lx).reshape(rows, d)
+        xf = _wide(xv)
+        rstd = mx.rsqrt(mx.mean(xf * xf, axis=1) + eps).astype(xf.dtype)  # (rows,)
+        y = mx.fast.rms_norm(xv, _view(w, lw), eps)
         return _flat(y), rstd
 
-    def rmsnorm_backward(self, g: mx.array, x: mx.array, w: mx.array, rstd: mx.array, rows: int,
-                         d: int) -> tuple[mx.array, mx.array]:
+    def rmsnorm_backward(self, g: mx.array, lg: Layout, x: mx.array, lx: Layout, w: mx.array, lw: Layout,
+                         rstd: mx.array, lrstd: Layout) -> tuple[mx.array, mx.array]:
+        """(dx, dw) of y = xhat w with xhat = x rstd, computed in f32 (f64 for f64)."""
         compute = mx.float64 if x.dtype == mx.float64 else mx.float32
-        gv = g.reshape(rows, d).astype(compute)
-        xhat = x.reshape(rows, d).astype(compute) * rstd.astype(compute)[:, None]
-        gw = mx.sum(gv * xhat, axis=0)
-        gxhat = gv * w.astype(compute)
-        # dx = rstd * (gxhat - xhat * mean(gxhat * xhat))
+        rows, d = prod(lx.shape[:-1]), lx.shape[-1]
+        gv = _view(g, lg).reshape(rows, d).astype(compute)
+        r = _view(rstd, lrstd).astype(compute)[:, None]  # (rows, 1)
+        xhat = _view(x, lx).reshape(rows, d).astype(compute) * r
+        gw = mx.sum(gv * xhat, axis=0)  # dw = sum over rows of g xhat
+        gxhat = gv * _view(w, lw).astype(compute)
+        # dx = rstd (gxhat - xhat mean(gxhat xhat)): d rstd/dx = -rstd^3 x / D folds into the projection
         proj = mx.mean(gxhat * xhat, axis=1, keepdims=True)
-        gx = (gxhat - xhat * proj) * rstd.astype(compute)[:, None]
+        gx = (gxhat - xhat * proj) * r
         return _flat(gx.astype(x.dtype)), gw.astype(w.dtype)
 
-    def adamw_step(self, param: mx.array, grad: mx.array, m: mx.array, v: mx.array, lr: float,
-                   beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
-        """Update param, m and v in place (slice assignment rebinds each buffer's data), then
-        evaluate them, so every training step ends with concrete buffers and a fresh graph."""
-        if on_gpu():
-            new_param, new_m, new_v = mlx_kernels.adamw_metal(param, grad, m, v, lr, beta1, beta2, eps,
-                                                               weight_decay, step)
-        else:
-            new_param, new_m, new_v = mlx_kernels.adamw_reference(param, grad, m, v, lr, beta1, beta2, eps,
-                                                                   weight_decay, step)
+    def rope(self, x: mx.array, lx: Layout, cos: mx.array, lcos: Layout, sin: mx.array, lsin: Layout,
+             inverse: bool = False) -> mx.array:
+        """y = x cos + rotate_half(x) sin (inverse: - sin) with rotate_half(x) = [-x2, x1], x (..., T, hd)
+        and (T, hd) tables; f16 / bf16 computed in f32 and rounded once."""
+        if lx.ndim < 2 or lx.shape[-1] % 2 or lcos.shape != lx.shape[-2:] or lsin.shape != lx.shape[-2:]:
+            raise ValueError(f"rope: x of shape {lx.shape} needs an even last dim and cos/sin tables of shape "
+                             f"{lx.shape[-2:]}, got {lcos.shape} and {lsin.shape}")
+        xv = _view(x, lx)
+        wide, c, s = _wide(xv), _wide(_view(cos, lcos)), _wide(_view(sin, lsin))
+        half = lx.shape[-1] // 2
+        rotated = mx.concatenate([-wide[..., half:], wide[..., :half]], axis=-1)
+        res = wide * c - rotated * s if inverse else wide * c + rotated * s
+        return _flat(res.astype(xv.dtype))
+
+    def adamw_step(self, param: mx.array, lparam: Layout, grad: mx.array, lgrad: Layout, m: mx.array, lm: Layout,
+                   v: mx.array, lv: Layout, lr: float, beta1: float, beta2: float, eps: float,
+                   weight_decay: float, step: int) -> None:
+        """Update the dense param, m and v in place (slice assignment rebinds each buffer's data),
+        then evaluate them, so every training step ends with concrete buffers and a fresh graph."""
+        for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
+            if layout.offset != 0 or not layout.is_contiguous() or layout.numel != buf.size:
+                raise ValueError(f"adamw_step: {what} must be dense (offset 0, contiguous, covering its buffer "
+                                 f"of {buf.size} elements), got {layout}")
+        g = _flat(_view(grad, lgrad))
+        update = mlx_kernels.adamw_metal if on_gpu() else mlx_kernels.adamw_reference
+        new_param, new_m, new_v = update(param, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
         param[:] = new_param
         m[:] = new_m
         v[:] = new_v
         mx.eval(param, m, v)
+
+    # 19. synchronize ---------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        """Wait for queued work: lazily recorded arrays are computed when read, not here."""
+        mx.synchronize()
+
+
+def _causal_mask(shape: tuple[int, ...], op: str) -> mx.array:
+    """(T, S) bool: query row t sees key column s <= t + S - T."""
+    if len(shape) < 2:
+        raise ValueError(f"{op}: causal needs (..., T, S) scores, got shape {shape}")
+    t, s = shape[-2], shape[-1]
+    return mx.arange(s)[None, :] <= mx.arange(t)[:, None] + (s - t)

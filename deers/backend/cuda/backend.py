@@ -49,12 +49,12 @@ class CUDABackend(FusedKernels):
     """CuPy/CUDA implementation of the backend contract (see deers.backend).
 
     `runtime` defaults to the CuPy runtime of GPU `index`; the tests pass a CPU emulation of it.
+    `name` is "cuda:{index}": random-number states are saved and restored per GPU by it.
     """
-
-    name = "cuda"
 
     def __init__(self, index: int = 0, runtime=None):
         self.index = index
+        self.name = f"cuda:{index}"
         self.rt = runtime if runtime is not None else _cupy_runtime(index)
         self.flag = self._zeros(2, np.dtype(np.int64))  # set by the indexing kernels on a bad index
         self.seed(int.from_bytes(os.urandom(8), "little"))
@@ -321,6 +321,7 @@ class CUDABackend(FusedKernels):
             src, lsrc = self.cast(src, lsrc, _dtype_of(src.dtype)), Layout(lsrc.shape)
         self._copy_kernel(src, lsrc, dst, ldst)
 
+    # 19. synchronize ---------------------------------------------------------------------------
     def synchronize(self) -> None:
         """Wait for every kernel queued on this GPU (for timing)."""
         self.rt.synchronize()

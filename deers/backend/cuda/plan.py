@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...layout import contiguous_strides
+from .. import BinaryFn
 
 # ---- dtypes and kernels ---------------------------------------------------------------------------
 SUFFIX = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64", "int64": "i64",
@@ -92,7 +93,9 @@ UNARY_OPS = {"neg": 0, "exp": 1, "log": 2, "sqrt": 3, "rsqrt": 4, "sin": 5, "cos
 INT_UNARY_OPS = ("neg", "relu", "abs", "sign", "square")
 BINARY_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "pow": 4, "maximum": 5, "minimum": 6}
 INT_BINARY_OPS = ("add", "sub", "mul", "maximum", "minimum")
-COMPARE_OPS = {"eq": 0, "ne": 1, "lt": 2, "le": 3, "gt": 4, "ge": 5}
+# the comparisons of deers.backend.COMPARISONS (keyed by the shared names), coded as common.cuh's COMPARE_*
+COMPARE_OPS = {f.value: code for code, f in enumerate((BinaryFn.EQ, BinaryFn.NE, BinaryFn.LT, BinaryFn.LE,
+                                                        BinaryFn.GT, BinaryFn.GE))}
 FLIPPED_COMPARE = {"eq": "eq", "ne": "ne", "lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}  # c OP x == x FLIP c
 REDUCE_OPS = {"sum": 0, "max": 1, "min": 2}
 

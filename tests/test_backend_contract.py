@@ -1,0 +1,366 @@
+"""Every backend satisfies the numbered contract of deers.backend, checked on the backends alone
+(no NDArray, no Tensor): each item is a method with the Protocol's parameters in order, `name`
+is unique per device, the shared vocabulary (UnaryFn, BinaryFn, ReduceFn) runs everywhere, and
+each fused primitive (items 14-18) matches a NumPy reference on non-contiguous operands.
+
+Backends: the CPU one always; MLX when `mlx` imports; CUDA through the emulator
+(tests/cuda_emulator.py: the real CUDABackend with its kernels compiled by g++) when g++ is there.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+import deers
+from deers.backend import (BINARY_NAMES, COMPARISONS, CONTRACT, REDUCE_NAMES, UNARY_NAMES, Backend, BinaryFn,
+                           ReduceFn, UnaryFn, _instances)
+from deers.device import Device
+from deers.layout import Layout
+
+F32 = deers.f32
+NAMES = {"cpu": "cpu", "mlx": "mps", "cuda": "cuda:0"}
+
+
+def _make(kind: str):
+    if kind == "cpu":
+        from deers.backend.cpu import CPUBackend
+
+        return CPUBackend()
+    if kind == "mlx":
+        pytest.importorskip("mlx.core")
+        from deers.backend.mlx import MLXBackend
+
+        return MLXBackend()
+    from cuda_emulator import HostRuntime, compiler_available
+
+    from deers.backend.cuda import CUDABackend
+
+    if not compiler_available():
+        pytest.skip("g++ is needed to emulate the CUDA kernels on the CPU")
+    return CUDABackend(0, runtime=HostRuntime())
+
+
+@pytest.fixture(scope="module", params=["cpu", "mlx", "cuda"])
+def backend(request):
+    b = _make(request.param)
+    b.kind = request.param
+    return b
+
+
+# ---- helpers: operands in non-contiguous layouts, read back ------------------------------------------
+def put(backend, x: np.ndarray, dtype: deers.DType = F32, pad=np.nan) -> tuple[object, Layout]:
+    """x stored with its axes reversed inside a larger buffer padded with `pad`, and the narrowed,
+    permuted layout that reads it back as x (1-D: every other element). A kernel that ignores the
+    layout reads the padding (NaN, or an out-of-range integer) and fails loudly."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        big = np.full(2 * x.size + 1, pad)
+        big[1::2] = x
+        return backend.from_numpy(big.astype(dtype.numpy), dtype), Layout(big.shape).slice(0, 1, x.size, 2)
+    reverse = tuple(reversed(range(x.ndim)))
+    stored = x.transpose(reverse)
+    big = np.full(tuple(n + 1 for n in stored.shape), pad)
+    big[tuple(slice(1, None) for _ in stored.shape)] = stored
+    layout = Layout(big.shape)
+    for d, size in enumerate(stored.shape):
+        layout = layout.narrow(d, 1, size)
+    return backend.from_numpy(big.astype(dtype.numpy), dtype), layout.permute(reverse)
+
+
+def get(backend, buf, shape: tuple[int, ...]) -> np.ndarray:
+    """A fresh result buffer read back as a float64 host array of `shape`."""
+    return backend.to_numpy(buf, Layout(shape)).astype(np.float64)
+
+
+def dtype_of(backend, buf) -> np.dtype:
+    """The NumPy dtype of a 1-element (or any) buffer, read back through the host."""
+    return backend.to_numpy(buf, Layout((1,))).dtype
+
+
+# ---- the contract's shape -----------------------------------------------------------------------------
+def test_contract_lists_every_numbered_item():
+    assert {"empty", "to_numpy", "softmax", "cross_entropy", "rope", "adamw_step", "synchronize"} <= set(CONTRACT)
+    assert len(CONTRACT) == len(set(CONTRACT))
+
+
+def test_backend_implements_every_item_with_the_protocols_parameters(backend):
+    assert isinstance(backend, Backend)
+    for item in CONTRACT:
+        method = getattr(backend, item, None)
+        assert callable(method), f"{type(backend).__name__} lacks {item}"
+        wanted = list(inspect.signature(getattr(Backend, item)).parameters.values())[1:]  # without self
+        got = list(inspect.signature(method).parameters.values())
+        names = [p.name for p in got[:len(wanted)]]
+        assert names == [p.name for p in wanted], f"{type(backend).__name__}.{item}{inspect.signature(method)}"
+        for want, have in zip(wanted, got):
+            if want.default is not inspect.Parameter.empty:
+                assert have.default == want.default, f"{item}: {have.name} defaults to {have.default}"
+        for extra in got[len(wanted):]:
+            assert extra.default is not inspect.Parameter.empty, f"{item}: extra parameter {extra.name} needs a default"
+
+
+def test_backend_name_is_a_str_unique_per_device(backend):
+    assert isinstance(backend.name, str) and backend.name == NAMES[backend.kind]
+
+
+def test_two_cuda_backends_keep_distinct_names_and_rng_states():
+    """The bug: every GPU was named "cuda", so get_rng_state (keyed by name) kept one state only."""
+    from cuda_emulator import HostRuntime, compiler_available
+
+    from deers.backend.cuda import CUDABackend
+
+    if not compiler_available():
+        pytest.skip("g++ is needed to emulate the CUDA kernels on the CPU")
+    gpus = [CUDABackend(i, runtime=HostRuntime()) for i in (0, 1)]
+    assert [b.name for b in gpus] == ["cuda:0", "cuda:1"]
+    gpus[0].seed(1)
+    gpus[1].seed(2)
+    gpus[1].rand(7, F32)
+    states = {b.name: b.get_rng_state() for b in gpus}
+    assert len(states) == 2 and states["cuda:0"] != states["cuda:1"]
+    first = [get(b, b.rand(4, F32), (4,)) for b in gpus]
+    for b in gpus:
+        b.set_rng_state(states[b.name])
+    for b, draw in zip(gpus, first):
+        np.testing.assert_array_equal(get(b, b.rand(4, F32), (4,)), draw)
+    with pytest.MonkeyPatch.context() as patch:  # the same through deers.get_rng_state / set_rng_state
+        for i, b in enumerate(gpus):
+            patch.setitem(_instances, Device.cuda(i), b)
+        saved = deers.get_rng_state()
+        assert {"cuda:0", "cuda:1"} <= set(saved) and saved["cuda:0"] != saved["cuda:1"]
+        draws = [get(b, b.rand(3, F32), (3,)) for b in gpus]
+        deers.set_rng_state(saved)
+        for b, draw in zip(gpus, draws):
+            np.testing.assert_array_equal(get(b, b.rand(3, F32), (3,)), draw)
+
+
+def test_synchronize_returns_none(backend):
+    assert backend.synchronize() is None
+
+
+# ---- the shared vocabulary ------------------------------------------------------------------------------
+UNARY_REFERENCE = {
+    UnaryFn.NEG: np.negative, UnaryFn.EXP: np.exp, UnaryFn.LOG: np.log, UnaryFn.SQRT: np.sqrt,
+    UnaryFn.RSQRT: lambda x: 1 / np.sqrt(x), UnaryFn.SIN: np.sin, UnaryFn.COS: np.cos, UnaryFn.TANH: np.tanh,
+    UnaryFn.SIGMOID: lambda x: 1 / (1 + np.exp(-x)), UnaryFn.RELU: lambda x: np.maximum(x, 0),
+    UnaryFn.ABS: np.abs, UnaryFn.SIGN: np.sign, UnaryFn.SQUARE: np.square, UnaryFn.LOGICAL_NOT: np.logical_not,
+}
+BINARY_REFERENCE = {
+    BinaryFn.ADD: np.add, BinaryFn.SUB: np.subtract, BinaryFn.MUL: np.multiply, BinaryFn.DIV: np.divide,
+    BinaryFn.POW: np.power, BinaryFn.MAXIMUM: np.maximum, BinaryFn.MINIMUM: np.minimum, BinaryFn.EQ: np.equal,
+    BinaryFn.NE: np.not_equal, BinaryFn.LT: np.less, BinaryFn.LE: np.less_equal, BinaryFn.GT: np.greater,
+    BinaryFn.GE: np.greater_equal,
+}
+
+
+def test_vocabulary_tables_cover_the_shared_names():
+    from deers.backend.cuda import plan
+
+    assert set(UNARY_REFERENCE) == set(UnaryFn) and set(BINARY_REFERENCE) == set(BinaryFn)
+    assert COMPARISONS <= BINARY_NAMES
+    assert set(plan.UNARY_OPS) | {"logical_not"} == UNARY_NAMES  # CUDA: logical_not is x == 0
+    assert set(plan.BINARY_OPS) | set(plan.COMPARE_OPS) == BINARY_NAMES and set(plan.COMPARE_OPS) == COMPARISONS
+    assert set(plan.REDUCE_OPS) | {ReduceFn.ARGMAX.value} == REDUCE_NAMES
+
+
+def test_every_unary_binary_and_reduce_name_runs_on_a_strided_layout(backend):
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0.5, 2.0, (3, 4)), rng.uniform(0.5, 2.0, (3, 4))
+    x[0, 0], y[0, 0] = 1.0, 1.0  # an equal pair for the comparisons
+    a, la = put(backend, x)
+    b, lb = put(backend, y)
+    for fn in UnaryFn:
+        if fn is UnaryFn.LOGICAL_NOT:
+            mask = x > 1
+            m, lm = backend.from_numpy(mask.T.copy(), deers.bool_), Layout((4, 3)).permute((1, 0))
+            got = backend.to_numpy(backend.unary(fn.value, m, lm), Layout(mask.shape))
+            np.testing.assert_array_equal(got, ~mask)
+            continue
+        expected = UNARY_REFERENCE[fn](x)
+        np.testing.assert_allclose(get(backend, backend.unary(fn.value, a, la), x.shape), expected, rtol=1e-5,
+                                   err_msg=fn.value)
+    for fn in BinaryFn:
+        got = backend.to_numpy(backend.binary(fn.value, a, la, b, lb), Layout(x.shape))
+        expected = BINARY_REFERENCE[fn](x.astype(np.float32), y.astype(np.float32))
+        if fn.value in COMPARISONS:
+            assert got.dtype == np.bool_, fn.value
+            np.testing.assert_array_equal(got, expected, err_msg=fn.value)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=fn.value)
+    for fn in ReduceFn:
+        axes = (1,)
+        got = backend.to_numpy(backend.reduce(fn.value, a, la, axes), Layout((3, 1)))
+        expected = {"sum": np.sum, "max": np.max, "min": np.min, "argmax": np.argmax}[fn.value](x, axis=1)
+        np.testing.assert_allclose(got.reshape(-1), expected, rtol=1e-5, err_msg=fn.value)
+
+
+# ---- 14. softmax, causal softmax and the backward --------------------------------------------------------
+def softmax_reference(x: np.ndarray, log: bool, causal: bool = False) -> np.ndarray:
+    """The masked softmax: -inf where row t may not see column s (s > t + S - T), then softmax;
+    a row that sees nothing is all 0 (log: -inf)."""
+    if causal:
+        t, s = x.shape[-2:]
+        visible = np.arange(s)[None, :] <= np.arange(t)[:, None] + (s - t)
+        x = np.where(visible, x, -np.inf)
+    with np.errstate(invalid="ignore"):
+        z = x - x.max(-1, keepdims=True)
+        out = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    if causal:
+        out = np.where(visible, out, -np.inf)
+    return out if log else np.exp(out)
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape,causal", [((3, 5, 7), False), ((2, 3, 5, 7), True), ((1, 2, 70, 75), True),
+                                          ((2, 6, 4), True)], ids=["dense", "causal", "causal-blocks", "T>S"])
+def test_softmax_matches_the_masked_reference(backend, shape, causal, log):
+    x = np.random.default_rng(0).standard_normal(shape)
+    a, la = put(backend, x)
+    got = get(backend, backend.softmax(a, la, log, causal=causal), shape)
+    np.testing.assert_allclose(got, softmax_reference(x, log, causal), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_backward_reads_both_layouts(backend, log):
+    rng = np.random.default_rng(1)
+    x, g = rng.standard_normal((2, 4, 6)), rng.standard_normal((2, 4, 6))
+    y = softmax_reference(x, log)
+    expected = g - np.exp(y) * g.sum(-1, keepdims=True) if log else y * (g - (g * y).sum(-1, keepdims=True))
+    (yb, ly), (gb, lg) = put(backend, y), put(backend, g)
+    got = get(backend, backend.softmax_backward(yb, ly, gb, lg, log), x.shape)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_causal_softmax_backward_gives_masked_entries_no_gradient(backend, log):
+    rng = np.random.default_rng(2)
+    x, g = rng.standard_normal((2, 40, 43)), rng.standard_normal((2, 40, 43))
+    a, la = put(backend, x)
+    y = backend.softmax(a, la, log, causal=True)
+    gb, lg = put(backend, g)
+    got = get(backend, backend.softmax_backward(y, Layout(x.shape), gb, lg, log, causal=True), x.shape)
+    p = softmax_reference(x, False, causal=True)
+    visible = p > 0
+    if log:  # g - softmax sum(g) over the visible entries, 0 elsewhere
+        expected = np.where(visible, g - p * np.where(visible, g, 0).sum(-1, keepdims=True), 0)
+    else:
+        expected = p * (g - (g * p).sum(-1, keepdims=True))
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+# ---- 15. cross-entropy ----------------------------------------------------------------------------------
+def cross_entropy_reference(x: np.ndarray, targets: np.ndarray, ignore: int, s: float):
+    """(summed loss, counted rows, dlogits / count) in float64."""
+    n, c = x.shape
+    valid = targets != ignore
+    safe = np.where(valid, targets, 0)
+    lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+    loss = lse - (1 - s) * x[np.arange(n), safe] - s * x.mean(1)
+    count = int(valid.sum())
+    grad = np.exp(x - lse[:, None]) - s / c
+    grad[np.arange(n), safe] -= 1 - s
+    grad = np.where(valid[:, None], grad, 0) / max(count, 1)
+    return loss[valid].sum(), count, grad
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["fresh", "overwrite"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_returns_device_buffers(backend, smoothing, overwrite):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 11)) * 2
+    targets = np.array([3, -100, 0, 10, 10, -100])
+    a, la = put(backend, x)
+    t, lt = put(backend, targets, deers.i64, pad=10 ** 6)
+    loss, count, grad = backend.cross_entropy(a, la, t, lt, -100, smoothing, overwrite_logits=overwrite)
+    expected_loss, expected_count, expected_grad = cross_entropy_reference(x, targets, -100, smoothing)
+    assert dtype_of(backend, loss) == np.float32 and dtype_of(backend, count) == np.int64
+    assert get(backend, count, (1,))[0] == expected_count == 4
+    np.testing.assert_allclose(get(backend, loss, (1,))[0], expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(get(backend, grad, x.shape), expected_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_cross_entropy_sums_f64_logits_in_f64_and_checks_targets(backend):
+    if backend.kind == "mlx":
+        from deers.backend.mlx import on_gpu
+
+        if on_gpu():
+            pytest.skip("the Apple GPU has no float64")
+    x = np.random.default_rng(4).standard_normal((3, 5))
+    a, la = put(backend, x, deers.f64)
+    t, lt = put(backend, np.array([4, 0, 2]), deers.i64, pad=10 ** 6)
+    loss, _, _ = backend.cross_entropy(a, la, t, lt, -100, 0.0)
+    assert dtype_of(backend, loss) == np.float64
+    rtol = 1e-6 if backend.kind == "mlx" else 1e-12  # MLX computes exp and log of f64 to about f32 accuracy
+    np.testing.assert_allclose(get(backend, loss, (1,))[0], cross_entropy_reference(x, np.array([4, 0, 2]), -100, 0)[0],
+                               rtol=rtol)
+    bad, lbad = put(backend, np.array([4, 5, -100]), deers.i64, pad=10 ** 6)
+    with pytest.raises(IndexError, match="cross_entropy"):
+        backend.cross_entropy(a, la, bad, lbad, -100, 0.0)
+
+
+# ---- 16. RMSNorm ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [deers.f32, deers.f16], ids=lambda d: d.name)
+def test_rmsnorm_forward_and_backward(backend, dtype):
+    rng = np.random.default_rng(5)
+    x, g = rng.standard_normal((2, 3, 8)), rng.standard_normal((2, 3, 8))
+    w = rng.uniform(0.5, 1.5, 8)
+    eps = 1e-5
+    x, g, w = (v.astype(dtype.numpy).astype(np.float64) for v in (x, g, w))  # exact in the tested dtype
+    rstd = 1 / np.sqrt((x * x).mean(-1) + eps)
+    xhat = x * rstd[..., None]
+    gw = (g * xhat).sum((0, 1))
+    gxhat = g * w
+    gx = rstd[..., None] * (gxhat - xhat * (gxhat * xhat).mean(-1, keepdims=True))
+    (xb, lx), (wb, lw), (gb, lg) = put(backend, x, dtype), put(backend, w, dtype), put(backend, g, dtype)
+    y, r = backend.rmsnorm(xb, lx, wb, lw, eps)
+    assert dtype_of(backend, r) == np.float32  # f32 for f16 / bf16 x, else x's dtype
+    tol = 1e-5 if dtype is deers.f32 else 4e-3
+    np.testing.assert_allclose(get(backend, y, x.shape), xhat * w, atol=tol, rtol=tol)
+    np.testing.assert_allclose(get(backend, r, (6,)), rstd.reshape(-1), rtol=1e-5)
+    dx, dw = backend.rmsnorm_backward(gb, lg, xb, lx, wb, lw, r, Layout((6,)))
+    np.testing.assert_allclose(get(backend, dx, x.shape), gx, atol=tol, rtol=tol)
+    np.testing.assert_allclose(get(backend, dw, (8,)), gw, atol=4 * tol, rtol=tol)
+
+
+# ---- 17. RoPE ---------------------------------------------------------------------------------------------
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def test_rope_and_its_inverse_the_transpose(backend):
+    rng = np.random.default_rng(6)
+    T, hd = 5, 6
+    x, g = rng.standard_normal((2, 3, T, hd)), rng.standard_normal((2, 3, T, hd))
+    angle = np.arange(T)[:, None] * np.tile(10000.0 ** (-np.arange(hd // 2) * 2 / hd), 2)[None, :]
+    cos, sin = np.cos(angle), np.sin(angle)  # the halves repeat, as the contract's tables do
+    (xb, lx), (gb, lg), (cb, lc), (sb, ls) = (put(backend, v) for v in (x, g, cos, sin))
+    y = get(backend, backend.rope(xb, lx, cb, lc, sb, ls), x.shape)
+    np.testing.assert_allclose(y, x * cos + rotate_half(x) * sin, atol=1e-5, rtol=1e-5)
+    back = get(backend, backend.rope(gb, lg, cb, lc, sb, ls, inverse=True), x.shape)
+    np.testing.assert_allclose(back, g * cos - rotate_half(g) * sin, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose((y * g).sum(), (x * back).sum(), rtol=1e-4)  # <Rx, g> = <x, R^T g>
+
+
+# ---- 18. AdamW --------------------------------------------------------------------------------------------
+def test_adamw_step_in_place_with_a_strided_gradient(backend):
+    rng = np.random.default_rng(7)
+    p, m = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+    v = np.abs(rng.standard_normal((4, 5)))
+    grads = [rng.standard_normal((4, 5)) for _ in range(3)]
+    dense = Layout((4, 5))
+    bufs = [backend.from_numpy(a.astype(np.float32), F32) for a in (p, m, v)]
+    lr, b1, b2, eps, wd = 1e-2, 0.9, 0.95, 1e-8, 0.1
+    for step, g in enumerate(grads, start=1):
+        gb, lg = put(backend, g)
+        backend.adamw_step(bufs[0], dense, gb, lg, bufs[1], dense, bufs[2], dense, lr, b1, b2, eps, wd, step)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p * (1 - lr * wd) - lr / (1 - b1 ** step) * m / (np.sqrt(v / (1 - b2 ** step)) + eps)
+    for buf, expected in zip(bufs, (p, m, v)):
+        np.testing.assert_allclose(get(backend, buf, (4, 5)), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="adamw_step: param must be dense"):
+        backend.adamw_step(bufs[0], dense.permute((1, 0)), gb, lg, bufs[1], dense, bufs[2], dense,
+                           lr, b1, b2, eps, wd, 4)
