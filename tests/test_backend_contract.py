@@ -4,7 +4,8 @@ is unique per device, the shared vocabulary (UnaryFn, BinaryFn, ReduceFn) runs e
 each fused primitive (items 14-18) matches a NumPy reference on non-contiguous operands.
 
 Backends: the CPU one always; MLX when `mlx` imports; CUDA through the emulator
-(tests/cuda_emulator.py: the real CUDABackend with its kernels compiled by g++) when g++ is there.
+(tests/cuda_emulator.py: the real CUDABackend with its kernels compiled by g++) when g++ is there,
+and on a real GPU when CuPy sees one.
 """
 from __future__ import annotations
 
@@ -34,18 +35,23 @@ def _make(kind: str):
 
         return MLXBackend()
     from cuda_emulator import HostRuntime, compiler_available
-
     from deers.backend.cuda import CUDABackend
 
+    if kind == "cuda-gpu":
+        from devices import DEVICES
+
+        if "cuda" not in DEVICES:
+            pytest.skip("no CUDA GPU on this machine")
+        return CUDABackend(0)
     if not compiler_available():
         pytest.skip("g++ is needed to emulate the CUDA kernels on the CPU")
     return CUDABackend(0, runtime=HostRuntime())
 
 
-@pytest.fixture(scope="module", params=["cpu", "mlx", "cuda"])
+@pytest.fixture(scope="module", params=["cpu", "mlx", "cuda", "cuda-gpu"])
 def backend(request):
     b = _make(request.param)
-    b.kind = request.param
+    b.kind = request.param.removesuffix("-gpu")
     return b
 
 
@@ -108,7 +114,6 @@ def test_backend_name_is_a_str_unique_per_device(backend):
 def test_two_cuda_backends_keep_distinct_names_and_rng_states():
     """The bug: every GPU was named "cuda", so get_rng_state (keyed by name) kept one state only."""
     from cuda_emulator import HostRuntime, compiler_available
-
     from deers.backend.cuda import CUDABackend
 
     if not compiler_available():
