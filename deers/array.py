@@ -277,9 +277,10 @@ class NDArray:
         """(log-)softmax over the last dim; causal: (..., T, S) scores where row t sees s <= t + S - T."""
         return self._new(self.backend.softmax(self.buffer, self.layout, log, causal), self.shape)
 
-    def softmax_backward(self, g: "NDArray", log: bool = False) -> "NDArray":
-        """For y = self = (log-)softmax(x): dx from dy = g."""
-        return self._new(self.backend.softmax_backward(self.buffer, self.layout, g.buffer, g.layout, log), self.shape)
+    def softmax_backward(self, g: "NDArray", log: bool = False, causal: bool = False) -> "NDArray":
+        """For y = self = (log-)softmax(x) (causal: the masked one): dx from dy = g."""
+        return self._new(self.backend.softmax_backward(self.buffer, self.layout, g.buffer, g.layout, log, causal),
+                         self.shape)
 
     def cross_entropy(self, targets: "NDArray", ignore_index: int, label_smoothing: float = 0.0,
                       overwrite_logits: bool = False) -> tuple["NDArray", "NDArray", "NDArray"]:

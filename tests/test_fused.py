@@ -29,11 +29,13 @@ def _leaves(arrays, layout, grad_mask):
 def assert_fused_matches_reference(fused, reference, arrays, grad_mask, layout, atol=1e-10):
     """Run both on fresh leaves of `layout`; compare outputs and every requested input gradient."""
     results = []
+    seed_values = None
     for fn in (fused, reference):
         leaves = _leaves(arrays, layout, grad_mask)
         out = fn(*leaves)
-        seed = deers.tensor(RNG.standard_normal(out.shape) if out.ndim else np.array(1.7))
-        grads = out.backward(seed)
+        if seed_values is None:  # one incoming gradient for both
+            seed_values = RNG.standard_normal(out.shape) if out.ndim else np.array(1.7)
+        grads = out.backward(deers.tensor(seed_values))
         results.append((out.numpy(), [grads[t].numpy() for t, g in zip(leaves, grad_mask) if g]))
     (out_f, grads_f), (out_r, grads_r) = results
     np.testing.assert_allclose(out_f, out_r, atol=atol, rtol=1e-9)

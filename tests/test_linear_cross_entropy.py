@@ -9,6 +9,7 @@ from deers import Var
 from deers.errors import DTypeError, ShapeError
 from deers.loss import cross_entropy
 from deers.fused.linear_cross_entropy import linear_cross_entropy
+from deers.layout import Layout
 from helpers import check_op
 
 
@@ -91,19 +92,11 @@ def test_cpu_kernel_may_write_the_gradient_over_the_logits():
     rng = np.random.default_rng(3)
     logits = rng.standard_normal(6 * 9).astype(np.float32)
     targets = np.array([0, 8, -100, 3, 3, 1])
-    fresh = backend.cross_entropy(logits.copy(), targets, 6, 9, -100, 0.1)
+    logits_layout, targets_layout = Layout((6, 9)), Layout((6,))
+    fresh = backend.cross_entropy(logits.copy(), logits_layout, targets, targets_layout, -100, 0.1)
     buffer = logits.copy()
-    loss, count, grad = backend.cross_entropy(buffer, targets, 6, 9, -100, 0.1, overwrite_logits=True)
+    loss, count, grad = backend.cross_entropy(buffer, logits_layout, targets, targets_layout, -100, 0.1,
+                                              overwrite_logits=True)
     assert np.shares_memory(grad, buffer)
-    assert (loss, count) == pytest.approx(fresh[:2])
+    assert (float(loss[0]), int(count[0])) == pytest.approx((float(fresh[0][0]), int(fresh[1][0])))
     np.testing.assert_allclose(grad, fresh[2], atol=1e-7)
-
-
-def test_a_second_backward_through_one_forward_raises_instead_of_sharing_buffers():
-    rng = np.random.default_rng(4)
-    x = Var(deers.tensor(rng.standard_normal((5, 3))))
-    w = Var(deers.tensor(rng.standard_normal((4, 3))))
-    loss = linear_cross_entropy(x, w, deers.tensor(rng.integers(0, 4, 5)))
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="second backward"):
-        loss.backward()

@@ -158,9 +158,10 @@ class Backend(Protocol):
     # ---- fused primitives: each could be written from 1-13; one kernel each for speed/memory ----
     # 14. (log-)softmax over the last dim. causal: la is (..., T, S) attention scores and query row
     #     t sees key columns s <= t + S - T only; the others get probability exactly 0 (log: -inf)
-    #     and need not be read. softmax_backward: y (g - sum(g y)) / g - exp(y) sum(g) for log.
+    #     and need not be read. softmax_backward: y (g - sum(g y)) / g - exp(y) sum(g) for log;
+    #     causal: the hidden entries get gradient 0 and their g is not summed (needed for log)
     def softmax(self, a: Any, la: Layout, log: bool, causal: bool = False) -> Any: ...
-    def softmax_backward(self, y: Any, ly: Layout, g: Any, lg: Layout, log: bool) -> Any: ...
+    def softmax_backward(self, y: Any, ly: Layout, g: Any, lg: Layout, log: bool, causal: bool = False) -> Any: ...
 
     # 15. cross-entropy of logits (N, C) against i64 targets (N,), rows with ignore_index skipped:
     #     returns (loss_sum, count, grad) — loss_sum a 1-element buffer (f64 for f64 logits, else

@@ -12,7 +12,7 @@ import numpy as np
 from ..autograd import Op
 from ..creation import tensor
 from ..errors import DeviceError, DTypeError, ShapeError, describe
-from ..ops.elementwise import where
+from ..ops.compare import where
 from ..ops.shape import cat
 from ..tensor import Tensor, apply
 
@@ -78,7 +78,7 @@ class CausalSoftmax(Op):
 
     def backward(self, g):
         # d softmax(z) = y (g - sum(g y)), dz/dscores = scale; masked entries have y = 0, so they get 0
-        gz = self.out.softmax_backward(g)
+        gz = self.out.softmax_backward(g, causal=True)
         return (gz if self.scale == 1.0 else gz * self.scale,)
 
 
