@@ -24,7 +24,12 @@ USER_AGENT = "deers-downloader/0.1"  # some mirrors refuse urllib's default agen
 
 
 class DownloadError(DeersError, OSError):
-    """No mirror gave a complete, verified file. The message lists every URL tried and why it failed."""
+    """No mirror gave a complete, verified file. The message lists every URL tried and why it failed.
+
+    `reasons` holds the same as one line per URL, `"URL: why"` (e.g. for a one-line log message).
+    """
+
+    reasons: list[str] = []
 
 
 class ChecksumError(DownloadError):
@@ -79,18 +84,21 @@ def download(urls: "list[str] | str", dest: "str | Path", sha256: str | None = N
                 check(part)
         except ChecksumError as err:
             checksum_failed = True
-            failures.append(f"  {url}: {err}")
+            failures.append(f"{url}: {err}")
             part.unlink(missing_ok=True)
             continue
         except (OSError, ValueError, http.client.HTTPException, _Incomplete) as err:
-            failures.append(f"  {url}: {_reason(err)}")
+            failures.append(f"{url}: {_reason(err)}")
             if isinstance(err, ValueError):  # the content check rejected it: do not resume from it
                 part.unlink(missing_ok=True)
             continue
         _commit(part, dest)
         return dest
-    error = ChecksumError if checksum_failed else DownloadError
-    raise error(f"could not download {dest.name} to {dest}; tried {len(urls)} URL(s):\n" + "\n".join(failures))
+    listing = "\n".join(f"  {failure}" for failure in failures)
+    error = (ChecksumError if checksum_failed else DownloadError)(
+        f"could not download {dest.name} to {dest}; tried {len(urls)} URL(s):\n{listing}")
+    error.reasons = failures
+    raise error
 
 
 def _reason(err: BaseException) -> str:

@@ -7,16 +7,21 @@ First run: downloads TinyStoriesV2-GPT4-train.txt and -valid.txt (resumable; a f
 real name once complete and checked), then tokenizes each into a uint16 token file with llm.c's
 header, every story preceded by `<|endoftext|>`. Later runs find the files and do nothing.
 With `text_file=PATH` a local story file is used instead and its last `val_fraction` of stories
-becomes the validation split.
+becomes the validation split. `prepare_sample(root)` does the same with the 2,316-story sample
+that ships inside the package (deers/data), for training with no network.
 """
 from __future__ import annotations
 
+import gzip
 import json
+import os
 from pathlib import Path
 
+from .data import TINYSTORIES_SAMPLE, data_path
 from .dataset.text import EOT_TEXT, iter_stories, stories_to_tokens
 from .dataset.tokens import TokenWriter, read_tokens
 from .download import DownloadError, download, progress_bar
+from .errors import DeersError
 from .tokenizer import Tokenizer
 
 TINYSTORIES_URLS = ["https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"]
@@ -24,6 +29,12 @@ TRAIN_TEXT = "TinyStoriesV2-GPT4-train.txt"
 VALID_TEXT = "TinyStoriesV2-GPT4-valid.txt"
 STORIES_PER_BATCH = 2048  # stories handed to tiktoken's thread pool at once
 META_FILE = "meta.json"
+SAMPLE_TEXT = "TinyStories-sample.txt"  # the bundled sample, uncompressed into the data folder
+SAMPLE_VAL_FRACTION = 0.05  # 116 of the sample's 2,316 stories (about 25k GPT-2 tokens) for validation
+
+
+class StoryFileError(DeersError, ValueError):
+    """A story text file cannot be split into train and validation stories (empty, or no separators)."""
 
 
 def prepare_tinystories(root: "str | Path" = "data/tinystories_gpt2", tokenizer: Tokenizer | None = None,
@@ -51,6 +62,25 @@ def prepare_tinystories(root: "str | Path" = "data/tinystories_gpt2", tokenizer:
                     _tokenize_file(text, out, tokenizer, verbose)
     (root / META_FILE).write_text(json.dumps(wanted, indent=1) + "\n")
     return train_bin, val_bin
+
+
+def prepare_sample(root: "str | Path" = "data/tinystories_sample_gpt2", tokenizer: Tokenizer | None = None,
+                   val_fraction: float = SAMPLE_VAL_FRACTION, verbose: bool = True) -> tuple[Path, Path]:
+    """train.bin / val.bin made from the TinyStories sample inside the package (no network needed).
+
+    The sample (the first 2,316 stories of the TinyStories training text, CDLA-Sharing-1.0, see
+    deers/data/NOTICE.md) is uncompressed into `root`, then split like a local text file: its
+    last `val_fraction` of stories become the validation split.
+    """
+    root = Path(root)
+    text = root / SAMPLE_TEXT
+    if not text.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        partial = text.with_suffix(".txt.tmp")
+        with gzip.open(data_path(TINYSTORIES_SAMPLE), "rb") as packed, open(partial, "wb") as out:
+            out.write(packed.read())  # 2 MiB
+        os.replace(partial, text)
+    return prepare_tinystories(root, tokenizer=tokenizer, text_file=text, val_fraction=val_fraction, verbose=verbose)
 
 
 def _identity(tokenizer: Tokenizer, text_file, val_fraction: float) -> dict:
@@ -83,10 +113,13 @@ def _download_text(name: str, root: Path, urls) -> Path:
         return download([base.rstrip("/") + "/" + name for base in bases], root / name, desc=name,
                         check=_check_story_text)
     except DownloadError as err:
-        raise DownloadError(
+        error = DownloadError(
             f"could not download the TinyStories text {name}.\n{err}\nTo train without network access, "
-            f"pass --text-file PATH (a local text file of stories separated by {EOT_TEXT} lines), or put "
-            f"{TRAIN_TEXT} and {VALID_TEXT} into {root}.") from err
+            f"pass --data sample (the TinyStories sample inside the package) or --text-file PATH (a local "
+            f"text file of stories separated by {EOT_TEXT} lines), or put {TRAIN_TEXT} and {VALID_TEXT} "
+            f"into {root}.")
+        error.reasons = err.reasons
+        raise error from err
 
 
 def _check_story_text(path: Path) -> None:
@@ -117,8 +150,9 @@ def _split_local_file(text: Path, train_bin: Path, val_bin: Path, tokenizer: Tok
     """Tokenize a local story file: the first stories into train_bin, the last `val_fraction` into val_bin."""
     count = sum(1 for _ in iter_stories(text))
     if count < 2:
-        raise ValueError(f"{text} holds {count} stories; at least 2 are needed to split off a validation set "
-                         f"(stories are separated by {EOT_TEXT})")
+        raise StoryFileError(f"{text} holds {count} {'story' if count == 1 else 'stories'}: at least 2 are "
+                             f"needed to split off a validation set, each story followed by a line {EOT_TEXT} "
+                             f"(the TinyStories format)")
     num_val = min(count - 1, max(1, round(count * val_fraction)))
     num_train = count - num_val
     with TokenWriter(train_bin) as train, TokenWriter(val_bin) as val, \
@@ -131,15 +165,15 @@ def _split_local_file(text: Path, train_bin: Path, val_bin: Path, tokenizer: Tok
                 batch, batch_start = [], index
             batch.append(story)
         (train if batch_start < num_train else val).write(stories_to_tokens(batch, tokenizer))
-    _check_written(train_bin, train.count, verbose, f"{num_train} stories")
-    _check_written(val_bin, val.count, verbose, f"{num_val} stories")
+    _check_written(train_bin, train.count, verbose, f"{num_train:,} stories")
+    _check_written(val_bin, val.count, verbose, f"{num_val:,} stories")
 
 
 def _check_written(path: Path, count: int, verbose: bool, what: str = "") -> None:
     """Refuse an empty token file, re-open the file to check its header, and say what was written."""
     if count == 0:
         path.unlink(missing_ok=True)
-        raise ValueError(f"{path} came out empty: its source holds no stories")
+        raise StoryFileError(f"{path} came out empty: its source holds no stories")
     read_tokens(path)  # re-open: the header and size must agree
     if verbose:
         print(f"wrote {path} ({count:,} tokens{', ' + what if what else ''})")

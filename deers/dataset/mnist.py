@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..download import cache_dir, download
+from ..download import DownloadError, cache_dir, download
 from ..errors import DeersError
 
 # IDX type code -> element type (big-endian where it matters).
@@ -109,7 +109,15 @@ class MNIST:
                                     f"with the IDX files")
         name = stem + ".gz"
         urls = [mirror.rstrip("/") + "/" + name for mirror in mirrors]
-        return download(urls, self.root / name, md5=checksums.get(name), desc=name)
+        try:
+            return download(urls, self.root / name, md5=checksums.get(name), desc=name)
+        except DownloadError as err:
+            error = type(err)(f"{err}\nTo use MNIST without network access, put its four IDX files "
+                              f"(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                              f"t10k-labels-idx1-ubyte, each optionally .gz) in a folder DIR and pass root=DIR "
+                              f"(examples/mnist_train.py: --data DIR).")
+            error.reasons = err.reasons
+            raise error from err
 
     def __len__(self) -> int:
         return len(self.labels)
