@@ -7,45 +7,122 @@
 Defaults: AdamW (lr 1e-3, weight decay 0.01) with the learning rate decayed to 0 along a cosine
 over the run, batch size 128, 3 epochs. Prints one line per epoch, e.g.
 `epoch 1/3 | train_loss 0.2345 | test_acc 97.12% | 4.1s`, and saves a checkpoint (model, optimizer,
-data-loader position, RNG) to --out at the end of every epoch. Resume with the same --epochs to
-continue the same learning-rate schedule.
+data-loader position, RNG) to --out at the end of every epoch (one `saved ...` line). --resume
+continues the run with its own settings (batch size, optimizer, learning rate, schedule, seed) up
+to its own --epochs; `--resume --epochs N` extends it to N epochs, the cosine then spanning all N.
+Without network access, pass --data DIR: a folder with the four MNIST IDX files.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import deers
 from deers import checkpoint, loss
-from deers.dataset import MNIST, DataLoader
+from deers.checkpoint import CheckpointError
+from deers.dataset import MNIST, DataLoader, IDXFormatError
+from deers.download import DownloadError
 from deers.nn import Linear, Module, ReLU, Sequential
 from deers.optim import SGD, AdamW, LRSchedule
 
 MEAN, STD = 0.1307, 0.3081  # pixel statistics of the MNIST training set
 CHECKPOINT_NAME = "mnist.safetensors"
+DEFAULT_EPOCHS = 3
+# Settings that define a run: on --resume they come from the checkpoint (--epochs too, unless given).
+RUN_SETTINGS = ("batch_size", "lr", "schedule", "optimizer", "momentum", "weight_decay", "seed", "limit")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help once: not when the help already states its default,
+    and not for options without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def momentum_value(text: str) -> float:
+    value = nonnegative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """A malformed device string, or a device whose package is missing, is a command-line error."""
+    try:
+        deers.zeros(1, device=device)
+    except ValueError as err:  # BackendUnavailable is a ValueError too
+        parser.error(f"--device {device}: {err}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train an MLP on MNIST with Deers.")
-    parser.add_argument("--data", default=None, help="folder with the MNIST IDX files (downloaded there if missing)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    """The command line, checked: every invalid value is an argparse error before any work starts."""
+    parser = argparse.ArgumentParser(description="Train an MLP on MNIST with Deers.", formatter_class=HelpFormatter)
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="folder with the MNIST IDX files, downloaded there if missing "
+                             "(default: $DEERS_DATA_DIR/mnist or ~/.cache/deers/mnist)")
+    parser.add_argument("--epochs", type=positive_int, default=None, metavar="N",
+                        help=f"passes over the training set (default: {DEFAULT_EPOCHS}; with --resume the run's own)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="images per step")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, metavar="X", help="peak learning rate")
     parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                         help="cosine: decay the learning rate to 0 over the run; constant: keep --lr")
-    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decoupled weight decay")
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="the optimizer")
+    parser.add_argument("--momentum", type=momentum_value, default=0.9, metavar="X", help="SGD momentum")
+    parser.add_argument("--weight-decay", type=nonnegative_float, default=0.01, metavar="X",
+                        help="AdamW's decoupled weight decay")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or mps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/mnist", help="folder for the checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialization and the batch order")
+    parser.add_argument("--out", default="runs/mnist", metavar="DIR", help="folder for the checkpoint")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    return parser.parse_args(argv)
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                        help="use only the first N training images (default: all)")
+    args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    if args.data is not None and Path(args.data).exists() and not Path(args.data).is_dir():
+        parser.error(f"--data {args.data}: not a folder (give the folder that holds the IDX files)")
+    return args
 
 
 def make_model(device: str) -> Module:
@@ -82,12 +159,43 @@ def progress(batches, epoch: int, epochs: int):
     return tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not sys.stderr.isatty())
 
 
+def restore_run_settings(args: argparse.Namespace, path: str) -> dict:
+    """Load the run's settings from its checkpoint into args (see RUN_SETTINGS); returns the checkpoint's info."""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: --resume: no checkpoint at {path} (train without --resume first, or point --out at "
+                         f"the run's folder)")
+    try:
+        run = json.loads(checkpoint.read(path)[1]["extra"])["args"]
+    except (KeyError, TypeError, ValueError) as err:  # CheckpointError is a ValueError
+        raise SystemExit(f"error: --resume: {path} is not a checkpoint of this example ({err})") from err
+    for name in RUN_SETTINGS:
+        setattr(args, name, run.get(name, getattr(args, name)))
+    if args.epochs is None:
+        args.epochs = run.get("epochs") or DEFAULT_EPOCHS
+    return run
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if importlib.util.find_spec("safetensors") is None:
+        raise SystemExit("error: checkpoints need the safetensors package: pip install -e '.[train]' "
+                         "(or pip install 'deers[train]')")
+    path = os.path.join(args.out, CHECKPOINT_NAME)
+    if args.resume:
+        restore_run_settings(args, path)
+    args.epochs = args.epochs or DEFAULT_EPOCHS
+    try:
+        return train(args, path)
+    except (DownloadError, IDXFormatError, CheckpointError) as err:  # no network, a bad file: a message
+        raise SystemExit(f"error: {err}") from err
+
+
+def train(args: argparse.Namespace, path: str) -> list[dict]:
+    """The training loop; returns one dict per epoch run (epoch, train_loss, test_acc, seconds)."""
     deers.manual_seed(args.seed)
-    train = MNIST(args.data, train=True)
-    test = MNIST(args.data, train=False)
-    train_images, train_labels = train.images, train.labels.astype(np.int64)
+    train_set = MNIST(args.data, train=True)
+    test_set = MNIST(args.data, train=False)
+    train_images, train_labels = train_set.images, train_set.labels.astype(np.int64)
     if args.limit is not None:
         train_images, train_labels = train_images[:args.limit], train_labels[:args.limit]
 
@@ -101,15 +209,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     total_steps = args.epochs * len(loader)
     schedule = LRSchedule(args.lr, total_steps, kind="cosine") if args.schedule == "cosine" else None
 
-    path = os.path.join(args.out, CHECKPOINT_NAME)
     first_epoch = 1
     if args.resume:
-        if not os.path.exists(path):
-            raise SystemExit(f"--resume: no checkpoint at {path}")
         info = checkpoint.load(path, model=model, optimizer=optimizer)
         loader.load_state_dict(info["extra"]["loader"])
         first_epoch = info["step"] + 1
-        print(f"resumed from {path} after epoch {info['step']}")
+        print(f"resumed from {path} after epoch {info['step']} of {args.epochs}")
+        if first_epoch > args.epochs:
+            print(f"the run has finished its {args.epochs} epochs; extend it with --resume --epochs N "
+                  f"(N > {info['step']})")
 
     history = []
     for epoch in range(first_epoch, args.epochs + 1):
@@ -123,13 +231,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             optimizer.step(batch_loss.backward())
             total += batch_loss.item()
             batches += 1
-        accuracy = evaluate(model, test.images, test.labels, args.device)
+        accuracy = evaluate(model, test_set.images, test_set.labels, args.device)
         seconds = time.perf_counter() - start
         train_loss = total / max(batches, 1)
         print(f"epoch {epoch}/{args.epochs} | train_loss {train_loss:.4f} | test_acc {accuracy:.2f}% | {seconds:.1f}s",
               flush=True)
         checkpoint.save(path, model=model, optimizer=optimizer, step=epoch,
                         extra={"loader": loader.state_dict(), "args": vars(args), "test_acc": accuracy})
+        print(f"saved {path}", flush=True)
         history.append({"epoch": epoch, "train_loss": train_loss, "test_acc": accuracy, "seconds": seconds})
     return history
 

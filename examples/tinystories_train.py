@@ -1,20 +1,28 @@
 """Train the GPT of deers.models.gpt on TinyStories (or on any local text file of stories).
 
     python examples/tinystories_train.py --device cpu
+    python examples/tinystories_train.py --data sample --steps 300                 # no download at all
     python examples/tinystories_train.py --text-file stories.txt --steps 300 --n-layer 4 --n-embd 128 --seq-len 128
-    python examples/tinystories_train.py --out runs/tinystories --resume      # continue where it stopped
+    python examples/tinystories_train.py --out runs/tinystories --resume           # continue where it stopped
 
-The first run downloads the TinyStories text and tokenizes it with GPT-2's BPE into
-<data-dir>/train.bin and val.bin; later runs reuse them. Every --log-every steps it prints
+Data (--data): by default the first run downloads the full TinyStoriesV2 text (2.2 GB) and
+tokenizes it with GPT-2's BPE into <data-dir>/train.bin and val.bin; later runs reuse them. When
+the download is impossible (no network), it says so in one line and trains on the TinyStories
+sample that ships inside the package (2,316 stories, `--data sample` picks it directly). The
+log's `data:` line says which data is in use. Every --log-every steps it prints
 
     step 50/12000 | train_loss 9.2451 | lr 5.00e-05 | 1.204s | 4267 tok/s
 
 (train_loss is the mean over those steps, the time is the mean wall time of one step), every
 --eval-every steps `step N | val_loss X`, and every --sample-every steps a `sample: ...` line
-generated from "Once upon a time". Checkpoints (<out>/ckpt.safetensors, written atomically) hold
-the model, the optimizer, the step, every RNG state and the loss history, so --resume continues
-with exactly the losses an uninterrupted run would have had. Ctrl-C finishes the current step,
-then writes a checkpoint and the loss-curve plot (<out>/loss.png, needs matplotlib).
+generated from "Once upon a time". Checkpoints (<out>/ckpt.safetensors, written atomically, one
+`saved ...` line each) hold the model, the optimizer, the step, every RNG state and the loss
+history, so --resume continues with exactly the losses an uninterrupted run would have had.
+Ctrl-C finishes the current step, then writes a checkpoint and the loss-curve plot
+(<out>/loss.png, needs matplotlib).
+
+Model size: --n-head defaults to --n-embd / 32 (heads of 32, as in the default 6 x 32 = 192) and
+--mlp-hidden to 4 x --n-embd, so changing the width alone gives a consistent model.
 
 With --dtype bf16 or f16 the forward and backward run in that dtype on a copy of the model while
 the master weights and the AdamW state stay in f32 (f16 also scales the loss to keep small
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import signal
@@ -40,66 +49,221 @@ import deers
 import deers.distributed as dist
 from deers import checkpoint
 from deers.autograd import Grads
-from deers.dataset import TokenBinDataset
+from deers.checkpoint import CheckpointError
+from deers.dataset import TokenBinDataset, TokenFileError
+from deers.download import DownloadError
 from deers.dtype import as_dtype
+from deers.errors import BackendUnavailable
 from deers.models.gpt import GPT, GPTConfig
 from deers.optim import AdamW, LRSchedule, clip_grad_norm
-from deers.tinystories import prepare_tinystories
-from deers.tokenizer import Tokenizer
+from deers.tinystories import StoryFileError, prepare_sample, prepare_tinystories
+from deers.tokenizer import Tokenizer, TokenizerUnavailable
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 PLOT_NAME = "loss.png"
-# Settings that define a run: on --resume they are taken from the checkpoint, not the command line.
-RUN_SETTINGS = ("dtype", "batch_size", "seq_len", "n_layer", "n_head", "n_embd", "mlp_hidden", "lr", "warmup",
-                "warmdown", "weight_decay", "grad_clip", "seed", "text_file", "data_dir", "tokenizer_file",
+DEFAULT_STEPS = 12000
+HEAD_SIZE = 32  # --n-head defaults to n_embd / HEAD_SIZE (6 heads for the default width 192)
+MLP_RATIO = 4  # --mlp-hidden defaults to MLP_RATIO * n_embd
+# Settings that define a run: on --resume they are taken from the checkpoint, not the command line
+# (--steps too, unless it is given: see RESUME_HELP).
+RUN_SETTINGS = ("data", "dtype", "batch_size", "seq_len", "n_layer", "n_head", "n_embd", "mlp_hidden", "lr",
+                "warmup", "warmdown", "weight_decay", "grad_clip", "seed", "text_file", "data_dir", "tokenizer_file",
                 "val_fraction")
+# Errors a user can meet (no network, a bad file, a missing package): printed as one message, no traceback.
+USER_ERRORS = (DownloadError, TokenizerUnavailable, StoryFileError, TokenFileError, CheckpointError,
+               BackendUnavailable, dist.DistributedUnavailable)
+
+RESUME_HELP = """\
+resuming and extending a run:
+  --resume continues <out>/ckpt.safetensors with the run's own settings (data, model, optimizer,
+  dtype, seed, warmup, warmdown) up to the run's own total number of steps, on the learning-rate
+  schedule it started with: an interrupted run ends exactly as an uninterrupted one would have.
+  --resume --steps N extends (or shortens) the run to N steps in total. From the checkpoint's step
+  on, the learning rate then follows the schedule of an N-step run: linear warmup, the peak --lr,
+  and a linear warmdown to 0 over the last --warmdown steps, where a warmup or warmdown the run left
+  at its default is recomputed for N. A run that had already decayed to lr 0 therefore climbs back
+  to the peak and decays again over its new last steps.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends "(default: X)" to an option's help once: not when the help already states its default,
+    and not for options without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """A malformed device string, or a device whose package is missing, is a command-line error."""
+    try:
+        deers.zeros(1, device=device)
+    except ValueError as err:  # BackendUnavailable is a ValueError too
+        parser.error(f"--device {device}: {err}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: every invalid value is an argparse error before any work starts."""
     p = argparse.ArgumentParser(description="Train a small GPT on TinyStories with Deers.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter, epilog=RESUME_HELP)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or mps")
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"],
                    help="compute dtype (master weights and optimizer state stay f32)")
-    p.add_argument("--steps", type=int, default=12000, help="number of optimizer steps")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=256, help="context length (also the model's sequence_len)")
-    p.add_argument("--n-layer", type=int, default=6)
-    p.add_argument("--n-head", type=int, default=6)
-    p.add_argument("--n-embd", type=int, default=192)
-    p.add_argument("--mlp-hidden", type=int, default=768)
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=None, help="linear warmup steps (default: min(500, steps // 10))")
-    p.add_argument("--warmdown", type=int, default=None,
+    p.add_argument("--data", choices=["auto", "tinystories", "sample"], default=None,
+                   help="auto (the default): the full TinyStoriesV2 text, downloaded once, or the bundled "
+                        "sample when it cannot be downloaded; tinystories: the download or an error; sample: "
+                        "the 2,316-story TinyStories sample inside the package, no network")
+    p.add_argument("--text-file", default=None, metavar="PATH",
+                   help="train on this local text file (stories separated by <|endoftext|> lines) instead")
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                   help=f"optimizer steps in total (default: {DEFAULT_STEPS}; with --resume the run's own, "
+                        f"see below)")
+    p.add_argument("--batch-size", type=positive_int, default=4, metavar="B",
+                   help="rows per step (with --ddp: over all ranks together)")
+    p.add_argument("--seq-len", type=positive_int, default=256, metavar="T",
+                   help="context length (also the model's sequence_len)")
+    p.add_argument("--n-layer", type=positive_int, default=6, metavar="N", help="transformer blocks")
+    p.add_argument("--n-embd", type=positive_int, default=192, metavar="D", help="model width")
+    p.add_argument("--n-head", type=positive_int, default=None, metavar="N",
+                   help=f"attention heads; must divide --n-embd into heads of an even size "
+                        f"(default: n_embd / {HEAD_SIZE})")
+    p.add_argument("--mlp-hidden", type=positive_int, default=None, metavar="H",
+                   help=f"hidden size of each MLP (default: {MLP_RATIO} x n_embd)")
+    p.add_argument("--lr", type=positive_float, default=5e-4, metavar="X", help="peak learning rate")
+    p.add_argument("--warmup", type=nonnegative_int, default=None, metavar="N",
+                   help="linear warmup steps (default: min(500, steps // 10))")
+    p.add_argument("--warmdown", type=nonnegative_int, default=None, metavar="N",
                    help="final steps over which the lr falls linearly to 0 (default: steps // 5)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay of the weight matrices")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm (0: no clipping)")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--eval-batches", type=int, default=20, help="validation batches per evaluation")
-    p.add_argument("--sample-every", type=int, default=1000)
-    p.add_argument("--sample-tokens", type=int, default=64, help="tokens generated per sample")
-    p.add_argument("--prompt", default="Once upon a time")
-    p.add_argument("--checkpoint-every", type=int, default=1000)
-    p.add_argument("--out", default="runs/tinystories", help="folder for checkpoints and the loss plot")
-    p.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME}")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--text-file", default=None,
-                   help="train on this local text file (stories separated by <|endoftext|>) instead of downloading")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="share of --text-file's stories held out")
-    p.add_argument("--data-dir", default=None,
-                   help="where train.bin/val.bin live "
-                        "(default: data/tinystories_gpt2, or data/<text file>_<tokenizer>)")
-    p.add_argument("--tokenizer-file", default=None,
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.1, metavar="X",
+                   help="AdamW weight decay of the weight matrices")
+    p.add_argument("--grad-clip", type=nonnegative_float, default=1.0, metavar="X",
+                   help="max global gradient norm (0: no clipping)")
+    p.add_argument("--log-every", type=positive_int, default=50, metavar="N", help="steps per log line")
+    p.add_argument("--eval-every", type=positive_int, default=500, metavar="N", help="steps between validation losses")
+    p.add_argument("--eval-batches", type=positive_int, default=20, metavar="N",
+                   help="validation batches per evaluation")
+    p.add_argument("--sample-every", type=positive_int, default=1000, metavar="N", help="steps between samples")
+    p.add_argument("--sample-tokens", type=positive_int, default=64, metavar="N", help="tokens generated per sample")
+    p.add_argument("--prompt", default="Once upon a time", help="start of every sample")
+    p.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N",
+                   help="steps between checkpoints (and one at the end)")
+    p.add_argument("--out", default="runs/tinystories", metavar="DIR", help="folder for checkpoints and the loss plot")
+    p.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME} (see below)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the initialization, the batches and the samples")
+    p.add_argument("--val-fraction", type=fraction, default=0.05, metavar="X",
+                   help="share of the stories held out for validation (--text-file and --data sample)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="where train.bin/val.bin live (default: data/tinystories_gpt2 for the download, "
+                        "data/tinystories_sample_<tokenizer> for the sample, data/<text file>_<tokenizer>)")
+    p.add_argument("--tokenizer-file", default=None, metavar="PATH",
                    help="a .tiktoken rank file to use instead of GPT-2's BPE (<|endoftext|> gets the next id)")
     p.add_argument("--ddp", action="store_true",
                    help="data-parallel over the ranks of `mpirun -n N` (each takes batch-size / N rows)")
     args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches", "sample_every",
-                 "checkpoint_every"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    check_args(p, args)
     return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks that need several values, files or installed packages; fills in the dependent defaults."""
+    check_device(p, args.device)
+    try:
+        as_dtype(args.dtype)
+    except TypeError as err:  # bf16 without ml_dtypes
+        p.error(f"--dtype {args.dtype}: {err}")
+    for flag, path in (("--text-file", args.text_file), ("--tokenizer-file", args.tokenizer_file)):
+        if path is not None and not Path(path).is_file():
+            p.error(f"{flag} {path}: no such file")
+        if path is not None and Path(path).stat().st_size == 0:
+            p.error(f"{flag} {path}: the file is empty")
+    if args.text_file is not None and args.data is not None:
+        p.error(f"--text-file and --data {args.data} both choose the data: give one of them")
+    if args.data is None:
+        args.data = "file" if args.text_file is not None else "auto"
+
+    if args.n_head is None:
+        if args.n_embd % HEAD_SIZE:
+            p.error(f"--n-embd {args.n_embd} is not a multiple of {HEAD_SIZE}, the default head size: "
+                    f"give --n-head, a divisor of {args.n_embd} that leaves an even head size")
+        args.n_head = args.n_embd // HEAD_SIZE
+    if args.n_embd % args.n_head or (args.n_embd // args.n_head) % 2:
+        p.error(f"--n-head {args.n_head} must divide --n-embd {args.n_embd} into heads of an even size "
+                f"(RoPE rotates pairs of channels)")
+    if args.mlp_hidden is None:
+        args.mlp_hidden = MLP_RATIO * args.n_embd
+    if not args.resume:  # on --resume the schedule is the checkpoint's (checked in train)
+        args.steps = args.steps or DEFAULT_STEPS
+        warmup, warmdown = schedule_lengths(args)
+        if warmup + warmdown > args.steps:
+            p.error(f"--warmup {warmup} + --warmdown {warmdown} exceed --steps {args.steps}")
+
+
+def schedule_lengths(args: argparse.Namespace) -> tuple[int, int]:
+    """(warmup, warmdown) in steps: as given, or their defaults for args.steps."""
+    warmup = args.warmup if args.warmup is not None else min(500, args.steps // 10)
+    warmdown = args.warmdown if args.warmdown is not None else args.steps // 5
+    return warmup, warmdown
+
+
+def require_packages() -> None:
+    """The trainer needs tiktoken (the tokenizer) and safetensors (checkpoints): say so before any work."""
+    for name in ("tiktoken", "safetensors"):
+        if importlib.util.find_spec(name) is None:
+            raise SystemExit(f"error: the trainer needs the {name} package: pip install -e '.[train]' "
+                             f"(or pip install 'deers[train]')")
 
 
 # ---- data --------------------------------------------------------------------------------------------
@@ -109,14 +273,37 @@ def load_tokenizer(args: argparse.Namespace) -> Tokenizer:
     return Tokenizer.gpt2()
 
 
-def load_data(args: argparse.Namespace, tokenizer: Tokenizer) -> tuple[TokenBinDataset, TokenBinDataset]:
-    data_dir = args.data_dir
-    if data_dir is None:
-        data_dir = "data/tinystories_gpt2" if args.text_file is None else \
-            f"data/{Path(args.text_file).stem}_{tokenizer.name}"
-    train_bin, val_bin = prepare_tinystories(root=data_dir, tokenizer=tokenizer, text_file=args.text_file,
-                                             val_fraction=args.val_fraction)
-    return TokenBinDataset.load(train_bin, args.seq_len), TokenBinDataset.load(val_bin, args.seq_len)
+def load_data(args: argparse.Namespace, tokenizer: Tokenizer) -> tuple[TokenBinDataset, TokenBinDataset, str]:
+    """(train, val, what they are) for args.data; an "auto" that cannot download becomes "sample" (in args too)."""
+    if args.data == "auto":
+        try:
+            found = _prepare(args, tokenizer, "tinystories")
+            args.data = "tinystories"
+        except DownloadError as err:
+            reason = err.reasons[0] if err.reasons else str(err).splitlines()[0]
+            say(f"could not download TinyStoriesV2 ({reason}); training on the TinyStories sample inside the "
+                f"package instead (--data sample skips the download)")
+            args.data = "sample"
+            found = _prepare(args, tokenizer, "sample")
+    else:
+        found = _prepare(args, tokenizer, args.data)
+    (train_bin, val_bin), what = found
+    return TokenBinDataset.load(train_bin, args.seq_len), TokenBinDataset.load(val_bin, args.seq_len), what
+
+
+def _prepare(args: argparse.Namespace, tokenizer: Tokenizer, source: str) -> tuple[tuple[Path, Path], str]:
+    """Token files for one source ("tinystories", "sample" or "file") and a description for the log."""
+    if source == "tinystories":
+        root = args.data_dir or "data/tinystories_gpt2"
+        return prepare_tinystories(root=root, tokenizer=tokenizer), f"TinyStoriesV2 in {root}"
+    if source == "sample":
+        root = args.data_dir or f"data/tinystories_sample_{tokenizer.name}"
+        files = prepare_sample(root=root, tokenizer=tokenizer, val_fraction=args.val_fraction)
+        return files, f"the TinyStories sample inside the package (2,316 stories) in {root}"
+    root = args.data_dir or f"data/{Path(args.text_file).stem}_{tokenizer.name}"
+    files = prepare_tinystories(root=root, tokenizer=tokenizer, text_file=args.text_file,
+                                val_fraction=args.val_fraction)
+    return files, f"{args.text_file} in {root}"
 
 
 # ---- mixed precision ---------------------------------------------------------------------------------
@@ -260,20 +447,34 @@ class StopRequest:
 
 def save(path: Path, model: GPT, optimizer: AdamW, step: int, args: argparse.Namespace, history: dict,
          loss_scale: float) -> None:
-    run = {name: getattr(args, name) for name in RUN_SETTINGS}
+    run = {name: getattr(args, name) for name in RUN_SETTINGS + ("steps",)}
     checkpoint.save(path, model=model, optimizer=optimizer, step=step,
                     extra={"config": dataclasses.asdict(model.config), "run": run, "history": history,
                            "loss_scale": loss_scale, "tokenizer_file": args.tokenizer_file})
+    say(f"saved {path} at step {step}")
 
 
-def restore_run_settings(args: argparse.Namespace, path: Path) -> None:
-    """Take the settings that define the run from the checkpoint's metadata (see RUN_SETTINGS)."""
+def restore_run_settings(args: argparse.Namespace, path: Path) -> tuple[int, int]:
+    """Take the settings that define the run from the checkpoint (see RUN_SETTINGS and RESUME_HELP).
+
+    Returns (the checkpoint's step, the run's total steps); args.steps becomes the run's total
+    unless --steps was given.
+    """
     if not path.exists():
-        raise SystemExit(f"--resume: no checkpoint at {path}")
-    _, metadata = checkpoint.read(path)
-    saved = json.loads(metadata["extra"])["run"]
+        raise SystemExit(f"error: --resume: no checkpoint at {path} (train without --resume first, or point --out "
+                         f"at the run's folder)")
+    try:
+        _, metadata = checkpoint.read(path)
+        saved = json.loads(metadata["extra"])["run"]
+        step = int(metadata["step"])
+    except (KeyError, TypeError, ValueError) as err:  # CheckpointError is a ValueError
+        raise SystemExit(f"error: --resume: {path} is not a checkpoint of this trainer ({err})") from err
     for name in RUN_SETTINGS:
-        setattr(args, name, saved[name])
+        setattr(args, name, saved.get(name, getattr(args, name)))
+    run_steps = int(saved.get("steps", DEFAULT_STEPS))  # checkpoints from before "steps" was saved ran the default
+    if args.steps is None:
+        args.steps = run_steps
+    return step, run_steps
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
@@ -286,20 +487,33 @@ def train(args: argparse.Namespace) -> dict:
         args.device = dist.device_for_rank(args.device)  # "cuda" -> this rank's GPU
     world = dist.world_size()
     if args.batch_size % world:
-        raise SystemExit(f"--batch-size {args.batch_size} does not split evenly over {world} ranks")
-    if args.resume:
-        restore_run_settings(args, ckpt_path)
+        raise SystemExit(f"error: --batch-size {args.batch_size} does not split evenly over {world} ranks")
+    start_step, run_steps = restore_run_settings(args, ckpt_path) if args.resume else (0, args.steps)
+    if args.steps < start_step:
+        raise SystemExit(f"error: --resume --steps {args.steps}: the checkpoint is already at step {start_step}")
+    if args.steps == start_step:
+        say(f"{ckpt_path} has finished its {run_steps} steps; to train on, extend the run with "
+            f"--resume --steps N (N > {start_step}; the learning-rate schedule is in --help)")
+        return {"train": [], "val": []}
     for name in ("text_file", "tokenizer_file"):  # absolute, so the checkpoint works from any folder
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
-    warmup = args.warmup if args.warmup is not None else min(500, args.steps // 10)
-    warmdown = args.warmdown if args.warmdown is not None else args.steps // 5
+    warmup, warmdown = schedule_lengths(args)
+    if warmup + warmdown > args.steps:
+        raise SystemExit(f"error: --resume --steps {args.steps}: the run's warmup {warmup} + warmdown {warmdown} "
+                         f"do not fit; give --steps of at least {warmup + warmdown}")
+    schedule = LRSchedule(args.lr, args.steps, warmup=warmup, warmdown=warmdown)
     dtype = as_dtype(args.dtype)
 
     deers.manual_seed(args.seed)
     tokenizer = load_tokenizer(args)
-    with dist.main_first():  # rank 0 downloads and tokenizes; the others then find the files
-        train_data, val_data = load_data(args, tokenizer)
+    with dist.main_first():  # rank 0 downloads and tokenizes first; the others then find its files
+        if dist.is_main():
+            train_data, val_data, data_text = load_data(args, tokenizer)
+    if world > 1:  # the others follow rank 0's choice (an "auto" that fell back is "sample" everywhere)
+        args.data = dist.broadcast_object(args.data)
+        if not dist.is_main():
+            train_data, val_data, data_text = load_data(args, tokenizer)
     config = GPTConfig(vocab_size=tokenizer.vocab_size(), sequence_len=args.seq_len, n_layer=args.n_layer,
                        n_head=args.n_head, n_embd=args.n_embd, mlp_hidden_dim=args.mlp_hidden)
     model = GPT(config, device=args.device)  # f32 master weights
@@ -307,18 +521,21 @@ def train(args: argparse.Namespace) -> dict:
         dist.broadcast_parameters(model.parameters())  # the same seed made the same init; make sure
     low = LowPrecisionCopy(model, dtype, args.device) if dtype is not deers.f32 else None
     optimizer = make_optimizer(model, args)
-    schedule = LRSchedule(args.lr, args.steps, warmup=warmup, warmdown=warmdown)
     scaler = LossScaler(2.0 ** 12 if dtype is deers.f16 else 1.0)
     history: dict = {"train": [], "val": []}
     step = 0
     if args.resume:
         info = checkpoint.load(ckpt_path, model=model, optimizer=optimizer)  # also restores every RNG state
         step, history, scaler.scale = info["step"], info["extra"]["history"], info["extra"]["loss_scale"]
-        say(f"resumed from {ckpt_path} at step {step} (model, data, optimizer, dtype and seed settings "
-            f"come from the checkpoint)")
+        say(f"resumed from {ckpt_path} at step {step} of {run_steps} (model, data, optimizer, dtype and seed "
+            f"settings come from the checkpoint)")
+        if args.steps != run_steps:
+            say(f"{'extending' if args.steps > run_steps else 'shortening'} the run from {run_steps} to "
+                f"{args.steps} steps: the learning rate follows the schedule of a run of {args.steps} steps "
+                f"(warmup {warmup}, warmdown {warmdown}), {schedule(step):.2e} at step {step + 1}")
     say(f"model: {model.num_parameters():,} parameters, {config}")
     ranks = f", {args.batch_size // world} rows on each of {world} ranks" if world > 1 else ""
-    say(f"data: {len(train_data):,} train tokens, {len(val_data):,} val tokens; "
+    say(f"data: {data_text}: {len(train_data):,} train tokens, {len(val_data):,} val tokens; "
         f"{args.batch_size} x {args.seq_len} tokens per step{ranks} on {args.device} in {args.dtype}")
 
     tokens_per_step = args.batch_size * args.seq_len
@@ -378,13 +595,17 @@ def train(args: argparse.Namespace) -> dict:
         raise
     if dist.is_main():
         save(ckpt_path, model, optimizer, step, args, history, scaler.scale)
-        say(f"saved {ckpt_path} at step {step}")
         plot_losses(history, out / PLOT_NAME)
     return history
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    require_packages()
+    try:
+        return train(args)
+    except USER_ERRORS as err:  # no network, a bad file, a missing package: a message, not a traceback
+        raise SystemExit(f"error: {err}") from err
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """examples/tinystories_train.py and examples/sample.py end to end, on a generated story file with a
-small BPE vocabulary (no network, no /work/shared): log format, checkpoints, exact resume after
-Ctrl-C, mixed precision, sampling."""
+small BPE vocabulary (no network, no ../shared): log format, checkpoints, exact resume after
+Ctrl-C, extending a run and its schedule, the bundled-sample fallback, mixed precision, sampling,
+and the messages a user gets instead of tracebacks."""
 import importlib.util
 import math
 import re
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,10 @@ pytest.importorskip("tiktoken")
 pytest.importorskip("safetensors")
 
 import deers  # noqa: E402
+import deers.tinystories as tinystories  # noqa: E402
 from deers import checkpoint  # noqa: E402
+from deers.optim import LRSchedule  # noqa: E402
+from local_http_server import closed_port_url  # noqa: E402
 from tiny_bpe import train_byte_bpe, write_tiktoken_file  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -56,11 +61,18 @@ def trainer():
     return load_example("tinystories_train")
 
 
-def tiny_args(corpus: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["--text-file", str(corpus / "stories.txt"), "--tokenizer-file", str(corpus / "tiny.tiktoken"),
-            "--data-dir", str(corpus / "data"), "--out", str(out), "--steps", str(steps), "--batch-size", "4",
+def tiny_args(corpus: Path, out: Path, steps: "int | None", *extra: str, data: str = "text") -> list[str]:
+    """A tiny run; steps=None leaves --steps out (a --resume then continues to the run's own total)."""
+    source = ["--text-file", str(corpus / "stories.txt"), "--data-dir", str(corpus / "data")] if data == "text" \
+        else ["--data-dir", str(corpus / f"data-{data}")]
+    return [*source, "--tokenizer-file", str(corpus / "tiny.tiktoken"), "--out", str(out),
+            *(["--steps", str(steps)] if steps is not None else []), "--batch-size", "4",
             "--seq-len", "16", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--mlp-hidden", "32",
             "--lr", "3e-3", "--sample-tokens", "12", "--eval-batches", "2", "--val-fraction", "0.05", *extra]
+
+
+def log_lines(text: str) -> list[re.Match]:
+    return [LOG_LINE.match(line) for line in text.splitlines() if line.startswith("step ") and "train_loss" in line]
 
 
 def test_trainer_end_to_end(trainer, corpus, tmp_path, capsys):
@@ -73,6 +85,9 @@ def test_trainer_end_to_end(trainer, corpus, tmp_path, capsys):
     assert [line.split(" | ")[0] for line in lines if "val_loss" in line] == ["step 20", "step 40"]
     samples = [line for line in lines if line.startswith("sample: ")]
     assert len(samples) == 2 and all(s.startswith("sample: Once upon a time") for s in samples)
+    saved = [line for line in lines if line.startswith("saved ")]  # one line per checkpoint, periodic or final
+    assert saved == [f"saved {out / 'ckpt.safetensors'} at step 20", f"saved {out / 'ckpt.safetensors'} at step 40"]
+    assert any(line.startswith(f"data: {corpus / 'stories.txt'}") for line in lines)  # says which data
 
     vocab = 256 + 60 + 1
     assert len(history["train"]) == 40 and [s for s, _ in history["val"]] == [20, 40]
@@ -88,9 +103,14 @@ def test_trainer_end_to_end(trainer, corpus, tmp_path, capsys):
 
     sampler = load_example("sample")
     args = ["--checkpoint", str(out / "ckpt.safetensors"), "--max-new-tokens", "20", "--seed", "3"]
+    capsys.readouterr()
     first, again = sampler.main(args), sampler.main(args)
     assert first == again and first[0].startswith("Once upon a time")
+    assert f"checkpoint: {out / 'ckpt.safetensors'} (step 40" in capsys.readouterr().err  # says what it loaded
     assert sampler.main(args + ["--temperature", "0"]) == sampler.main(args + ["--temperature", "0", "--seed", "9"])
+    for folder in (["--checkpoint", str(out)], ["--out", str(out)]):  # the run folder, as the trainer's --out
+        assert sampler.main(folder + args[2:]) == first
+        assert f"checkpoint: {out / 'ckpt.safetensors'}" in capsys.readouterr().err
 
 
 def test_resume_after_ctrl_c_continues_with_identical_losses(trainer, corpus, tmp_path, monkeypatch, capsys):
@@ -112,8 +132,9 @@ def test_resume_after_ctrl_c_continues_with_identical_losses(trainer, corpus, tm
     assert len(stopped["train"]) == 10 and "interrupted" in capsys.readouterr().out
     assert checkpoint.read(tmp_path / "b" / "ckpt.safetensors")[1]["step"] == "10"
 
-    resumed = trainer.main(tiny_args(corpus, tmp_path / "b", 24, *common, "--resume"))
-    assert "resumed from" in capsys.readouterr().out
+    resumed = trainer.main(tiny_args(corpus, tmp_path / "b", None, *common, "--resume"))  # no --steps: the run's 24
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at step 10 of 24" in out and "extending" not in out
     assert resumed == straight  # every train loss and val loss, bit for bit
     final_a, _ = checkpoint.read(tmp_path / "a" / "ckpt.safetensors")
     final_b, _ = checkpoint.read(tmp_path / "b" / "ckpt.safetensors")
@@ -138,3 +159,108 @@ def test_low_precision_training_keeps_f32_master_weights(trainer, corpus, tmp_pa
 def test_resume_without_a_checkpoint_says_so(trainer, corpus, tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint"):
         trainer.main(tiny_args(corpus, tmp_path / "none", 5, "--resume"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "ckpt.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="cannot be read"):
+        trainer.main(tiny_args(corpus, tmp_path / "junk", None, "--resume"))
+
+
+QUIET = ("--log-every", "1", "--eval-every", "100", "--sample-every", "100", "--checkpoint-every", "100")
+
+
+def test_resume_of_a_finished_run_trains_no_further(trainer, corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    trainer.main(tiny_args(corpus, out, 6, *QUIET))
+    before = (out / "ckpt.safetensors").read_bytes()
+    capsys.readouterr()
+    assert trainer.main(tiny_args(corpus, out, None, *QUIET, "--resume")) == {"train": [], "val": []}
+    text = capsys.readouterr().out
+    assert "has finished its 6 steps" in text and "--resume --steps N" in text and not log_lines(text)
+    assert (out / "ckpt.safetensors").read_bytes() == before
+    with pytest.raises(SystemExit, match="already at step 6"):
+        trainer.main(tiny_args(corpus, out, 4, *QUIET, "--resume"))
+
+
+def test_resume_with_more_steps_extends_on_the_stated_schedule(trainer, corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    trainer.main(tiny_args(corpus, out, 20, *QUIET))  # warmup 2, warmdown 4 (the defaults for 20 steps)
+    capsys.readouterr()
+    history = trainer.main(tiny_args(corpus, out, 30, *QUIET, "--resume"))
+    text = capsys.readouterr().out
+    assert "extending the run from 20 to 30 steps" in text and "(warmup 3, warmdown 6)" in text
+    schedule = LRSchedule(3e-3, 30, warmup=3, warmdown=6)  # what --help promises: a 30-step run's schedule
+    logs = log_lines(text)
+    assert [int(m.group(1)) for m in logs] == list(range(21, 31)) and all(m.group(2) == "30" for m in logs)
+    assert [m.group(4) for m in logs] == [f"{schedule(step - 1):.2e}" for step in range(21, 31)]
+    assert len(history["train"]) == 30 and checkpoint.read(out / "ckpt.safetensors")[1]["step"] == "30"
+    trainer.main(tiny_args(corpus, out, None, *QUIET, "--resume"))  # the extended run is now the run's total
+    assert "has finished its 30 steps" in capsys.readouterr().out
+
+
+def test_no_network_falls_back_to_the_bundled_sample_in_one_line(trainer, corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tinystories, "TINYSTORIES_URLS", [closed_port_url("/ts/")])  # offline, at once
+    out = tmp_path / "run"
+    trainer.main(tiny_args(corpus, out, 2, *QUIET, data="auto"))
+    lines = capsys.readouterr().out.splitlines()
+    fallback = [line for line in lines if "could not download" in line]
+    assert len(fallback) == 1 and "training on the TinyStories sample inside the package" in fallback[0]
+    assert "--data sample" in fallback[0]
+    data_line = next(line for line in lines if line.startswith("data: "))
+    assert data_line.startswith("data: the TinyStories sample inside the package (2,316 stories)")
+    assert len(log_lines("\n".join(lines))) == 2
+    run = checkpoint.read(out / "ckpt.safetensors")[1]
+    assert '"data": "sample"' in run["extra"]  # recorded, so --resume stays on the sample
+
+    trainer.main(tiny_args(corpus, out, 3, *QUIET, "--resume", data="auto"))
+    assert "could not download" not in capsys.readouterr().out  # the resumed run does not try again
+    with pytest.raises(SystemExit, match="--data sample"):
+        trainer.main(tiny_args(corpus, tmp_path / "strict", 2, *QUIET, "--data", "tinystories", data="strict"))
+
+
+def test_bundled_sample_has_a_train_and_a_validation_split(corpus):
+    tok = load_example("tinystories_train").Tokenizer.from_tiktoken_file(corpus / "tiny.tiktoken")
+    train_bin, val_bin = tinystories.prepare_sample(corpus / "data-auto", tokenizer=tok, verbose=False)
+    train = deers.dataset.read_tokens(train_bin)[0]
+    val = deers.dataset.read_tokens(val_bin)[0]
+    eot = tok.eot_token
+    assert int((train == eot).sum()) == 2200 and int((val == eot).sum()) == 116  # 2,316 stories, 5% held out
+    text = (corpus / "data-auto" / tinystories.SAMPLE_TEXT).read_text()
+    assert text.startswith("One day, a little girl named Lily found a needle in her room.")
+    assert text.endswith("<|endoftext|>\n")  # the truncated last story of the 2 MiB cut is gone
+
+
+@pytest.mark.parametrize("content, message", [
+    ("A single story with no separator at all.", "holds 1 story: at least 2 are needed"),
+    ("<|endoftext|>\n\n<|endoftext|>\n", "holds 0 stories"),
+])
+def test_a_text_file_that_cannot_be_split_is_a_message(trainer, corpus, tmp_path, content, message):
+    text = tmp_path / "stories.txt"
+    text.write_text(content)
+    args = tiny_args(corpus, tmp_path / "run", 2, *QUIET)
+    args[args.index("--text-file") + 1] = str(text)
+    args[args.index("--data-dir") + 1] = str(tmp_path / "data")
+    with pytest.raises(SystemExit, match=f"^error: .*{re.escape(message)}"):
+        trainer.main(args)
+
+
+@pytest.mark.parametrize("package", ["tiktoken", "safetensors"])
+def test_a_missing_package_is_a_message(trainer, corpus, tmp_path, monkeypatch, package):
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
+    with pytest.raises(SystemExit, match=rf"needs the {package} package: pip install -e '\.\[train\]'"):
+        trainer.main(tiny_args(corpus, tmp_path / "run", 2, *QUIET))
+
+
+def test_sample_errors_are_messages(corpus, tmp_path):
+    sampler = load_example("sample")
+    with pytest.raises(SystemExit, match="no checkpoint at .*nowhere .*tinystories_train.py --out"):
+        sampler.main(["--checkpoint", str(tmp_path / "nowhere")])
+    (tmp_path / "empty-run").mkdir()
+    with pytest.raises(SystemExit, match="no ckpt.safetensors in the folder"):
+        sampler.main(["--checkpoint", str(tmp_path / "empty-run")])
+    other = deers.nn.Linear(2, 2)  # a safetensors checkpoint, but not of the GPT trainer
+    checkpoint.save(tmp_path / "other.safetensors", model=other, step=1)
+    with pytest.raises(SystemExit, match="not a GPT checkpoint"):
+        sampler.main(["--checkpoint", str(tmp_path / "other.safetensors")])
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(SystemExit, match="cannot be read"):
+        sampler.main(["--checkpoint", str(tmp_path / "junk.safetensors")])
