@@ -12,7 +12,8 @@ from .creation import (arange, from_numpy, full, get_rng_state, host_rng, manual
 from .device import Device
 from .dtype import DType, bf16, bool_, f16, f32, f64, i64, u8
 from .errors import BackendUnavailable, DeersError, DeviceError, DTypeError, ShapeError
-from .ops.elementwise import maximum, minimum, where
+from .ops.binary import maximum, minimum
+from .ops.compare import where
 from .ops.indexing import embedding, gather, index_select
 from .ops.linalg import matmul
 from .ops.shape import cat, stack

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .errors import DTypeError, ShapeError, describe
 from .fused.cross_entropy import check_cross_entropy_operands
 from .fused.cross_entropy import cross_entropy as _fused_cross_entropy
-from .ops.elementwise import where
+from .ops.compare import where
 from .tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")

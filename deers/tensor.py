@@ -12,15 +12,20 @@ import numpy as np
 
 from .array import NDArray
 from .autograd import Grads, Op, UnitGrad, grad_mode, run_backward
+from .backend import BinaryFn
 from .device import Device, as_device
 from .dtype import DType, as_dtype
 from .errors import DeviceError, DTypeError, ShapeError, describe
 
 
 def apply(op: Op, *inputs: "Tensor") -> "Tensor":
-    """Run `op` on the inputs' arrays; record it in the graph when any input requires grad."""
+    """Run `op` on the inputs' arrays; record it in the graph when any input requires grad.
+
+    An op that says `differentiable = False` (comparisons, argmax, casts to an integer type) is
+    never recorded, so its output never requires grad.
+    """
     needs = tuple([t.requires_grad for t in inputs])
-    record = grad_mode.enabled and True in needs
+    record = grad_mode.enabled and True in needs and getattr(op, "differentiable", True)
     op.needs_input_grad = needs if record else (False,) * len(inputs)  # forward saves only what backward needs
     out = op.forward(*[t.data for t in inputs])
     if record:
@@ -151,9 +156,7 @@ class Tensor:
 
     # ---- moves and casts -------------------------------------------------------------------------
     def to_device(self, device: "Device | str") -> "Tensor":
-        from .ops.elementwise import to_device
-
-        return to_device(self, as_device(device))
+        return _convert.to_device(self, as_device(device))
 
     def to(self, target) -> "Tensor":
         """`to("cuda")` moves, `to(deers.f16)` casts, PyTorch style."""
@@ -163,9 +166,7 @@ class Tensor:
         return self.to_device(target)
 
     def to_dtype(self, dtype: "DType | str") -> "Tensor":
-        from .ops.elementwise import cast
-
-        return cast(self, as_dtype(dtype))
+        return _convert.cast(self, as_dtype(dtype))
 
     def float(self) -> "Tensor":
         return self.to_dtype("f32")
@@ -176,36 +177,41 @@ class Tensor:
     def long(self) -> "Tensor":
         return self.to_dtype("i64")
 
-    # ---- element-wise -------------------------------------------------------------------------
-    def neg(self) -> "Tensor": return _ew.neg(self)
-    def add(self, other) -> "Tensor": return _ew.add(self, other)
-    def sub(self, other) -> "Tensor": return _ew.sub(self, other)
-    def mul(self, other) -> "Tensor": return _ew.mul(self, other)
-    def div(self, other) -> "Tensor": return _ew.div(self, other)
-    def pow(self, exponent) -> "Tensor": return _ew.pow(self, exponent)
-    def powf(self, exponent: float) -> "Tensor": return _ew.pow(self, float(exponent))
-    def log(self) -> "Tensor": return _ew.unary("log", self)
-    def exp(self) -> "Tensor": return _ew.unary("exp", self)
-    def sqrt(self) -> "Tensor": return _ew.unary("sqrt", self)
-    def rsqrt(self) -> "Tensor": return _ew.unary("rsqrt", self)
-    def sin(self) -> "Tensor": return _ew.unary("sin", self)
-    def cos(self) -> "Tensor": return _ew.unary("cos", self)
-    def tanh(self) -> "Tensor": return _ew.unary("tanh", self)
-    def sigmoid(self) -> "Tensor": return _ew.unary("sigmoid", self)
-    def relu(self) -> "Tensor": return _ew.unary("relu", self)
-    def abs(self) -> "Tensor": return _ew.unary("abs", self)
-    def square(self) -> "Tensor": return _ew.unary("square", self)
-    def maximum(self, other) -> "Tensor": return _ew.maximum(self, other)
-    def minimum(self, other) -> "Tensor": return _ew.minimum(self, other)
-    def clamp(self, min=None, max=None) -> "Tensor": return _ew.clamp(self, min, max)
-    def masked_fill(self, mask: "Tensor", value: float) -> "Tensor": return _ew.masked_fill(self, mask, value)
-    def where(self, condition: "Tensor", other) -> "Tensor": return _ew.where(condition, self, other)
-    def eq(self, other) -> "Tensor": return _ew.compare("eq", self, other)
-    def ne(self, other) -> "Tensor": return _ew.compare("ne", self, other)
-    def lt(self, other) -> "Tensor": return _ew.compare("lt", self, other)
-    def le(self, other) -> "Tensor": return _ew.compare("le", self, other)
-    def gt(self, other) -> "Tensor": return _ew.compare("gt", self, other)
-    def ge(self, other) -> "Tensor": return _ew.compare("ge", self, other)
+    # ---- element-wise: unary (deers/ops/unary.py) ----------------------------------------------
+    def neg(self) -> "Tensor": return _unary.unary(_unary.Neg, self)
+    def exp(self) -> "Tensor": return _unary.unary(_unary.Exp, self)
+    def log(self) -> "Tensor": return _unary.unary(_unary.Log, self)
+    def sqrt(self) -> "Tensor": return _unary.unary(_unary.Sqrt, self)
+    def sin(self) -> "Tensor": return _unary.unary(_unary.Sin, self)
+    def cos(self) -> "Tensor": return _unary.unary(_unary.Cos, self)
+    def tanh(self) -> "Tensor": return _unary.unary(_unary.Tanh, self)
+    def sigmoid(self) -> "Tensor": return _unary.unary(_unary.Sigmoid, self)
+    def relu(self) -> "Tensor": return _unary.unary(_unary.Relu, self)
+    def abs(self) -> "Tensor": return _unary.unary(_unary.Abs, self)
+    def sign(self) -> "Tensor": return _unary.unary(_unary.Sign, self)
+    def rsqrt(self) -> "Tensor": return _unary.rsqrt(self)
+    def square(self) -> "Tensor": return _unary.square(self)
+
+    # ---- element-wise: binary (deers/ops/binary.py), with a Tensor or a Python number -----------
+    def add(self, other) -> "Tensor": return _binary.add(self, other)
+    def sub(self, other) -> "Tensor": return _binary.sub(self, other)
+    def mul(self, other) -> "Tensor": return _binary.mul(self, other)
+    def div(self, other) -> "Tensor": return _binary.div(self, other)
+    def pow(self, exponent) -> "Tensor": return _binary.pow(self, exponent)
+    def powf(self, exponent: float) -> "Tensor": return _binary.pow(self, float(exponent))
+    def maximum(self, other) -> "Tensor": return _binary.maximum(self, other)
+    def minimum(self, other) -> "Tensor": return _binary.minimum(self, other)
+    def clamp(self, min=None, max=None) -> "Tensor": return _binary.clamp(self, min, max)
+
+    # ---- masks (deers/ops/compare.py): comparisons give bool tensors, where selects by one ------
+    def eq(self, other) -> "Tensor": return _compare.compare(BinaryFn.EQ, self, other)
+    def ne(self, other) -> "Tensor": return _compare.compare(BinaryFn.NE, self, other)
+    def lt(self, other) -> "Tensor": return _compare.compare(BinaryFn.LT, self, other)
+    def le(self, other) -> "Tensor": return _compare.compare(BinaryFn.LE, self, other)
+    def gt(self, other) -> "Tensor": return _compare.compare(BinaryFn.GT, self, other)
+    def ge(self, other) -> "Tensor": return _compare.compare(BinaryFn.GE, self, other)
+    def masked_fill(self, mask: "Tensor", value: float) -> "Tensor": return _compare.masked_fill(self, mask, value)
+    def where(self, condition: "Tensor", other) -> "Tensor": return _compare.where(condition, self, other)
 
     __add__ = add
     __sub__ = sub
@@ -213,6 +219,7 @@ class Tensor:
     __truediv__ = div
     __pow__ = pow
     __neg__ = neg
+    __abs__ = abs
     __eq__ = eq  # element-wise, like PyTorch; tensors hash by identity
     __ne__ = ne
     __lt__ = lt
@@ -220,12 +227,11 @@ class Tensor:
     __gt__ = gt
     __ge__ = ge
 
-    def __radd__(self, other) -> "Tensor": return _ew.add(self, other)
-    def __rsub__(self, other) -> "Tensor": return _ew.rsub(self, other)
-    def __rmul__(self, other) -> "Tensor": return _ew.mul(self, other)
-    def __rtruediv__(self, other) -> "Tensor": return _ew.rdiv(self, other)
-    def __rpow__(self, other) -> "Tensor": return _ew.rpow(self, other)
-    def __abs__(self) -> "Tensor": return self.abs()
+    def __radd__(self, other) -> "Tensor": return _binary.add(self, other)
+    def __rsub__(self, other) -> "Tensor": return _binary.rsub(self, other)
+    def __rmul__(self, other) -> "Tensor": return _binary.mul(self, other)
+    def __rtruediv__(self, other) -> "Tensor": return _binary.rdiv(self, other)
+    def __rpow__(self, other) -> "Tensor": return _binary.rpow(self, other)
 
     # ---- matmul, indexing ------------------------------------------------------------------------
     def matmul(self, other: "Tensor") -> "Tensor": return _linalg.matmul(self, other)
@@ -295,8 +301,11 @@ def _dims(args: Sequence) -> tuple[int, ...]:
 
 
 # The op modules import Tensor and apply from this file, so they are bound after the class exists.
-from .ops import elementwise as _ew  # noqa: E402
+from .ops import binary as _binary  # noqa: E402
+from .ops import compare as _compare  # noqa: E402
+from .ops import convert as _convert  # noqa: E402
 from .ops import indexing as _index  # noqa: E402
 from .ops import linalg as _linalg  # noqa: E402
 from .ops import reduce as _reduce  # noqa: E402
 from .ops import shape as _shape  # noqa: E402
+from .ops import unary as _unary  # noqa: E402

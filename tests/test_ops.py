@@ -31,6 +31,7 @@ UNARY = {
     "sigmoid": (lambda x: x.sigmoid(), _sigmoid, False),
     "tanh": (lambda x: x.tanh(), np.tanh, False),
     "abs": (lambda x: x.abs(), np.abs, False),
+    "sign": (lambda x: x.sign(), np.sign, False),
     "square": (lambda x: x.square(), np.square, False),
     "unary minus": (lambda x: -x, np.negative, False),
 }
@@ -115,6 +116,49 @@ def test_powf():
              torch_fn=lambda x: x.pow(3.0))
 
 
+def test_pow_with_a_zero_tensor_exponent_has_a_zero_base_gradient_even_at_zero():
+    a, b = deers.tensor([0.0, 2.0, 0.0]).attach(), deers.tensor([0.0, 0.0, 2.0])
+    grads = (a ** b).sum().backward()
+    np.testing.assert_array_equal(grads[a].numpy(), [0.0, 0.0, 0.0])  # PyTorch: b a^(b-1) masked where b == 0
+
+
+# A Python number meets a tensor as a 0-d constant; these are the dtypes and values it gave as a
+# scalar op before (PyTorch's promotion: int/bool + non-integer -> f32, bool in arithmetic -> i64).
+F32, I64, BOOL = [1.5, -2.0, 4.0], [1, 2, -3], [True, False, True]
+PROMOTION = [
+    # (input values, input dtype, expression, result dtype, result values)
+    (F32, "f32", lambda x: x + 2, "f32", [3.5, 0.0, 6.0]),
+    (F32, "f32", lambda x: 1 - x, "f32", [-0.5, 3.0, -3.0]),
+    (F32, "f32", lambda x: x * True, "f32", F32),
+    (F32, "f32", lambda x: 2 ** x, "f32", [2 ** 1.5, 0.25, 16.0]),
+    (F32, "f32", lambda x: 3 / x, "f32", [2.0, -1.5, 0.75]),
+    (F32, "f32", lambda x: x ** 2, "f32", [2.25, 4.0, 16.0]),
+    (F32, "f64", lambda x: x * np.float32(0.1), "f64", [0.15, -0.2, 0.4]),
+    (F32, "f16", lambda x: x * 2.0, "f16", [3.0, -4.0, 8.0]),
+    (F32, "f16", lambda x: 0.5 - x, "f16", [-1.0, 2.5, -3.5]),
+    (I64, "i64", lambda x: x * 2, "i64", [2, 4, -6]),
+    (I64, "i64", lambda x: 7 - x, "i64", [6, 5, 10]),
+    (I64, "i64", lambda x: x + np.int64(3), "i64", [4, 5, 0]),
+    (I64, "i64", lambda x: x * 0.5, "f32", [0.5, 1.0, -1.5]),
+    (I64, "i64", lambda x: 1.5 - x, "f32", [0.5, -0.5, 4.5]),
+    (I64, "i64", lambda x: x.maximum(0), "i64", [1, 2, 0]),
+    (I64, "i64", lambda x: x.clamp(-1, 1), "i64", [1, 1, -1]),
+    (BOOL, "bool", lambda x: x + 1, "i64", [2, 1, 2]),
+    (BOOL, "bool", lambda x: x * True, "i64", [1, 0, 1]),
+    (BOOL, "bool", lambda x: x * 0.5, "f32", [0.5, 0.0, 0.5]),
+    ([1, 2, 250], "u8", lambda x: x + 1, "u8", [2, 3, 251]),
+]
+
+
+@pytest.mark.parametrize("values, dtype, fn, result_dtype, expected", PROMOTION)
+def test_python_number_operands_promote_like_pytorch(values, dtype, fn, result_dtype, expected):
+    for layout in NO_BROADCAST:
+        x = make_input(np.array(values, deers.dtype.as_dtype(dtype).numpy), layout)
+        out = fn(x)
+        assert out.dtype is deers.dtype.as_dtype(result_dtype)
+        np.testing.assert_allclose(out.numpy().astype(np.float64), expected, rtol=1e-6)
+
+
 def test_int_tensor_with_float_scalar_promotes_to_float():
     x = deers.tensor([1, 2, 3])
     assert (x * 2).dtype is deers.i64 and (x * 2).numpy().tolist() == [2, 4, 6]
@@ -127,6 +171,14 @@ def test_int_tensor_with_float_scalar_promotes_to_float():
 @pytest.mark.parametrize("low, high", [(-0.5, 0.5), (None, 0.2), (0.1, None)])
 def test_clamp(low, high):
     check_op(lambda x: x.clamp(low, high), rand(3, 4), reference=lambda x: np.clip(x, low, high))
+
+
+def test_clamp_passes_the_gradient_at_the_bounds_like_pytorch():
+    x = deers.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]).attach()
+    grads = x.clamp(-0.5, 0.5).sum().backward()  # 1 where min <= x <= max, bounds included
+    np.testing.assert_array_equal(grads[x].numpy(), [0.0, 1.0, 1.0, 1.0, 0.0])
+    grads = x.maximum(0.0).sum().backward()  # with a number: clamp(x, min=0)
+    np.testing.assert_array_equal(grads[x].numpy(), [0.0, 0.0, 1.0, 1.0, 1.0])
 
 
 def test_where_and_masked_fill():

@@ -15,7 +15,7 @@ from __future__ import annotations
 from ..array import NDArray
 from ..autograd import Op
 from ..errors import DeviceError, DTypeError, ShapeError, describe
-from ..ops.elementwise import where
+from ..ops.compare import where
 from ..tensor import Tensor, apply
 
 

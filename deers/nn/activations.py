@@ -11,7 +11,7 @@ import math
 from ..array import NDArray
 from ..autograd import Op
 from ..creation import rand
-from ..ops.elementwise import require_float
+from ..ops.operands import require_float
 from ..tensor import Tensor, apply
 from .module import Module
 

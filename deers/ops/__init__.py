@@ -1,14 +1,26 @@
-"""The ops: one `Op` subclass per operation (forward + backward), with a plain function beside it.
+"""The core ops: one `Op` subclass per operation (forward + backward), with a plain function beside it.
 
-elementwise.py    unary math, binary arithmetic with broadcasting, scalars, comparisons, where, casts
-reduce.py         sum, max, min, mean, argmax, logsumexp, softmax, log_softmax
-shape.py          views (permute, broadcast_to, reshape, narrow, indexing), compact, cat, stack
-linalg.py         matmul
-indexing.py       gather, index_select, embedding
+unary.py     y = f(x): one class per primitive of deers.backend.UnaryFn (Exp, Log, Relu, ...);
+             square and rsqrt written from them
+binary.py    y = f(a, b) with broadcasting: Add, Sub, Mul, Div, Pow, Maximum, Minimum; clamp
+compare.py   masks: comparisons (no gradient), where, masked_fill
+operands.py  dtype/device checks, broadcasting, Python numbers as 0-d constants (promotion rules)
+convert.py   casts and device moves
+reduce.py    Sum, Max, Min, ArgMax; mean and logsumexp written from them; softmax, log_softmax
+shape.py     views (permute, broadcast_to, reshape, narrow, indexing), compact, cat, stack
+linalg.py    matmul
+indexing.py  gather, index_select, embedding
+
+An op's facts live in its class: the backend primitive it runs (`fn`, from the vocabulary in
+deers/backend/__init__.py), whether it needs floats (`float_only`), what it saves for backward,
+its derivative (with a one-line derivation comment), and `differentiable = False` for ops whose
+output has no gradient (comparisons, argmax, casts to integers), which `apply` never records.
+Composite ops (sub's reverse form, square, rsqrt, clamp, mean, logsumexp, softmax over several
+dims) are plain functions over other ops, with no backward of their own.
 
 The fused fast path (cross-entropy, lm_head + cross-entropy, RMSNorm, RoPE, causal softmax,
 AdamW) sits apart in deers/fused/, each op beside a reference written from these core ops.
 
 docs/architecture.md follows one expression through these files; adding an op is one Op subclass
-here, a plain function, and a check_op test in tests/test_ops.py.
+here, a Tensor method in deers/tensor.py, and a check_op test in tests/test_ops.py.
 """

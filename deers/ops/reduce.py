@@ -1,14 +1,18 @@
-"""Reductions over explicit dims (int, tuple, or None for all) and the softmax family."""
+"""Reductions over explicit dims (int, tuple, or None for all) and the softmax family.
+
+Sum, Max, Min and ArgMax are the primitives of `deers.backend.ReduceFn`, one class each; mean and
+logsumexp are written from them without a backward of their own; softmax is one fused kernel.
+"""
 from __future__ import annotations
 
 import math
 
-from ..array import NDArray
 from ..autograd import Op
+from ..backend import BinaryFn, ReduceFn
 from ..errors import ShapeError, describe
 from ..layout import normalize_dim
 from ..tensor import Tensor, apply
-from .elementwise import require_float
+from .operands import require_float
 
 
 def _axes(x: Tensor, dim, op: str) -> tuple[int, ...]:
@@ -19,17 +23,32 @@ def _axes(x: Tensor, dim, op: str) -> tuple[int, ...]:
     return tuple(sorted({normalize_dim(d, x.ndim, op) for d in dim}))
 
 
-class Sum(Op):
-    name = "sum"
+def _drop(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+    """shape without the reduced axes (keepdim=False)."""
+    return tuple(s for i, s in enumerate(shape) if i not in axes)
+
+
+class ReduceOp(Op):
+    """fn over `axes` for one primitive fn of deers.backend.ReduceFn; subclasses set fn and backward."""
+
+    fn: ReduceFn
 
     def __init__(self, axes: tuple[int, ...], keepdim: bool):
         self.axes, self.keepdim = axes, keepdim
 
+    @property
+    def name(self) -> str:
+        return self.fn.value
+
+
+class Sum(ReduceOp):
+    fn = ReduceFn.SUM
+
     def forward(self, a):
         self.shape = a.shape
-        return a.reduce("sum", self.axes, self.keepdim)
+        return a.reduce(self.fn, self.axes, self.keepdim)
 
-    def backward(self, g):  # every summed element gets the output's gradient
+    def backward(self, g):  # d sum(x)/dx_i = 1: every summed element gets the output's gradient
         kept = tuple(1 if i in self.axes else s for i, s in enumerate(self.shape))
         return (g.reshape(kept).broadcast_to(self.shape),)
 
@@ -39,6 +58,7 @@ def sum(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
 
 def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    """sum(x) * (1/n): composite, no backward of its own."""
     require_float("mean", x)
     axes = _axes(x, dim, "mean")
     count = 1
@@ -47,59 +67,66 @@ def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     return sum(x, axes, keepdim) * (1.0 / count if count else math.nan)  # the mean of nothing is nan
 
 
-class Max(Op):
-    def __init__(self, fn: str, axes: tuple[int, ...], keepdim: bool):
-        self.name, self.axes, self.keepdim = fn, axes, keepdim
+class _Extreme(ReduceOp):
+    """The largest (Max) or smallest (Min) element over axes."""
 
     def forward(self, a):
-        self.a = a
-        self.out_kept = a.reduce(self.name, self.axes, keepdim=True)
-        return self.out_kept if self.keepdim else self.out_kept.reshape(
-            tuple(s for i, s in enumerate(a.shape) if i not in self.axes))
+        out_kept = a.reduce(self.fn, self.axes, keepdim=True)
+        if self.needs(0):
+            self.a, self.out_kept = a, out_kept
+        return out_kept if self.keepdim else out_kept.reshape(_drop(a.shape, self.axes))
 
-    def backward(self, g):  # the gradient goes to the extreme elements, split evenly among ties
-        kept = self.out_kept.shape
-        hit = self.a.binary("eq", self.out_kept).cast(g.dtype)
-        count = hit.reduce("sum", self.axes, keepdim=True)
-        return (hit * (g.reshape(kept) / count),)
+    def backward(self, g):  # d max(x)/dx_i = [x_i = max] / (number of ties): ties split the gradient
+        hit = self.a.binary(BinaryFn.EQ, self.out_kept).cast(g.dtype)
+        count = hit.reduce(ReduceFn.SUM, self.axes, keepdim=True)
+        return (hit * (g.reshape(self.out_kept.shape) / count),)
+
+
+class Max(_Extreme):
+    fn = ReduceFn.MAX
+
+
+class Min(_Extreme):
+    fn = ReduceFn.MIN
 
 
 def max(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return apply(Max("max", _axes(x, dim, "max"), keepdim), x)
+    return apply(Max(_axes(x, dim, "max"), keepdim), x)
 
 
 def min(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return apply(Max("min", _axes(x, dim, "min"), keepdim), x)
+    return apply(Min(_axes(x, dim, "min"), keepdim), x)
+
+
+class ArgMax(ReduceOp):
+    """Index (i64) of the largest element along one axis (axes=None: of the flattened input); no gradient."""
+
+    fn = ReduceFn.ARGMAX
+    differentiable = False
+
+    def forward(self, a):
+        if self.axes is None:
+            return a.reshape((a.numel,)).reduce(self.fn, (0,), keepdim=False)
+        return a.reduce(self.fn, self.axes, self.keepdim)
 
 
 def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     """Index of the largest element along `dim` (over the flattened tensor when dim is None)."""
-    if dim is None:
-        return Tensor(x.data.reshape((x.numel(),)).reduce("argmax", (0,), keepdim=False))
-    return Tensor(x.data.reduce("argmax", (normalize_dim(dim, x.ndim, "argmax"),), keepdim))
-
-
-class LogSumExp(Op):
-    name = "logsumexp"
-
-    def __init__(self, axes: tuple[int, ...], keepdim: bool):
-        self.axes, self.keepdim = axes, keepdim
-
-    def forward(self, a):
-        self.a = a
-        peak = a.reduce("max", self.axes, keepdim=True)
-        peak = peak.scalar("eq", -math.inf).where(NDArray.full((), 0.0, a.dtype, a.device), peak)  # all -inf
-        self.out_kept = (a - peak).exp().reduce("sum", self.axes, keepdim=True).log() + peak
-        return self.out_kept if self.keepdim else self.out_kept.reshape(
-            tuple(s for i, s in enumerate(a.shape) if i not in self.axes))
-
-    def backward(self, g):  # d logsumexp(x) = softmax(x)
-        return (g.reshape(self.out_kept.shape) * (self.a - self.out_kept).exp(),)
+    axes = None if dim is None else (normalize_dim(dim, x.ndim, "argmax"),)
+    return apply(ArgMax(axes, keepdim), x)
 
 
 def logsumexp(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    """log(sum(exp(x))) = m + log(sum(exp(x - m))) with m = max(x) held constant (it cancels in
+    the value and in the gradient, softmax(x)): composite, no backward of its own."""
+    from .compare import where
+
     require_float("logsumexp", x)
-    return apply(LogSumExp(_axes(x, dim, "logsumexp"), keepdim), x)
+    axes = _axes(x, dim, "logsumexp")
+    peak = max(x.detach(), axes, keepdim=True)
+    peak = where(peak == -math.inf, 0.0, peak)  # a row of only -inf: shift by 0, the result is -inf
+    out = sum((x - peak).exp(), axes, keepdim=True).log() + peak
+    return out if keepdim else out.reshape(_drop(x.shape, axes))
 
 
 class Softmax(Op):

@@ -1,0 +1,190 @@
+"""Binary arithmetic ops: y = f(a, b) element-wise with broadcasting, one class per primitive of
+`deers.backend.BinaryFn` (the comparisons are in compare.py).
+
+Either operand may be a Python number: it becomes a 0-d constant (operands.py), so `2 - x` is
+the Sub op with the constant first and no op has a scalar special case. An operand that does not
+require grad gets no gradient computed (`self.needs(i)`), a constant included.
+
+clamp (and maximum/minimum with a number) is written from comparisons and where, without a
+backward of its own.
+"""
+from __future__ import annotations
+
+from ..array import NDArray
+from ..autograd import Op
+from ..backend import BinaryFn
+from ..tensor import Tensor, apply
+from .operands import check_number, operands, require_float
+
+
+class BinaryOp(Op):
+    """y = fn(a, b) for one backend primitive fn; subclasses set fn, float_only and backward."""
+
+    fn: BinaryFn
+    float_only = False
+
+    @property
+    def name(self) -> str:
+        return self.fn.value
+
+    def forward(self, a: NDArray, b: NDArray) -> NDArray:
+        return a.binary(self.fn, b)
+
+
+class Add(BinaryOp):
+    fn = BinaryFn.ADD
+
+    def backward(self, g):  # d(a + b) = (1, 1)
+        return g, g
+
+
+class Sub(BinaryOp):
+    """Its own op rather than a + (-b): one pass, and no Neg recorded in the graph."""
+
+    fn = BinaryFn.SUB
+
+    def backward(self, g):  # d(a - b) = (1, -1)
+        return g, (-g if self.needs(1) else None)
+
+
+class Mul(BinaryOp):
+    fn = BinaryFn.MUL
+
+    def forward(self, a, b):
+        self.a = a if self.needs(1) else None  # db reads a
+        self.b = b if self.needs(0) else None  # da reads b
+        return a.binary(self.fn, b)
+
+    def backward(self, g):  # d(ab) = (b, a)
+        return (g * self.b if self.needs(0) else None), (g * self.a if self.needs(1) else None)
+
+
+class Div(BinaryOp):
+    fn, float_only = BinaryFn.DIV, True
+
+    def forward(self, a, b):
+        self.a = a if self.needs(1) else None
+        self.b = b
+        return a.binary(self.fn, b)
+
+    def backward(self, g):  # d(a/b) = (1/b, -a/b^2)
+        gb = g / self.b
+        return gb, (-(gb * self.a / self.b) if self.needs(1) else None)
+
+
+class Pow(BinaryOp):
+    fn, float_only = BinaryFn.POW, True
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        self.out = a.binary(self.fn, b)
+        return self.out
+
+    def backward(self, g):  # d a^b = (b a^(b-1), a^b log a); the first is 0 where b = 0, even at a = 0
+        da = db = None
+        if self.needs(0):  # b - 1 becomes 0 where b = 0, so that term is 0 * a^0 = 0 (no inf, no warning)
+            zero = NDArray.full((), 0, g.dtype, g.device)
+            da = g * self.b * (self.a ** self.b.binary(BinaryFn.EQ, zero).where(zero, self.b - 1.0))
+        if self.needs(1):
+            db = g * self.out * self.a.log()
+        return da, db
+
+
+class _Extreme(BinaryOp):
+    """max(a, b) or min(a, b): the winning operand gets the gradient; ties split it evenly."""
+
+    wins: BinaryFn  # a wins where a `wins` b
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a.binary(self.fn, b)
+
+    def backward(self, g):  # d max(a, b)/da = [a > b] + [a = b] / 2, and 1 minus that for b
+        dtype = g.dtype
+        share = self.a.binary(self.wins, self.b).cast(dtype) + self.a.binary(BinaryFn.EQ, self.b).cast(dtype) * 0.5
+        return g * share, (g * (1.0 - share) if self.needs(1) else None)
+
+
+class Maximum(_Extreme):
+    fn, wins = BinaryFn.MAXIMUM, BinaryFn.GT
+
+
+class Minimum(_Extreme):
+    fn, wins = BinaryFn.MINIMUM, BinaryFn.LT
+
+
+def binary(op: "type[BinaryOp]", a: Tensor, b, reverse: bool = False) -> Tensor:
+    """op(a, b), or op(b, a) when reverse; b is a Tensor or a Python number (a 0-d constant)."""
+    if op.float_only:
+        require_float(op.fn.value, a)
+    a, b = operands(op.fn.value, a, b)
+    return apply(op(), b, a) if reverse else apply(op(), a, b)
+
+
+def add(a: Tensor, b) -> Tensor:
+    return binary(Add, a, b)
+
+
+def sub(a: Tensor, b) -> Tensor:
+    return binary(Sub, a, b)
+
+
+def rsub(a: Tensor, value) -> Tensor:
+    """value - a."""
+    return binary(Sub, a, value, reverse=True)
+
+
+def mul(a: Tensor, b) -> Tensor:
+    return binary(Mul, a, b)
+
+
+def div(a: Tensor, b) -> Tensor:
+    return binary(Div, a, b)
+
+
+def rdiv(a: Tensor, value) -> Tensor:
+    """value / a."""
+    return binary(Div, a, value, reverse=True)
+
+
+def pow(a: Tensor, exponent) -> Tensor:
+    return binary(Pow, a, exponent)
+
+
+def rpow(a: Tensor, base) -> Tensor:
+    """base ** a."""
+    return binary(Pow, a, base, reverse=True)
+
+
+def maximum(a: Tensor, b) -> Tensor:
+    """Element-wise max; with a Python number, clamp(a, min=b) (the gradient goes to a at ties)."""
+    if isinstance(b, Tensor):
+        return binary(Maximum, a, b)
+    check_number("maximum", b)
+    return clamp(a, min=b)
+
+
+def minimum(a: Tensor, b) -> Tensor:
+    """Element-wise min; with a Python number, clamp(a, max=b) (the gradient goes to a at ties)."""
+    if isinstance(b, Tensor):
+        return binary(Minimum, a, b)
+    check_number("minimum", b)
+    return clamp(a, max=b)
+
+
+def clamp(x: Tensor, min=None, max=None) -> Tensor:
+    """x limited to [min, max] (either bound may be None); bounds are Python numbers.
+
+    where(x < min, min, x), then the same for max: the gradient is 1 where min <= x <= max (bounds
+    included, as in PyTorch) and 0 outside, through Where's backward.
+    """
+    from .compare import where
+
+    for bound in (min, max):
+        if bound is not None:
+            check_number("clamp", bound)
+    if min is not None:
+        x = where(x < min, min, x)
+    if max is not None:
+        x = where(x > max, max, x)
+    return x

@@ -1,0 +1,83 @@
+"""Masks: comparisons make bool tensors, where and masked_fill select by them.
+
+A comparison has no gradient (`differentiable = False`: `apply` never records it). Against a
+Python number it runs the backend's scalar comparison, which compares exactly across types (an
+i64 tensor against 2.5, a u8 tensor against 300), where a 0-d constant would first have to be
+rounded to some dtype.
+"""
+from __future__ import annotations
+
+from numbers import Number
+
+from ..array import NDArray
+from ..autograd import Op
+from ..backend import COMPARISONS, BinaryFn
+from ..errors import DeviceError, ShapeError, describe
+from ..layout import broadcast_shapes
+from ..tensor import Tensor, apply
+from .operands import broadcast_pair, check_number, grad_broadcast
+
+
+class Compare(Op):
+    """a OP b -> bool, for OP in COMPARISONS; b an array input or, when `number` is given, that number."""
+
+    differentiable = False
+
+    def __init__(self, fn: BinaryFn, number=None):
+        self.fn, self.number = fn, number
+
+    @property
+    def name(self) -> str:
+        return self.fn.value
+
+    def forward(self, a, b=None):
+        return a.scalar(self.fn, self.number) if b is None else a.binary(self.fn, b)
+
+
+def compare(fn: BinaryFn, a: Tensor, b) -> Tensor:
+    """Element-wise comparison `fn` (eq, ne, lt, le, gt, ge) with a Tensor or a Python number."""
+    if fn not in COMPARISONS:
+        raise ValueError(f"compare: {fn!r} is not a comparison")
+    if isinstance(b, Tensor):
+        return apply(Compare(fn), *broadcast_pair(fn.value, a.detach(), b.detach()))
+    check_number(fn.value, b)
+    return apply(Compare(fn, b), a)
+
+
+class Where(Op):
+    name = "where"
+
+    def forward(self, c, a, b):
+        self.c = c
+        return c.where(a, b)
+
+    def backward(self, g):  # the gradient flows to whichever side was picked
+        zero = NDArray.full((), 0, g.dtype, g.device)
+        ga = self.c.where(g, zero) if self.needs(1) else None
+        gb = self.c.where(zero, g) if self.needs(2) else None
+        return None, ga, gb
+
+
+def where(condition: Tensor, a, b) -> Tensor:
+    """condition ? a : b, element-wise, with broadcasting (either side may be a Python number)."""
+    from ..creation import full
+
+    ref = a if isinstance(a, Tensor) else b
+    if isinstance(a, Number):
+        a = full((), a, dtype=ref.dtype, device=ref.device)
+    if isinstance(b, Number):
+        b = full((), b, dtype=ref.dtype, device=ref.device)
+    if condition.dtype.name != "bool":
+        condition = compare(BinaryFn.NE, condition, 0)
+    a, b = broadcast_pair("where", a, b)
+    shape = broadcast_shapes(condition.shape, broadcast_shapes(a.shape, b.shape))
+    if shape is None:
+        raise ShapeError(f"where: condition {describe(condition)} does not broadcast with {describe(a)}")
+    if condition.device != a.device:
+        raise DeviceError(f"where: condition {describe(condition)} is not on the device of {describe(a)}")
+    return apply(Where(), condition, grad_broadcast(a, shape), grad_broadcast(b, shape))
+
+
+def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
+    """x with `value` wherever mask is true (mask broadcasts against x)."""
+    return where(mask, value, x)
