@@ -178,8 +178,8 @@ def restore_run_settings(args: argparse.Namespace, path: str) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if importlib.util.find_spec("safetensors") is None:
-        raise SystemExit("error: checkpoints need the safetensors package: pip install -e '.[train]' "
-                         "(or pip install 'deers[train]')")
+        raise SystemExit("error: the MNIST example needs the safetensors package (checkpoints): "
+                         "pip install -e '.[train]' (or pip install 'deers[train]')")
     path = os.path.join(args.out, CHECKPOINT_NAME)
     if args.resume:
         restore_run_settings(args, path)

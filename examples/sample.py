@@ -134,8 +134,8 @@ def load_model(path: "str | Path", device: str) -> tuple[GPT, dict, str]:
 def main(argv: list[str] | None = None) -> list[str]:
     args = parse_args(argv)
     if importlib.util.find_spec("safetensors") is None:
-        raise SystemExit("error: reading checkpoints needs the safetensors package: pip install -e '.[train]' "
-                         "(or pip install 'deers[train]')")
+        raise SystemExit("error: sample.py needs the safetensors package (to read checkpoints): "
+                         "pip install -e '.[train]' (or pip install 'deers[train]')")
     path = find_checkpoint(args.checkpoint)
     try:
         model, extra, step = load_model(path, args.device)

@@ -486,9 +486,9 @@ def train(args: argparse.Namespace) -> dict:
         dist.init()
         args.device = dist.device_for_rank(args.device)  # "cuda" -> this rank's GPU
     world = dist.world_size()
+    start_step, run_steps = restore_run_settings(args, ckpt_path) if args.resume else (0, args.steps)
     if args.batch_size % world:
         raise SystemExit(f"error: --batch-size {args.batch_size} does not split evenly over {world} ranks")
-    start_step, run_steps = restore_run_settings(args, ckpt_path) if args.resume else (0, args.steps)
     if args.steps < start_step:
         raise SystemExit(f"error: --resume --steps {args.steps}: the checkpoint is already at step {start_step}")
     if args.steps == start_step:

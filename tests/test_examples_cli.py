@@ -2,6 +2,7 @@
 defaults that depend on other flags follow them, and --help shows each default once."""
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,17 @@ def test_trainer_rejects_invalid_values_before_any_work(examples, files, capsys,
     assert message.replace("{tmp}", str(files)) in parse_error(examples["tinystories_train"], argv, capsys)
 
 
+def test_trainer_dtype_without_its_package_is_a_parse_error(examples, monkeypatch, capsys):
+    trainer = examples["tinystories_train"]
+
+    def as_dtype(name):  # what deers.dtype.as_dtype says for bf16 when ml_dtypes is missing
+        raise TypeError("dtype bf16 needs the optional package ml_dtypes: pip install 'deers[bf16]'")
+
+    monkeypatch.setattr(trainer, "as_dtype", as_dtype)
+    assert "--dtype bf16: dtype bf16 needs the optional package ml_dtypes" in \
+        parse_error(trainer, ["--dtype", "bf16"], capsys)
+
+
 def test_trainer_sizes_follow_the_width(examples):
     parse = examples["tinystories_train"].parse_args
     default = parse([])
@@ -126,6 +138,15 @@ def test_mnist_rejects_invalid_values(files, capsys, argv, message):
     module = load_example("mnist_train")
     argv = [a.replace("{tmp}", str(files)) for a in argv]
     assert message.replace("{tmp}", str(files)) in parse_error(module, argv, capsys)
+
+
+@pytest.mark.parametrize("name", ["sample", "mnist_train"])
+def test_missing_safetensors_is_a_message(name, tmp_path, monkeypatch):
+    pytest.importorskip("tiktoken")
+    module = load_example(name)
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as if it were not installed
+    with pytest.raises(SystemExit, match=r"needs the safetensors package .*: pip install -e '\.\[train\]'"):
+        module.main(["--out", str(tmp_path)] if name == "mnist_train" else ["--checkpoint", str(tmp_path)])
 
 
 def test_mnist_offline_error_names_the_data_flag(tmp_path, monkeypatch):

@@ -213,6 +213,8 @@ def test_documented_command_runs(command, workdir, main_job):
     if command.script == "tinystories_train":
         assert LOG_LINE.search(done.stdout), done.stdout
         assert "data: " in done.stdout and "saved " in done.stdout
+        if "--ddp" in command.args:  # --batch-size is the global batch, split over the ranks
+            assert "1 rows on each of 2 ranks" in done.stdout, done.stdout
     elif command.script == "sample":
         assert done.stdout.startswith(command.flag("--prompt") or "Once upon a time")
         assert "checkpoint: " in done.stderr
