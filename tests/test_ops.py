@@ -502,6 +502,10 @@ GRAD_THROUGH_TRANSPOSE = {
     "reshape copy": (lambda a, b: a.T.reshape(2, 6) * b.reshape(2, 6), (3, 4), (3, 4)),
     "where": (lambda a, b: lib(a).where(a > 0, a, b), (3, 4), (3, 4)),
     "unary": (lambda a, b: (a.exp() + b.sin()).sigmoid(), (3, 4), (3, 4)),
+    "number operands": (lambda a, b: (2.0 - a) * 3 + 1 / (b.abs() + 1) ** 2, (3, 4), (4,)),
+    "pow": (lambda a, b: (a.abs() + 0.5) ** b, (3, 4), (4,)),
+    "maximum": (lambda a, b: a.maximum(b) - b.minimum(a), (3, 4), (4,)),
+    "clamp": (lambda a, b: a.clamp(-0.5, 0.5) * b, (3, 4), (3, 4)),
     "to_dtype": (lambda a, b: a.to_dtype(deers.f64) * b, (3, 4), (3, 4)),
 }
 

@@ -12,10 +12,11 @@ from numbers import Number
 from ..array import NDArray
 from ..autograd import Op
 from ..backend import COMPARISONS, BinaryFn
+from ..dtype import bool_
 from ..errors import DeviceError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor, apply
-from .operands import broadcast_pair, check_number, grad_broadcast
+from .operands import broadcast_pair, check_number, constant, grad_broadcast
 
 
 class Compare(Op):
@@ -60,14 +61,12 @@ class Where(Op):
 
 def where(condition: Tensor, a, b) -> Tensor:
     """condition ? a : b, element-wise, with broadcasting (either side may be a Python number)."""
-    from ..creation import full
-
     ref = a if isinstance(a, Tensor) else b
     if isinstance(a, Number):
-        a = full((), a, dtype=ref.dtype, device=ref.device)
+        a = constant(a, ref)
     if isinstance(b, Number):
-        b = full((), b, dtype=ref.dtype, device=ref.device)
-    if condition.dtype.name != "bool":
+        b = constant(b, ref)
+    if condition.dtype is not bool_:
         condition = compare(BinaryFn.NE, condition, 0)
     a, b = broadcast_pair("where", a, b)
     shape = broadcast_shapes(condition.shape, broadcast_shapes(a.shape, b.shape))
