@@ -13,9 +13,10 @@ log's `data:` line says which data is in use. Every --log-every steps it prints
 
     step 50/12000 | train_loss 9.2451 | lr 5.00e-05 | 1.204s | 4267 tok/s
 
-(train_loss is the mean over those steps, the time is the mean wall time of one step), every
---eval-every steps `step N | val_loss X`, and every --sample-every steps a `sample: ...` line
-generated from "Once upon a time". Checkpoints (<out>/ckpt.safetensors, written atomically, one
+(train_loss is the mean over those steps, the time is the mean wall time of one step; the first
+step is logged too, so a run shows at once that it trains), every --eval-every steps
+`step N | val_loss X`, and every --sample-every steps a `sample: ...` line generated from
+"Once upon a time". Checkpoints (<out>/ckpt.safetensors, written atomically, one
 `saved ...` line each) hold the model, the optimizer, the step, every RNG state and the loss
 history, so --resume continues with exactly the losses an uninterrupted run would have had.
 Ctrl-C finishes the current step, then writes a checkpoint and the loss-curve plot
@@ -539,6 +540,7 @@ def train(args: argparse.Namespace) -> dict:
         f"{args.batch_size} x {args.seq_len} tokens per step{ranks} on {args.device} in {args.dtype}")
 
     tokens_per_step = args.batch_size * args.seq_len
+    first_step = step + 1  # logged whatever --log-every says, so a run shows at once that it trains
     interval_losses: list[float] = []
     interval_time = 0.0
     try:
@@ -572,7 +574,7 @@ def train(args: argparse.Namespace) -> dict:
                 interval_losses.append(loss_value)
                 history["train"].append([step, loss_value])
 
-                if step % args.log_every == 0 or step == args.steps:
+                if step % args.log_every == 0 or step == args.steps or step == first_step:  # the first at once
                     per_step = interval_time / len(interval_losses)
                     say(f"step {step}/{args.steps} | train_loss {sum(interval_losses) / len(interval_losses):.4f} | "
                         f"lr {lr:.2e} | {per_step:.3f}s | {tokens_per_step / per_step:.0f} tok/s")

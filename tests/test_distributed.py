@@ -179,7 +179,7 @@ def test_trainer_ddp_two_ranks_then_resume_alone(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert sum("on each of 2 ranks" in line for line in lines) == 1  # rank 0 alone prints
-    assert [line.split(" | ")[0] for line in lines if "train_loss" in line] == ["step 2/4", "step 4/4"]
+    assert [line.split(" | ")[0] for line in lines if "train_loss" in line] == ["step 1/4", "step 2/4", "step 4/4"]
     assert sum(line.startswith("saved ") for line in lines) == 1
     assert (tmp_path / "run" / "ckpt.safetensors").exists()
     resume = [sys.executable, str(TRAINER), "--steps", "6", "--resume", *common]  # 1 process, no --ddp

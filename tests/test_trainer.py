@@ -81,7 +81,7 @@ def test_trainer_end_to_end(trainer, corpus, tmp_path, capsys):
                                      "--sample-every", "20", "--checkpoint-every", "20"))
     lines = capsys.readouterr().out.splitlines()
     logs = [LOG_LINE.match(line) for line in lines if line.startswith("step ") and "train_loss" in line]
-    assert [int(m.group(1)) for m in logs] == [10, 20, 30, 40] and all(m.group(2) == "40" for m in logs)
+    assert [int(m.group(1)) for m in logs] == [1, 10, 20, 30, 40] and all(m.group(2) == "40" for m in logs)
     assert [line.split(" | ")[0] for line in lines if "val_loss" in line] == ["step 20", "step 40"]
     samples = [line for line in lines if line.startswith("sample: ")]
     assert len(samples) == 2 and all(s.startswith("sample: Once upon a time") for s in samples)
