@@ -472,6 +472,8 @@ def restore_run_settings(args: argparse.Namespace, path: Path) -> tuple[int, int
         raise SystemExit(f"error: --resume: {path} is not a checkpoint of this trainer ({err})") from err
     for name in RUN_SETTINGS:
         setattr(args, name, saved.get(name, getattr(args, name)))
+    if args.text_file:  # a checkpoint from before "data" was saved
+        args.data = "file"
     run_steps = int(saved.get("steps", DEFAULT_STEPS))  # checkpoints from before "steps" was saved ran the default
     if args.steps is None:
         args.steps = run_steps
