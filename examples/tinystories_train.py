@@ -326,9 +326,9 @@ class LowPrecisionCopy:
     def master_grads(self, grads: Grads, loss_scale: float) -> Grads:
         out = Grads()
         for master, low in self.pairs:
-            grad = grads.array(low)
+            grad = grads.get(low)  # a Tensor
             if grad is not None:
-                out.set_array(master, grad.cast(deers.f32) * (1.0 / loss_scale))
+                out.set(master, grad.to_dtype(deers.f32) * (1.0 / loss_scale))
         return out
 
 
