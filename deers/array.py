@@ -191,8 +191,7 @@ class NDArray:
 
     # ---- computation (each one backend primitive) ---------------------------------------------
     def unary(self, name: str) -> "NDArray":
-        return self._new(self.backend.unary(name, self.buffer, self.layout), self.shape,
-                         bool_ if name == "logical_not" else None)
+        return self._new(self.backend.unary(name, self.buffer, self.layout), self.shape)
 
     def binary(self, name: str, other: "NDArray") -> "NDArray":
         a, b = self, other

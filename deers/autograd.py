@@ -27,6 +27,7 @@ class Op:
     """
 
     name = "op"
+    differentiable = True  # False: the output never has a gradient (comparisons, argmax, integer casts)
     needs_input_grad: tuple[bool, ...] = ()
     graph_retained = False
 

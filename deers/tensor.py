@@ -25,7 +25,7 @@ def apply(op: Op, *inputs: "Tensor") -> "Tensor":
     never recorded, so its output never requires grad.
     """
     needs = tuple([t.requires_grad for t in inputs])
-    record = grad_mode.enabled and True in needs and getattr(op, "differentiable", True)
+    record = grad_mode.enabled and True in needs and op.differentiable
     op.needs_input_grad = needs if record else (False,) * len(inputs)  # forward saves only what backward needs
     out = op.forward(*[t.data for t in inputs])
     if record:

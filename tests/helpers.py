@@ -19,7 +19,6 @@ import numpy as np
 
 import deers
 from deers.array import NDArray
-from deers.layout import Layout
 
 try:
     import torch

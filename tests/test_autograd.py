@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import deers
-from deers import DeviceError, DTypeError, Grads, ShapeError, Var
+from deers import DeviceError, DTypeError, ShapeError, Var
 from deers.array import NDArray
 from deers.backend import backend_for
 from deers.ops.unary import UnaryOp

@@ -51,7 +51,6 @@ class UnaryFn(str, Enum):
     EXP = "exp"
     LOG = "log"
     SQRT = "sqrt"
-    RSQRT = "rsqrt"
     SIN = "sin"
     COS = "cos"
     TANH = "tanh"
@@ -59,8 +58,6 @@ class UnaryFn(str, Enum):
     RELU = "relu"
     ABS = "abs"
     SIGN = "sign"
-    SQUARE = "square"
-    LOGICAL_NOT = "logical_not"  # bool -> bool
 
 
 class BinaryFn(str, Enum):

@@ -18,7 +18,7 @@ from . import COMPARISONS, cpu_kernels
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
-    "tanh": np.tanh, "abs": np.abs, "sign": np.sign, "square": np.square, "logical_not": np.logical_not,
+    "tanh": np.tanh, "abs": np.abs, "sign": np.sign,
 }
 _BINARY = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
@@ -105,7 +105,7 @@ class CPUBackend:
     # 4-8. element-wise -------------------------------------------------------------------------
     def unary(self, name: str, a: np.ndarray, la: Layout, out: np.ndarray | None = None) -> np.ndarray:
         x = _view(a, la)
-        res = np.empty(la.numel, bool if name == "logical_not" else a.dtype) if out is None else out
+        res = np.empty(la.numel, a.dtype) if out is None else out
         dst = res.reshape(la.shape)
         if name == "relu":
             np.maximum(x, 0, out=dst)
@@ -114,9 +114,6 @@ class CPUBackend:
             np.tanh(dst, out=dst)
             dst *= 0.5
             dst += 0.5
-        elif name == "rsqrt":
-            np.sqrt(x, out=dst)
-            np.reciprocal(dst, out=dst)
         else:
             _UNARY[name](x, out=dst)
         return res

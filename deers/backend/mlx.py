@@ -41,9 +41,8 @@ _MX_DTYPES = {
     "i64": mx.int64, "bool": mx.bool_, "u8": mx.uint8,
 }
 _UNARY = {
-    "neg": mx.negative, "exp": mx.exp, "log": mx.log, "sqrt": mx.sqrt, "rsqrt": mx.rsqrt, "sin": mx.sin,
+    "neg": mx.negative, "exp": mx.exp, "log": mx.log, "sqrt": mx.sqrt, "sin": mx.sin,
     "cos": mx.cos, "tanh": mx.tanh, "sigmoid": mx.sigmoid, "abs": mx.abs, "sign": mx.sign,
-    "square": mx.square, "logical_not": mx.logical_not,
 }
 _BINARY = {
     "add": mx.add, "sub": mx.subtract, "mul": mx.multiply, "div": mx.divide, "pow": mx.power,

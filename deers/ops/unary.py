@@ -6,7 +6,7 @@ what its backward reads (`saves`: the input x, the output y, or nothing), and wr
 methods run them with `unary(Exp, x)`.
 
 square and rsqrt are written from these and the binary ops (x * x, 1 / sqrt(x)), without a
-backward of their own. The backend primitives square, rsqrt and logical_not have no op class.
+backward of their own.
 """
 from __future__ import annotations
 

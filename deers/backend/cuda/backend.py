@@ -144,8 +144,6 @@ class CUDABackend(FusedKernels):
 
     # 4-8. element-wise -------------------------------------------------------------------------
     def unary(self, name: str, a, la: Layout, out=None):
-        if name == "logical_not":
-            return self.scalar("eq", a, la, 0, out=out)
         sfx = plan.suffix(a.dtype)
         code = plan.unary_code(name, sfx)
         res = self.rt.empty(la.numel, a.dtype) if out is None else out

@@ -11,7 +11,6 @@
 #define UNARY_EXP 1
 #define UNARY_LOG 2
 #define UNARY_SQRT 3
-#define UNARY_RSQRT 4
 #define UNARY_SIN 5
 #define UNARY_COS 6
 #define UNARY_TANH 7
@@ -19,7 +18,6 @@
 #define UNARY_RELU 9
 #define UNARY_ABS 10
 #define UNARY_SIGN 11
-#define UNARY_SQUARE 12
 
 #define BINARY_ADD 0
 #define BINARY_SUB 1
@@ -45,7 +43,6 @@ template <typename A> DEV A unary_float(int op, A x) {
         case UNARY_EXP: return m_exp(x);
         case UNARY_LOG: return m_log(x);
         case UNARY_SQRT: return m_sqrt(x);
-        case UNARY_RSQRT: return (A)1 / m_sqrt(x);
         case UNARY_SIN: return m_sin(x);
         case UNARY_COS: return m_cos(x);
         case UNARY_TANH: return m_tanh(x);
@@ -53,7 +50,6 @@ template <typename A> DEV A unary_float(int op, A x) {
         case UNARY_RELU: return (is_nan(x) || x > (A)0) ? x : (A)0;
         case UNARY_ABS: return m_abs(x);
         case UNARY_SIGN: return is_nan(x) ? x : (A)((x > (A)0) - (x < (A)0));
-        case UNARY_SQUARE: return x * x;
     }
     return x;
 }
@@ -64,7 +60,6 @@ template <typename A> DEV A unary_int(int op, A x) {
         case UNARY_RELU: return x > 0 ? x : 0;
         case UNARY_ABS: return x < 0 ? -x : x;
         case UNARY_SIGN: return (A)((x > 0) - (x < 0));
-        case UNARY_SQUARE: return x * x;
     }
     return x;
 }

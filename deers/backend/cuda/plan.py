@@ -88,9 +88,9 @@ def all_kernel_names() -> list[str]:
 
 
 # ---- op codes (the #defines of elementwise.cu and common.cuh) --------------------------------------
-UNARY_OPS = {"neg": 0, "exp": 1, "log": 2, "sqrt": 3, "rsqrt": 4, "sin": 5, "cos": 6, "tanh": 7,
-             "sigmoid": 8, "relu": 9, "abs": 10, "sign": 11, "square": 12}
-INT_UNARY_OPS = ("neg", "relu", "abs", "sign", "square")
+UNARY_OPS = {"neg": 0, "exp": 1, "log": 2, "sqrt": 3, "sin": 5, "cos": 6, "tanh": 7,
+             "sigmoid": 8, "relu": 9, "abs": 10, "sign": 11}  # the codes of elementwise.cu's UNARY_* defines
+INT_UNARY_OPS = ("neg", "relu", "abs", "sign")
 BINARY_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "pow": 4, "maximum": 5, "minimum": 6}
 INT_BINARY_OPS = ("add", "sub", "mul", "maximum", "minimum")
 # the comparisons of deers.backend.COMPARISONS (keyed by the shared names), coded as common.cuh's COMPARE_*
