@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args(argv)
     config = gpt_config(args.config)
-    runner = DeersRunner(config, "cpu", "f32", 0)
+    runner = DeersRunner(config, "cpu", "f32")
     samples = {}
     for step, (idx, targets) in enumerate(batches(config, CONFIGS[args.config][-1], args.steps, 0), start=1):
         runner.step(*runner.batch(idx, targets))

@@ -123,3 +123,14 @@ def test_adamw_training_steps_match_torch():
     for name, p in model.named_parameters():
         np.testing.assert_allclose(p.numpy(), torch_params[name].detach().numpy(), rtol=1e-7, atol=1e-10,
                                    err_msg=name)
+
+
+def test_the_benchmarks_sdpa_reference_matches_the_explicit_one():
+    """benchmarks/gpt_step.py compares against PyTorch's fused attention too: it must be the same model."""
+    model, explicit = pair("f64")
+    sdpa = TorchGPT(TorchGPTConfig(**CONFIG, attention="sdpa")).to(torch.float64)
+    sdpa.load_state_dict(explicit.state_dict(), strict=True)
+    x, y = (torch.from_numpy(a) for a in batch(1))
+    (logits_e, loss_e), (logits_s, loss_s) = explicit(x, y), sdpa(x, y)
+    torch.testing.assert_close(logits_s, logits_e, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss_s, loss_e, rtol=1e-10, atol=1e-12)

@@ -24,6 +24,7 @@ class TorchGPTConfig:
     mlp_hidden_dim: int = 768
     rms_norm_eps: float = 1e-5
     rope_base: float = 10000.0
+    attention: str = "explicit"  # "explicit": softmax(q k^T) v as DESIGN.md writes it; "sdpa": PyTorch's fused kernel
 
 
 class RMSNorm(nn.Module):
@@ -46,6 +47,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
+        self.sdpa = cfg.attention == "sdpa"
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
@@ -58,10 +60,13 @@ class CausalSelfAttention(nn.Module):
         cos, sin = cos[:T], sin[:T]  # (T, hd)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, T)
-        mask = torch.triu(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=1)
-        att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
-        y = att @ v  # (B, nh, T, hd)
+        if self.sdpa:  # the same maths in PyTorch's fused causal attention (its fastest eager form)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hd)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, T)
+            mask = torch.triu(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=1)
+            att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
+            y = att @ v  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return self.proj(y)
 
@@ -127,5 +132,7 @@ def from_deers_state_dict(state: dict, dtype=torch.float32) -> dict:
     out = {}
     for name, value in state.items():
         array = value.numpy() if hasattr(value, "numpy") else value
+        if array.dtype.name == "bfloat16":  # ml_dtypes' bf16: torch cannot read it; f32 holds it exactly
+            array = array.astype("float32")
         out[name] = torch.tensor(array, dtype=dtype)
     return out
