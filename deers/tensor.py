@@ -16,6 +16,7 @@ from .backend import BinaryFn
 from .device import Device, as_device
 from .dtype import DType, as_dtype
 from .errors import DeviceError, DTypeError, ShapeError, describe
+from .profiler import profiling
 
 
 def apply(op: Op, *inputs: "Tensor") -> "Tensor":
@@ -27,7 +28,9 @@ def apply(op: Op, *inputs: "Tensor") -> "Tensor":
     needs = tuple([t.requires_grad for t in inputs])
     record = grad_mode.enabled and True in needs and op.differentiable
     op.needs_input_grad = needs if record else (False,) * len(inputs)  # forward saves only what backward needs
-    out = op.forward(*[t.data for t in inputs])
+    arrays = [t.data for t in inputs]
+    session = profiling.session  # None unless inside deers.profiler.profile(): the only cost when not profiling
+    out = op.forward(*arrays) if session is None else session.run("forward", op, op.forward, arrays)
     if record:
         return Tensor(out, requires_grad=True, _op=op, _inputs=inputs)
     return Tensor(out)
@@ -244,13 +247,27 @@ class Tensor:
     # ---- reductions --------------------------------------------------------------------------------
     def sum(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.sum(self, dim, keepdim)
     def mean(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.mean(self, dim, keepdim)
-    def max(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.max(self, dim, keepdim)
-    def min(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.min(self, dim, keepdim)
-    amax = max  # PyTorch's name for the values-only max (Deers' max never returns indices)
-    amin = min
+    def max(self, dim=None, keepdim: bool = False):
+        """x.max(): the largest value; x.max(dim): the pair (values, indices), like PyTorch."""
+        return _reduce.max(self, dim, keepdim)
+    def min(self, dim=None, keepdim: bool = False):
+        """x.min(): the smallest value; x.min(dim): the pair (values, indices), like PyTorch."""
+        return _reduce.min(self, dim, keepdim)
+    def amax(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.amax(self, dim, keepdim)
+    def amin(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.amin(self, dim, keepdim)
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> "Tensor":
         return _reduce.argmax(self, dim, keepdim)
+    def argmin(self, dim: int | None = None, keepdim: bool = False) -> "Tensor":
+        return _reduce.argmin(self, dim, keepdim)
     def logsumexp(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.logsumexp(self, dim, keepdim)
+
+    # ---- ordering (deers/ops/sort.py): (values, indices) pairs like torch.return_types ---------------
+    def sort(self, dim: int = -1, descending: bool = False, stable: bool = False):
+        return _sort.sort(self, dim, descending, stable)
+    def argsort(self, dim: int = -1, descending: bool = False, stable: bool = False) -> "Tensor":
+        return _sort.argsort(self, dim, descending, stable)
+    def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
+        return _sort.topk(self, k, dim, largest, sorted)
     def softmax(self, dim: int = -1) -> "Tensor": return _reduce.softmax(self, dim)
     def log_softmax(self, dim: int = -1) -> "Tensor": return _reduce.log_softmax(self, dim)
 
@@ -308,4 +325,5 @@ from .ops import indexing as _index  # noqa: E402
 from .ops import linalg as _linalg  # noqa: E402
 from .ops import reduce as _reduce  # noqa: E402
 from .ops import shape as _shape  # noqa: E402
+from .ops import sort as _sort  # noqa: E402
 from .ops import unary as _unary  # noqa: E402

@@ -329,9 +329,9 @@ def test_max_min(dim, keepdim):
     x = rand(2, 3, 4)
     amax = (lambda x: x.amax(dim if dim is not None else tuple(range(x.ndim)), keepdim=keepdim))
     amin = (lambda x: x.amin(dim if dim is not None else tuple(range(x.ndim)), keepdim=keepdim))
-    check_op(lambda x: x.max(dim, keepdim=keepdim), x, reference=lambda x: np.max(x, dim, keepdims=keepdim),
+    check_op(lambda x: x.amax(dim, keepdim=keepdim), x, reference=lambda x: np.max(x, dim, keepdims=keepdim),
              torch_fn=amax, layouts=NO_BROADCAST)
-    check_op(lambda x: x.min(dim, keepdim=keepdim), x, reference=lambda x: np.min(x, dim, keepdims=keepdim),
+    check_op(lambda x: x.amin(dim, keepdim=keepdim), x, reference=lambda x: np.min(x, dim, keepdims=keepdim),
              torch_fn=amin, layouts=NO_BROADCAST[:1])
 
 

@@ -6,7 +6,9 @@ binary.py    y = f(a, b) with broadcasting: Add, Sub, Mul, Div, Pow, Maximum, Mi
 compare.py   masks: comparisons (no gradient), where, masked_fill
 operands.py  dtype/device checks, broadcasting, Python numbers as 0-d constants (promotion rules)
 convert.py   casts and device moves
-reduce.py    Sum, Max, Min, ArgMax; mean and logsumexp written from them; softmax, log_softmax
+reduce.py    Sum, Max, Min, ArgMax, ArgMin; amax/amin, max/min(dim) -> (values, indices), mean and
+             logsumexp written from them; softmax, log_softmax
+sort.py      sort, argsort, topk: the order found on the host, the values gathered (gather's gradient)
 shape.py     views (permute, broadcast_to, reshape, narrow, indexing), compact, cat, stack
 linalg.py    matmul
 indexing.py  gather, index_select, embedding

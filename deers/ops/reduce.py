@@ -2,13 +2,20 @@
 
 Sum, Max, Min and ArgMax are the primitives of `deers.backend.ReduceFn`, one class each; mean and
 logsumexp are written from them without a backward of their own; softmax is one fused kernel.
+
+max/min follow PyTorch: with no dim they return the value (like amax/amin over everything); with
+one int dim they return the named pair `ValuesIndices(values, indices)`, the values gathered at
+the indices, so the gradient goes to the chosen element only (as in PyTorch), while amax/amin
+(any dims) split it evenly among ties.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from ..autograd import Op
 from ..backend import BinaryFn, ReduceFn
+from ..dtype import i64
 from ..errors import ShapeError, describe
 from ..layout import normalize_dim
 from ..tensor import Tensor, apply
@@ -90,12 +97,57 @@ class Min(_Extreme):
     fn = ReduceFn.MIN
 
 
-def max(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return apply(Max(_axes(x, dim, "max"), keepdim), x)
+def amax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    """The largest values over `dim` (int, tuple or None for all); ties share the gradient."""
+    return apply(Max(_axes(x, dim, "amax"), keepdim), x)
 
 
-def min(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return apply(Min(_axes(x, dim, "min"), keepdim), x)
+def amin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    """The smallest values over `dim` (int, tuple or None for all); ties share the gradient."""
+    return apply(Min(_axes(x, dim, "amin"), keepdim), x)
+
+
+class ValuesIndices(NamedTuple):
+    """What max(dim), min(dim), sort and topk return, like torch.return_types: `values, indices = ...`."""
+
+    values: Tensor
+    indices: Tensor
+
+
+def _one_dim(x: Tensor, dim, op: str) -> int:
+    """The single dim of max(dim)/min(dim); several dims raise (amax/amin take those)."""
+    if isinstance(dim, (tuple, list)):
+        _axes(x, dim, op)  # an out-of-range dim is an IndexError first
+        raise TypeError(f"{op}: dim must be one int (the result is (values, indices), like PyTorch), "
+                        f"got {tuple(dim)} for {describe(x)}; use a{op}(dims) for the values over several dims")
+    return normalize_dim(dim, x.ndim, op)
+
+
+def _pick(x: Tensor, d: int, indices_kept: Tensor, keepdim: bool) -> ValuesIndices:
+    """(values, indices) from indices with dim d kept as size 1: values = gather(x, d, indices)."""
+    from .indexing import gather
+
+    values = gather(x, d, indices_kept)  # (..., 1, ...)
+    if keepdim:
+        return ValuesIndices(values, indices_kept)
+    shape = _drop(x.shape, (d,))
+    return ValuesIndices(values.reshape(shape), indices_kept.reshape(shape))
+
+
+def max(x: Tensor, dim=None, keepdim: bool = False) -> "Tensor | ValuesIndices":
+    """max(x): the largest value. max(x, dim): (values, indices) along one dim, like PyTorch."""
+    if dim is None:
+        return amax(x, None, keepdim)
+    d = _one_dim(x, dim, "max")
+    return _pick(x, d, argmax(x, d, keepdim=True), keepdim)
+
+
+def min(x: Tensor, dim=None, keepdim: bool = False) -> "Tensor | ValuesIndices":
+    """min(x): the smallest value. min(x, dim): (values, indices) along one dim, like PyTorch."""
+    if dim is None:
+        return amin(x, None, keepdim)
+    d = _one_dim(x, dim, "min")
+    return _pick(x, d, argmin(x, d, keepdim=True), keepdim)
 
 
 class ArgMax(ReduceOp):
@@ -116,6 +168,34 @@ def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     return apply(ArgMax(axes, keepdim), x)
 
 
+class ArgMin(ReduceOp):
+    """Index (i64) of the first smallest element along one axis (axes=None: of the flattened input).
+
+    The vocabulary has no argmin primitive: it is the argmax of the mask "equals the minimum"
+    (or, when the minimum is NaN, "is NaN", as PyTorch reports NaN); exact for every dtype."""
+
+    fn = ReduceFn.MIN
+    name = "argmin"
+    differentiable = False
+
+    def forward(self, a):
+        if self.axes is None:
+            a, axes = a.reshape((a.numel,)), (0,)
+        else:
+            axes = self.axes
+        low = a.reduce(ReduceFn.MIN, axes, keepdim=True)
+        hit = a.binary(BinaryFn.EQ, low).cast(i64)
+        if a.dtype.is_float:  # NaN != NaN: where the minimum is NaN, the NaNs are the hits
+            hit = hit + a.binary(BinaryFn.NE, a).cast(i64) * low.binary(BinaryFn.NE, low).cast(i64)
+        return hit.reduce(ReduceFn.ARGMAX, axes, self.keepdim if self.axes is not None else False)
+
+
+def argmin(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    """Index of the smallest element along `dim` (over the flattened tensor when dim is None)."""
+    axes = None if dim is None else (normalize_dim(dim, x.ndim, "argmin"),)
+    return apply(ArgMin(axes, keepdim), x)
+
+
 def logsumexp(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     """log(sum(exp(x))) = m + log(sum(exp(x - m))) with m = max(x) held constant (it cancels in
     the value and in the gradient, softmax(x)): composite, no backward of its own."""
@@ -123,7 +203,7 @@ def logsumexp(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
     require_float("logsumexp", x)
     axes = _axes(x, dim, "logsumexp")
-    peak = max(x.detach(), axes, keepdim=True)
+    peak = amax(x.detach(), axes, keepdim=True)
     peak = where(peak == -math.inf, 0.0, peak)  # a row of only -inf: shift by 0, the result is -inf
     out = sum((x - peak).exp(), axes, keepdim=True).log() + peak
     return out if keepdim else out.reshape(_drop(x.shape, axes))
