@@ -5,15 +5,16 @@
     store = ParamStore(device="cpu"); vb = store.root()
     fc = Linear(768, 3072, bias=False, vb=vb.pp("blocks").pp(0).pp("mlp").pp("fc"), init=Normal(0.0, 0.02))
 """
-from .activations import GELU, Dropout, ReLU, SiLU, dropout, gelu, silu
-from .containers import ModuleList, Sequential
+from .activations import GELU, Dropout, Flatten, Identity, ReLU, SiLU, dropout, gelu, silu
+from .containers import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
 from .layers import Embedding, LayerNorm, Linear, RMSNorm
-from .module import LoadResult, Module, StateDictError
+from .module import ContainerError, LoadResult, Module, StateDictError
 from .params import Constant, Init, Normal, ParamPath, ParamStore, Uniform, kaiming_uniform
 
 __all__ = [
-    "Module", "ModuleList", "Sequential", "StateDictError", "LoadResult",
+    "Module", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Sequential", "StateDictError",
+    "ContainerError", "LoadResult",
     "ParamStore", "ParamPath", "Init", "Normal", "Uniform", "Constant", "kaiming_uniform",
     "Linear", "Embedding", "RMSNorm", "LayerNorm",
-    "ReLU", "GELU", "SiLU", "Dropout", "gelu", "silu", "dropout",
+    "ReLU", "GELU", "SiLU", "Dropout", "Identity", "Flatten", "gelu", "silu", "dropout",
 ]

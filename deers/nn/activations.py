@@ -1,4 +1,4 @@
-"""Parameter-free layers: ReLU, GELU (tanh approximation or exact), SiLU, Dropout.
+"""Parameter-free layers: ReLU, GELU (tanh approximation or exact), SiLU, Dropout, Identity, Flatten.
 
 The exact GELU needs erf, which is not a backend primitive, so it is one Op here whose forward
 evaluates erf with the Abramowitz-Stegun 7.1.26 formula (absolute error below 1.5e-7, under f32
@@ -125,3 +125,27 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class Identity(Module):
+    """Returns its input unchanged (a placeholder where a layer is optional)."""
+
+    def __init__(self, *args: object, **kwargs: object):  # PyTorch's Identity ignores its arguments too
+        super().__init__()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class Flatten(Module):
+    """x.flatten(start_dim, end_dim); by default keeps the batch dim: (N, C, H, W) -> (N, C*H*W)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -1,10 +1,14 @@
 """Module: the base class of layers and models (forward, parameters, state_dict, train/eval).
 
 A Module finds its parameters and sub-modules by looking at its own attributes, in the order they
-were assigned: a `Var` attribute is a parameter, a `Module` attribute is a child, and a list or
-tuple of Modules gives children named "<attr>.0", "<attr>.1", ... No `__setattr__` hook and no
-registration step: what you assign is what you get. Names join with dots, as in PyTorch
-("blocks.0.attn.qkv.weight"), and a parameter reached twice (tied weights) is listed once.
+were assigned: a `Var` attribute is a parameter, a `Module` attribute is a child, and Modules and
+Vars inside plain lists, tuples and dicts (nested too, mixed with other items) are found under
+"<attr>.0", "<attr>.1", "<attr>.<key>", ... A container whose members cannot get a stable name (a
+set, a dict key that is not a str or int or that holds a '.') is refused with ContainerError
+rather than skipped. No `__setattr__` hook and no registration step: what you assign is what you
+get. ModuleList, ModuleDict, ParameterList and ParameterDict (deers/nn/containers.py) name their
+members "0", "1", ... or by key, as in PyTorch. Names join with dots ("blocks.0.attn.qkv.weight"),
+and a parameter reached twice (tied weights) is listed once.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ from ..tensor import Tensor, Var
 
 class StateDictError(DeersError, ValueError):
     """A state dict does not fit the module: missing, unexpected or wrongly shaped parameters."""
+
+
+class ContainerError(DeersError, TypeError):
+    """A Module attribute holds Modules or Vars in a container that gives them no stable name."""
 
 
 class LoadResult(NamedTuple):
@@ -44,14 +52,21 @@ class Module:
         return self.forward(*args, **kwargs)
 
     # ---- the tree ----------------------------------------------------------------------------------
+    def _fields(self) -> Iterator[tuple[str, Any]]:
+        """(name, value) pairs that hold this module's members: its attributes, in assignment order
+        (the containers of deers/nn/containers.py give their items instead)."""
+        return iter(vars(self).items())
+
+    def _members(self) -> Iterator[tuple[str, Any]]:
+        """Every Module and Var directly held by this module (through plain containers too), named."""
+        for name, value in self._fields():
+            yield from _walk(value, name, type(self).__name__)
+
     def named_children(self) -> Iterator[tuple[str, "Module"]]:
         """Direct sub-modules with their attribute names, in assignment order."""
-        for attr, value in vars(self).items():
+        for name, value in self._members():
             if isinstance(value, Module):
-                yield attr, value
-            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Module) for v in value):
-                for i, child in enumerate(value):
-                    yield f"{attr}.{i}", child
+                yield name, value
 
     def children(self) -> Iterator["Module"]:
         for _, child in self.named_children():
@@ -76,9 +91,9 @@ class Module:
             yield module
 
     def _own_parameters(self) -> Iterator[tuple[str, Var]]:
-        for attr, value in vars(self).items():
+        for name, value in self._members():
             if isinstance(value, Var):
-                yield attr, value
+                yield name, value
 
     def named_parameters(self) -> list[tuple[str, Var]]:
         """(dotted name, Var) for every parameter of this module and its descendants, each once."""
@@ -117,11 +132,9 @@ class Module:
         device = as_device(device)
         for module in self.modules():
             for attr, value in list(vars(module).items()):
-                if isinstance(value, Var):
-                    if value.device != device:
-                        value.data = _moved(value.data, device)
-                elif isinstance(value, Tensor) and value.device != device:
-                    setattr(module, attr, Tensor(_moved(value.data, device)))
+                moved = _moved_tree(value, device)
+                if moved is not value:
+                    setattr(module, attr, moved)
         return self
 
     def to(self, device: "Device | str") -> "Module":
@@ -156,6 +169,52 @@ class Module:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+def _walk(value: Any, name: str, owner: str) -> Iterator[tuple[str, Any]]:
+    """The Modules and Vars in `value` (itself, or inside nested lists, tuples and dicts), named
+    "name", "name.0", "name.key", ...; other items (numbers, strings, plain tensors) are not members."""
+    if isinstance(value, (Module, Var)):
+        yield name, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _walk(item, f"{name}.{i}", owner)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = list(_walk(item, f"{name}.{key}", owner))
+            if found and (not isinstance(key, (str, int)) or isinstance(key, bool) or "." in str(key) or key == ""):
+                raise ContainerError(f"{owner}.{name}: key {key!r} holds {type(item).__name__}; parameter names "
+                                     "need str (or int) keys without '.'")
+            yield from found
+    elif isinstance(value, (set, frozenset)):
+        if any(isinstance(item, (Module, Var)) for item in value):
+            raise ContainerError(f"{owner}.{name}: a set of Modules or Vars has no stable order, so its "
+                                 "parameters would have no stable names; use a list or nn.ModuleList")
+
+
+def _moved_tree(value: Any, device: Device) -> Any:
+    """`value` with every tensor on `device`: Vars keep their identity (their .data moves), plain
+    Tensors are replaced, lists and dicts are updated in place, tuples rebuilt (a new tuple)."""
+    if isinstance(value, Var):
+        if value.device != device:
+            value.data = _moved(value.data, device)
+        return value
+    if isinstance(value, Tensor):
+        return value if value.device == device else Tensor(_moved(value.data, device))
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            value[i] = _moved_tree(item, device)
+        return value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            value[key] = _moved_tree(item, device)
+        return value
+    if isinstance(value, tuple):
+        items = [_moved_tree(item, device) for item in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)  # a named tuple stays one
+    return value
 
 
 def _moved(a: NDArray, device: Device) -> NDArray:
