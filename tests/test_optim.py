@@ -7,6 +7,7 @@ import pytest
 
 import deers
 from deers.optim import SGD, AdamW, AdamWConfig, LRSchedule, clip_grad_norm
+from devices import ACCELERATORS
 
 W0 = np.random.default_rng(0).standard_normal((3, 4))
 B0 = np.random.default_rng(1).standard_normal(4)
@@ -259,3 +260,31 @@ def test_cosine_schedule():
     assert s(109) == pytest.approx(0.5)
     values = [s(i) for i in range(9, 110)]
     assert all(a > b for a, b in zip(values, values[1:]))
+
+
+# ---- state follows its parameters across device moves -----------------------------------------------
+def _run_moving(make, devices):
+    """Train a small module for len(BATCHES) steps, on devices[i] for step i (moved with to_device)."""
+    model = deers.nn.Module()
+    model.w, model.b = deers.Var(deers.tensor(W0, dtype="f32")), deers.Var(deers.tensor(B0, dtype="f32"))
+    opt = make([model.w, model.b])
+    for x, device in zip(BATCHES, devices):
+        model.to_device(device)
+        opt.step(_loss(deers.tensor(x, dtype="f32", device=device), model.w, model.b).backward())
+        for slots in opt.state:
+            for value in slots.values():
+                assert not isinstance(value, deers.array.NDArray) or value.device == model.w.device
+    return model.w.numpy(), model.b.numpy(), opt.state_dict()["state"]
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+@pytest.mark.parametrize("name", ["adamw_hyper", "sgd_momentum"])
+def test_state_follows_the_parameters_after_to_device(name, device):
+    make = OPTIMIZERS[name][0]
+    straight = _run_moving(make, ["cpu"] * len(BATCHES))
+    moved = _run_moving(make, ["cpu", "cpu", device, device, "cpu", device])
+    for a, b in zip(moved[:2], straight[:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for i, slots in straight[2].items():  # the moments kept updating on every device
+        for slot, value in slots.items():
+            np.testing.assert_allclose(moved[2][i][slot], value, rtol=1e-5, atol=1e-6, err_msg=slot)

@@ -5,6 +5,11 @@ An optimizer holds its parameters in groups (each group a dict of hyper-paramete
 like it (e.g. "exp_avg") and plain numbers (e.g. "step"). `step_with_grads(grads)` updates every
 parameter that has a gradient in place, on its own buffer, so the Var objects (and their ids)
 never change and no graph is recorded.
+
+State follows its parameter: after `model.to_device(...)` moves the Vars, the next step first
+moves each parameter's state arrays to the parameter's device (one host round trip, as the move
+itself), so the update continues with the same numbers instead of updating stale moments on the
+old device. (PyTorch's load_state_dict moves state the same way; its step would raise instead.)
 """
 from __future__ import annotations
 
@@ -42,7 +47,9 @@ class Optimizer:
                 for p in group["params"]:
                     grad = grads.array(p)
                     if grad is not None:
-                        self._update(p, _grad_for(p, grad), group, self.state[index])
+                        state = self.state[index]
+                        _follow(p, state)
+                        self._update(p, _grad_for(p, grad), group, state)
                     index += 1
 
     def step(self, grads: Grads) -> None:
@@ -145,6 +152,14 @@ def _make_flat(p: Var) -> None:
     is affected: it gets a copy, so its updates no longer show through the array it viewed."""
     if not p.data.is_dense():
         p.data = p.data.copy()
+
+
+def _follow(p: Var, state: dict[str, Any]) -> None:
+    """Move the parameter's state arrays to its device (after a to_device) and keep it dense."""
+    _make_flat(p)
+    for slot, value in state.items():
+        if isinstance(value, NDArray) and value.device != p.device:
+            state[slot] = NDArray.from_numpy(value.numpy(), value.dtype, p.device)
 
 
 def _grad_for(p: Var, grad: NDArray) -> NDArray:
