@@ -17,6 +17,8 @@ from .backend import COMPARISONS, backend_for, loaded_backends, seed_all
 from .device import Device, as_device
 from .dtype import DType, bool_, f32, f64, i64
 from .layout import Layout, broadcast_shapes
+from .memory import track as _track_memory
+from .memory import untrack as _untrack_memory
 
 
 class NDArray:
@@ -38,21 +40,21 @@ class NDArray:
         device = as_device(device)
         backend = backend_for(device)
         array = np.asarray(array)
-        return NDArray(backend.from_numpy(array, dtype), Layout(array.shape), dtype, device, backend)
+        return NDArray(backend.from_numpy(array, dtype), Layout(array.shape), dtype, device, backend)._counted()
 
     @classmethod
     def full(cls, shape: tuple[int, ...], value, dtype: DType, device: "Device | str") -> "NDArray":
         """A dense array of `shape` filled with `value` (item 1)."""
         device = as_device(device)
         backend = backend_for(device)
-        return cls(backend.full(prod(shape), value, dtype), Layout(tuple(shape)), dtype, device, backend)
+        return cls(backend.full(prod(shape), value, dtype), Layout(tuple(shape)), dtype, device, backend)._counted()
 
     @staticmethod
     def empty(shape: tuple[int, ...], dtype: DType, device: "Device | str") -> "NDArray":
         """A dense array of `shape` with unspecified values, to be written with `assign` (item 1)."""
         device = as_device(device)
         backend = backend_for(device)
-        return NDArray(backend.empty(prod(shape), dtype), Layout(tuple(shape)), dtype, device, backend)
+        return NDArray(backend.empty(prod(shape), dtype), Layout(tuple(shape)), dtype, device, backend)._counted()
 
     @staticmethod
     def random(kind: str, shape: tuple[int, ...], dtype: DType, device: "Device | str") -> "NDArray":
@@ -60,18 +62,23 @@ class NDArray:
         device = as_device(device)
         backend = backend_for(device)
         sample = {"randn": backend.randn, "rand": backend.rand}[kind]
-        return NDArray(sample(prod(shape), dtype), Layout(tuple(shape)), dtype, device, backend)
+        return NDArray(sample(prod(shape), dtype), Layout(tuple(shape)), dtype, device, backend)._counted()
 
     @staticmethod
     def randint(shape: tuple[int, ...], low: int, high: int, device: "Device | str") -> "NDArray":
         """Uniform i64 integers in [low, high) from the device's generator (item 3)."""
         device = as_device(device)
         backend = backend_for(device)
-        return NDArray(backend.randint(prod(shape), low, high), Layout(tuple(shape)), i64, device, backend)
+        return NDArray(backend.randint(prod(shape), low, high), Layout(tuple(shape)), i64, device, backend)._counted()
 
     def _new(self, buffer, shape: tuple[int, ...], dtype: DType | None = None) -> "NDArray":
         """Wrap a fresh contiguous result buffer from this array's backend."""
-        return NDArray(buffer, Layout(shape), dtype or self.dtype, self.device, self.backend)
+        return NDArray(buffer, Layout(shape), dtype or self.dtype, self.device, self.backend)._counted()
+
+    def _counted(self) -> "NDArray":
+        """Count this array's fresh buffer in deers.memory until it is freed (views are never counted)."""
+        _track_memory(self.buffer, int(self.buffer.size) * self.dtype.itemsize, self.device)
+        return self
 
     def as_layout(self, layout: Layout) -> "NDArray":
         """The same buffer seen through another layout (shape ops make it; it must fit the buffer)."""
@@ -290,6 +297,8 @@ class NDArray:
         """
         loss_sum, count, grad = self.backend.cross_entropy(self.buffer, self.layout, targets.buffer, targets.layout,
                                                            ignore_index, label_smoothing, overwrite_logits)
+        if overwrite_logits:  # the gradient may be these logits' memory under a new name: count it once
+            _untrack_memory(self.buffer)
         acc = f64 if self.dtype is f64 else f32
         return self._new(loss_sum, (), acc), self._new(count, (), i64), self._new(grad, self.shape)
 

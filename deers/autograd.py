@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from .array import NDArray
+from .profiler import profiling
 
 
 class Op:
@@ -85,6 +86,32 @@ def no_grad() -> Iterator[None]:
 
 def is_grad_enabled() -> bool:
     return grad_mode.enabled
+
+
+@contextmanager
+def enable_grad() -> Iterator[None]:
+    """Record the graph again inside this block, even within no_grad (like torch.enable_grad)."""
+    previous = grad_mode.enabled
+    grad_mode.enabled = True
+    try:
+        yield
+    finally:
+        grad_mode.enabled = previous
+
+
+class set_grad_enabled:
+    """Turn graph recording on or off: at once as a call (`set_grad_enabled(False)`), or for a
+    block as a context manager (`with set_grad_enabled(training): ...`), like PyTorch."""
+
+    def __init__(self, mode: bool):
+        self.previous = grad_mode.enabled
+        grad_mode.enabled = bool(mode)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info) -> None:
+        grad_mode.enabled = self.previous
 
 
 class Grads:
@@ -184,6 +211,7 @@ def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> G
     """
     pending: dict[int, NDArray] = {id(root): out_grad}
     claimed = {out_grad.storage_id()}  # buffers already handed out; a second claimant gets a copy
+    session = profiling.session  # None unless inside deers.profiler.profile()
     for node in reversed(topo_sort(root)):
         grad = pending.pop(id(node), None)
         if grad is None:
@@ -195,7 +223,8 @@ def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> G
             grads.accumulate(node, grad)
             continue
         node._op.graph_retained = retain_graph
-        input_grads = node._op.backward(grad)
+        op = node._op
+        input_grads = op.backward(grad) if session is None else session.run("backward", op, op.backward, [grad])
         for parent, parent_grad in zip(node._inputs, input_grads):
             if parent_grad is None or not parent.requires_grad:
                 continue

@@ -211,6 +211,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "data/tinystories_sample_<tokenizer> for the sample, data/<text file>_<tokenizer>)")
     p.add_argument("--tokenizer-file", default=None, metavar="PATH",
                    help="a .tiktoken rank file to use instead of GPT-2's BPE (<|endoftext|> gets the next id)")
+    p.add_argument("--profile", type=positive_int, default=None, metavar="N",
+                   help="print the per-op time table of step N (deers.profiler, see docs/inside.md)")
     p.add_argument("--ddp", action="store_true",
                    help="data-parallel over the ranks of `mpirun -n N` (each takes batch-size / N rows)")
     args = p.parse_args(argv)
@@ -250,6 +252,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         warmup, warmdown = schedule_lengths(args)
         if warmup + warmdown > args.steps:
             p.error(f"--warmup {warmup} + --warmdown {warmdown} exceed --steps {args.steps}")
+    if args.profile is not None and args.steps is not None and args.profile > args.steps:
+        p.error(f"--profile {args.profile}: the run has only {args.steps} steps")
 
 
 def schedule_lengths(args: argparse.Namespace) -> tuple[int, int]:
@@ -505,6 +509,8 @@ def train(args: argparse.Namespace) -> dict:
     if warmup + warmdown > args.steps:
         raise SystemExit(f"error: --resume --steps {args.steps}: the run's warmup {warmup} + warmdown {warmdown} "
                          f"do not fit; give --steps of at least {warmup + warmdown}")
+    if args.profile is not None and not start_step < args.profile <= args.steps:
+        raise SystemExit(f"error: --profile {args.profile}: this run does steps {start_step + 1} to {args.steps}")
     schedule = LRSchedule(args.lr, args.steps, warmup=warmup, warmdown=warmdown)
     dtype = as_dtype(args.dtype)
 
@@ -549,6 +555,7 @@ def train(args: argparse.Namespace) -> dict:
         with StopRequest() as stop:
             while step < args.steps and not dist.any_rank(stop.requested):  # ranks stop at the same step
                 started = time.perf_counter()
+                profile = deers.profiler.profile().start() if step + 1 == args.profile else None
                 lr = schedule(step)
                 inputs, targets = train_data.sample_batch(args.batch_size, args.device)  # (B, T) each
                 if world > 1:  # every rank drew the same global batch; keep this rank's rows
@@ -563,7 +570,7 @@ def train(args: argparse.Namespace) -> dict:
                     grads = low.master_grads(grads, scaler.scale)
                 if args.ddp:
                     dist.all_reduce_grads(model.parameters(), grads)  # mean over ranks: the global batch's gradient
-                norm = clip_grad_norm(model.parameters(), grads, args.grad_clip if args.grad_clip > 0 else math.inf)
+                norm = float(clip_grad_norm(model.parameters(), grads, args.grad_clip if args.grad_clip > 0 else math.inf))
                 if math.isfinite(norm):
                     optimizer.set_lr(lr)
                     optimizer.step_with_grads(grads)
@@ -572,6 +579,8 @@ def train(args: argparse.Namespace) -> dict:
                 scaler.update(math.isfinite(norm))
                 loss_value = dist.mean_over_ranks(loss.item())  # the global batch's loss
                 step += 1
+                if profile is not None:
+                    say(f"profile of step {step} (deers.profiler):\n{profile.stop().table()}")
                 interval_time += time.perf_counter() - started
                 interval_losses.append(loss_value)
                 history["train"].append([step, loss_value])

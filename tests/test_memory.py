@@ -1,0 +1,82 @@
+"""deers.memory: live and peak bytes per device, counting the fresh buffers Deers holds, views once."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+import deers
+from deers import memory
+from deers.models.gpt import GPT, GPTConfig
+from devices import DEVICES
+
+
+def live(device: str) -> int:
+    gc.collect()  # a graph can hold buffers in reference cycles until the collector runs
+    return memory.live_bytes(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_fresh_array_counts_its_bytes_and_views_count_nothing(device):
+    start = live(device)
+    x = deers.zeros(64, 32, device=device)  # f32: 8 KiB
+    assert live(device) - start == 64 * 32 * 4
+    views = [x.T, x.narrow(0, 3, 10), x.reshape(32, 64), x[::2]]
+    assert live(device) - start == 64 * 32 * 4
+    del x
+    assert live(device) - start == 64 * 32 * 4  # the views keep the buffer alive: still counted, once
+    del views
+    assert live(device) == start
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_results_of_ops_count_and_dtypes_use_their_item_size(device):
+    x = deers.ones(10, 10, device=device)
+    start = live(device)
+    y = (x + 1.0).to_dtype(deers.f16)  # the f32 sum is freed at once, the f16 copy stays
+    assert live(device) - start == 10 * 10 * 2
+    del y
+    assert live(device) == start
+
+
+def test_peak_rises_with_the_largest_moment_and_reset_starts_again():
+    memory.reset_peak("cpu")
+    base = live("cpu")
+    big = deers.zeros(1000, 250)  # 1 MB
+    del big
+    assert memory.peak_bytes("cpu") >= base + 1_000_000
+    assert live("cpu") == base
+    memory.reset_peak("cpu")
+    assert memory.peak_bytes("cpu") == live("cpu")
+
+
+def test_devices_are_counted_apart_and_named_like_devices():
+    before = {name: memory.live_bytes(name) for name in ("cpu", "mps", "cuda", "cuda:0")}
+    x = deers.zeros(100)
+    assert memory.live_bytes("cpu") == before["cpu"] + 400
+    assert memory.live_bytes(deers.Device.CPU) == memory.live_bytes("cpu")
+    assert memory.live_bytes("cuda") == memory.live_bytes("cuda:0") == before["cuda"]
+    assert memory.live_bytes("mps") == before["mps"]
+    assert "cpu" in memory.devices()
+    del x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_memory_rises_through_forward_falls_through_backward_and_returns_after_the_step(device):
+    deers.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, sequence_len=16, n_layer=2, n_head=2, n_embd=32, mlp_hidden_dim=64),
+                device=device)
+    idx = deers.randint(0, 64, (2, 16), device=device)
+    param_bytes = sum(p.numel() * 4 for p in model.parameters())
+    start = live(device)
+    loss = model.loss(idx, idx)
+    after_forward = live(device)
+    assert after_forward > start + param_bytes // 4  # the saved activations
+    grads = loss.backward()
+    after_backward = live(device)
+    grad_bytes = sum(g.numel() * 4 for _, g in grads)
+    assert grad_bytes == param_bytes
+    assert after_backward < after_forward
+    assert after_backward - start <= grad_bytes + 64  # the gradients and the 0-d loss, nothing saved
+    del loss, grads
+    assert live(device) == start
