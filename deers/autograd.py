@@ -88,6 +88,32 @@ def is_grad_enabled() -> bool:
     return grad_mode.enabled
 
 
+@contextmanager
+def enable_grad() -> Iterator[None]:
+    """Record the graph again inside this block, even within no_grad (like torch.enable_grad)."""
+    previous = grad_mode.enabled
+    grad_mode.enabled = True
+    try:
+        yield
+    finally:
+        grad_mode.enabled = previous
+
+
+class set_grad_enabled:
+    """Turn graph recording on or off: at once as a call (`set_grad_enabled(False)`), or for a
+    block as a context manager (`with set_grad_enabled(training): ...`), like PyTorch."""
+
+    def __init__(self, mode: bool):
+        self.previous = grad_mode.enabled
+        grad_mode.enabled = bool(mode)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info) -> None:
+        grad_mode.enabled = self.previous
+
+
 class Grads:
     """Gradients of leaf tensors, keyed by tensor identity: grads[w] is a Tensor shaped like w."""
 

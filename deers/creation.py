@@ -1,6 +1,8 @@
-"""Creation functions (tensor, zeros, randn, ...) and the random seed shared by every backend."""
+"""Creation functions (tensor, zeros, randn, eye, linspace, ..._like) and the random seed shared by
+every backend. Sizes must be ints: `ones(2.5)` raises instead of making shape (2,)."""
 from __future__ import annotations
 
+import operator
 
 import numpy as np
 
@@ -12,10 +14,24 @@ from .tensor import Tensor
 _host = {"rng": np.random.default_rng()}  # the host generator for data sampling and dropout masks
 
 
-def _shape(shape) -> tuple[int, ...]:
+def _size(s, op: str) -> int:
+    """One dim size: an int (or an integer-like object, `operator.index`), never a float or bool."""
+    if isinstance(s, bool):
+        raise TypeError(f"{op}: sizes must be ints, got {s!r}")
+    try:
+        n = operator.index(s)
+    except TypeError:
+        raise TypeError(f"{op}: sizes must be ints, got {s!r} ({type(s).__name__})") from None
+    if n < 0:
+        raise ValueError(f"{op}: sizes must be >= 0, got {n}")
+    return n
+
+
+def _shape(shape, op: str = "creation") -> tuple[int, ...]:
+    """Accept both zeros(2, 3) and zeros((2, 3)); every size checked by `_size`."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        return tuple(int(s) for s in shape[0])
-    return tuple(int(s) for s in shape)
+        shape = shape[0]
+    return tuple(_size(s, op) for s in shape)
 
 
 def tensor(data, dtype: "DType | str | None" = None, device: "Device | str | None" = None,
@@ -43,26 +59,65 @@ def from_numpy(array: np.ndarray, device: "Device | str | None" = None) -> Tenso
 
 
 def full(shape, value, dtype: "DType | str | None" = None, device: "Device | str | None" = None) -> Tensor:
-    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+    shape = _shape((shape,), "full")
     dtype = as_dtype(dtype) if dtype is not None else (i64 if isinstance(value, (int, np.integer))
                                                         and not isinstance(value, bool) else default_float())
     return Tensor(NDArray.full(shape, value, dtype, as_device(device)))
 
 
 def zeros(*shape, dtype=None, device=None) -> Tensor:
-    return full(_shape(shape), 0, as_dtype(dtype) if dtype is not None else default_float(), device)
+    return full(_shape(shape, "zeros"), 0, as_dtype(dtype) if dtype is not None else default_float(), device)
 
 
 def ones(*shape, dtype=None, device=None) -> Tensor:
-    return full(_shape(shape), 1, as_dtype(dtype) if dtype is not None else default_float(), device)
+    return full(_shape(shape, "ones"), 1, as_dtype(dtype) if dtype is not None else default_float(), device)
 
 
-def zeros_like(x: Tensor) -> Tensor:
-    return full(x.shape, 0, x.dtype, x.device)
+def empty(*shape, dtype=None, device=None) -> Tensor:
+    """A tensor whose values are unspecified (to be overwritten); default dtype f32."""
+    dtype = as_dtype(dtype) if dtype is not None else default_float()
+    return Tensor(NDArray.empty(_shape(shape, "empty"), dtype, as_device(device)))
 
 
-def ones_like(x: Tensor) -> Tensor:
-    return full(x.shape, 1, x.dtype, x.device)
+def full_like(x: Tensor, value, dtype=None, device=None) -> Tensor:
+    """A tensor shaped like x filled with value, with x's dtype and device unless given."""
+    return full(x.shape, value, x.dtype if dtype is None else dtype, x.device if device is None else device)
+
+
+def zeros_like(x: Tensor, dtype=None, device=None) -> Tensor:
+    return full_like(x, 0, dtype, device)
+
+
+def ones_like(x: Tensor, dtype=None, device=None) -> Tensor:
+    return full_like(x, 1, dtype, device)
+
+
+def empty_like(x: Tensor, dtype=None, device=None) -> Tensor:
+    return empty(x.shape, dtype=x.dtype if dtype is None else dtype, device=x.device if device is None else device)
+
+
+def randn_like(x: Tensor, dtype=None, device=None) -> Tensor:
+    """Standard normal samples shaped like x (x's dtype and device unless given)."""
+    return randn(x.shape, dtype=x.dtype if dtype is None else dtype, device=x.device if device is None else device)
+
+
+def rand_like(x: Tensor, dtype=None, device=None) -> Tensor:
+    """Uniform [0, 1) samples shaped like x (x's dtype and device unless given)."""
+    return rand(x.shape, dtype=x.dtype if dtype is None else dtype, device=x.device if device is None else device)
+
+
+def eye(n: int, m: int | None = None, dtype=None, device=None) -> Tensor:
+    """The (n, m) identity matrix: ones on the diagonal (m defaults to n)."""
+    n = _size(n, "eye")
+    m = n if m is None else _size(m, "eye")
+    return tensor(np.eye(n, m), dtype=dtype if dtype is not None else default_float(), device=device)
+
+
+def linspace(start: float, end: float, steps: int, dtype=None, device=None) -> Tensor:
+    """`steps` evenly spaced values from start to end inclusive (computed in f64, then cast)."""
+    steps = _size(steps, "linspace")
+    return tensor(np.linspace(float(start), float(end), steps), dtype=dtype if dtype is not None else default_float(),
+                  device=device)
 
 
 def arange(start, end=None, step=1, dtype=None, device=None) -> Tensor:
@@ -75,7 +130,7 @@ def arange(start, end=None, step=1, dtype=None, device=None) -> Tensor:
 
 
 def _random(kind: str, shape, dtype, device) -> Tensor:
-    shape = _shape(shape)
+    shape = _shape(shape, kind)
     dtype = as_dtype(dtype) if dtype is not None else default_float()
     device = as_device(device)
     return Tensor(NDArray.random(kind, shape, dtype, device))
@@ -93,7 +148,7 @@ def rand(*shape, dtype=None, device=None) -> Tensor:
 
 def randint(low: int, high: int, shape, device=None) -> Tensor:
     """Uniform integers in [low, high) as i64."""
-    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+    shape = _shape((shape,), "randint")
     device = as_device(device)
     return Tensor(NDArray.randint(shape, low, high, device))
 

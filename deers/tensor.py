@@ -271,6 +271,31 @@ class Tensor:
     def softmax(self, dim: int = -1) -> "Tensor": return _reduce.softmax(self, dim)
     def log_softmax(self, dim: int = -1) -> "Tensor": return _reduce.log_softmax(self, dim)
 
+    # ---- everyday functions (deers/ops/stats.py, scan.py, split.py, flip.py, triangle.py) ----------
+    def var(self, dim=None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> "Tensor":
+        return _stats.var(self, dim, correction, keepdim, unbiased)
+    def std(self, dim=None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> "Tensor":
+        return _stats.std(self, dim, correction, keepdim, unbiased)
+    def norm(self, p=2, dim=None, keepdim: bool = False) -> "Tensor": return _stats.norm(self, p, dim, keepdim)
+    def cumsum(self, dim: int) -> "Tensor": return _scan.cumsum(self, dim)
+    def split(self, split_size, dim: int = 0) -> tuple: return _split.split(self, split_size, dim)
+    def chunk(self, chunks: int, dim: int = 0) -> tuple: return _split.chunk(self, chunks, dim)
+    def unbind(self, dim: int = 0) -> tuple: return _split.unbind(self, dim)
+    def flip(self, *dims) -> "Tensor": return _flip.flip(self, _dims(dims))
+    def tril(self, diagonal: int = 0) -> "Tensor": return _triangle.tril(self, diagonal)
+    def triu(self, diagonal: int = 0) -> "Tensor": return _triangle.triu(self, diagonal)
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
+        """Make this leaf record operations and receive a gradient (or stop), in place; returns self."""
+        if not self.is_leaf:
+            if requires_grad:
+                return self  # already part of a graph that requires grad
+            raise RuntimeError(f"requires_grad_(False) on a non-leaf tensor ({describe(self)}); use detach()")
+        if requires_grad and not self.dtype.is_float:
+            raise DTypeError(f"requires_grad_: only floating-point tensors can require grad, got {describe(self)}")
+        self.requires_grad = bool(requires_grad)
+        return self
+
     # ---- views and shape ---------------------------------------------------------------------------
     def permute(self, *axes) -> "Tensor": return _shape.permute(self, _dims(axes))
     def transpose(self, dim0: int, dim1: int) -> "Tensor": return _shape.transpose(self, dim0, dim1)
@@ -325,5 +350,10 @@ from .ops import indexing as _index  # noqa: E402
 from .ops import linalg as _linalg  # noqa: E402
 from .ops import reduce as _reduce  # noqa: E402
 from .ops import shape as _shape  # noqa: E402
+from .ops import flip as _flip  # noqa: E402
+from .ops import scan as _scan  # noqa: E402
 from .ops import sort as _sort  # noqa: E402
+from .ops import split as _split  # noqa: E402
+from .ops import stats as _stats  # noqa: E402
+from .ops import triangle as _triangle  # noqa: E402
 from .ops import unary as _unary  # noqa: E402

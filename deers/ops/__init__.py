@@ -12,6 +12,12 @@ sort.py      sort, argsort, topk: the order found on the host, the values gather
 shape.py     views (permute, broadcast_to, reshape, narrow, indexing), compact, cat, stack
 linalg.py    matmul
 indexing.py  gather, index_select, embedding
+scan.py      CumSum: running sums as a log-step scan of shifted adds (its backward the same scan reversed)
+stats.py     var, std (composites), Norm2 and the other vector norms
+split.py     split, chunk, unbind: views made with narrow and indexing
+flip.py      flip (index_select with reversed positions), used by negative-step slices
+triangle.py  tril, triu: where with a triangle mask
+einsum.py    einsum for one or two operands: sum, permute, reshape and one batched matmul
 
 An op's facts live in its class: the backend primitive it runs (`fn`, from the vocabulary in
 deers/backend/__init__.py), whether it needs floats (`float_only`), what it saves for backward,
