@@ -16,6 +16,7 @@ import numpy as np
 from .backend import COMPARISONS, backend_for, loaded_backends, seed_all
 from .device import Device, as_device
 from .dtype import DType, bool_, f32, f64, i64
+from .errors import ShapeError
 from .layout import Layout, broadcast_shapes
 from .memory import track as _track_memory
 from .memory import untrack as _untrack_memory
@@ -224,7 +225,19 @@ class NDArray:
         return self._new(self.backend.cast(self.buffer, self.layout, dtype), self.shape, dtype)
 
     def reduce(self, name: str, axes: tuple[int, ...], keepdim: bool) -> "NDArray":
-        """sum/max/min/argmax over `axes`; sums of integers or bools and argmax give i64."""
+        """sum/max/min/argmax over `axes`; sums of integers or bools and argmax give i64.
+
+        A 0-d array has one element and nothing to reduce over (dim 0 or -1 is accepted, as in
+        PyTorch); max/min/argmax of an empty axis have no identity and raise ShapeError."""
+        name = getattr(name, "value", name)  # a ReduceFn or its string
+        if self.ndim == 0:
+            axes = ()
+            if name.startswith("arg"):  # the one element is at index 0
+                return NDArray.full((), 0, i64, self.device)
+        elif name != "sum" and any(self.shape[a] == 0 for a in axes):
+            raise ShapeError(f"{name}: cannot reduce over an empty dim: axes {tuple(axes)} of shape {self.shape} "
+                             f"{self.dtype.name} {self.device} (max/min of nothing is undefined; use a dim with "
+                             f"elements)")
         res = self.backend.reduce(name, self.buffer, self.layout, axes)
         if keepdim:
             shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))

@@ -1,6 +1,8 @@
 """Devices: where a tensor's buffer lives. Strings "cpu", "cuda", "cuda:1", "mps" are accepted."""
 from __future__ import annotations
 
+from .errors import DeviceError
+
 
 class Device:
     """A device kind ("cpu", "cuda", "mps") and an index (for several GPUs)."""
@@ -12,7 +14,7 @@ class Device:
 
     def __init__(self, kind: str, index: int = 0):
         if kind not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"unknown device kind {kind!r}; expected 'cpu', 'cuda' or 'mps'")
+            raise DeviceError(f"unknown device kind {kind!r}; expected 'cpu', 'cuda', 'cuda:N' or 'mps'")
         self.kind = kind
         self.index = index
 
@@ -51,5 +53,7 @@ def as_device(value: "Device | str | None") -> Device:
         return value
     if isinstance(value, str):
         kind, _, index = value.partition(":")
+        if index and not index.isdigit():
+            raise DeviceError(f"device {value!r}: the index after ':' must be a number, as in 'cuda:1'")
         return Device(kind, int(index) if index else 0)
     raise TypeError(f"expected a Device or a device string, got {type(value).__name__}")

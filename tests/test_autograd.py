@@ -192,12 +192,12 @@ def test_the_graph_is_released_after_backward_and_when_the_loss_is_dropped():
 
 
 # ---- dtype rules ----------------------------------------------------------------------------------------
-def test_mixed_dtypes_raise_unless_one_side_is_a_python_number():
+def test_mixed_dtypes_promote_like_pytorch_except_matmul():
+    """Issue 13 changed this: mixed dtypes used to raise; they now promote (f32 with f64 -> f64)."""
     a, b = deers.ones(2, dtype=deers.f32), deers.ones(2, dtype=deers.f64)
     for op in (lambda: a + b, lambda: a * b, lambda: a - b, lambda: a / b, lambda: a.maximum(b),
                lambda: deers.where(a > 0, a, b), lambda: deers.cat([a, b])):
-        with pytest.raises(DTypeError, match=r"f32.*f64"):
-            op()
+        assert op().dtype is deers.f64
     with pytest.raises(DTypeError, match=r"matmul: mixed dtypes shape \(2,\) f32 cpu and shape \(2,\) f64 cpu"):
         a @ b
     assert (a + 1).dtype is deers.f32 and (2.5 * b).dtype is deers.f64 and (1 - a).dtype is deers.f32
@@ -214,11 +214,15 @@ def test_int_tensors_with_float_only_ops_raise(op):
         getattr(x, op)()
 
 
-def test_int_tensors_with_float_only_binary_ops_raise():
+def test_int_tensors_in_division_and_powers_follow_pytorch():
+    """Issue 13 changed this: true division of ints gives f32, int powers stay i64 (they raised)."""
     x = deers.tensor([1, 2])
-    for op in (lambda: x / 2, lambda: x / x, lambda: x ** 2, lambda: 2 ** x, lambda: 1 / x):
-        with pytest.raises(DTypeError, match=r"i64"):
-            op()
+    for op, dtype, values in ((lambda: x / 2, deers.f32, [0.5, 1.0]), (lambda: x / x, deers.f32, [1.0, 1.0]),
+                              (lambda: 1 / x, deers.f32, [1.0, 0.5]), (lambda: x ** 2, deers.i64, [1, 4]),
+                              (lambda: 2 ** x, deers.i64, [2, 4]), (lambda: x ** 0.5, deers.f32, [1.0, 2 ** 0.5])):
+        out = op()
+        assert out.dtype is dtype
+        np.testing.assert_allclose(out.numpy(), values, rtol=1e-6)
     with pytest.raises(DTypeError, match="matmul"):
         x @ x
 

@@ -359,3 +359,28 @@ def test_adamw_step_in_place_with_a_strided_gradient(backend):
     with pytest.raises(ValueError, match="adamw_step: param must be dense"):
         backend.adamw_step(bufs[0], dense.permute((1, 0)), gb, lg, bufs[1], dense, bufs[2], dense,
                            lr, b1, b2, eps, wd, 4)
+
+
+# ---- 11-12, 15. indices are checked, never wrapped --------------------------------------------------
+@pytest.mark.parametrize("item", ["index_select", "index_add", "gather", "scatter_add", "cross_entropy"])
+def test_negative_indices_raise_index_error_never_wrap(backend, item, request):
+    """The duty line: anything outside [0, size) raises IndexError, a negative index included."""
+    if backend.kind == "cuda" and item in ("index_select", "index_add", "gather"):
+        # strict: this turns into a failure the day indexing.cu's checked_index stops wrapping
+        request.applymarker(pytest.mark.xfail(strict=True, reason="the CUDA kernels (checked_index in "
+                                              "deers/backend/cuda/indexing.cu) still wrap negatives"))
+    x = np.arange(12.0).reshape(4, 3)
+    a, la = put(backend, x)
+    idx, lidx = put(backend, np.array([0, -1]), deers.i64, pad=0)  # the padding is in range
+    idx2, lidx2 = put(backend, np.array([[0, -1, 1]]), deers.i64, pad=0)
+    src, lsrc = put(backend, np.ones((2, 3)))
+    run = {
+        "index_select": lambda: backend.index_select(a, la, 0, idx, lidx),
+        "index_add": lambda: backend.index_add((4, 3), F32, 0, idx, lidx, src, lsrc),
+        "gather": lambda: backend.gather(a, la, 0, idx2, lidx2),
+        "scatter_add": lambda: backend.scatter_add((4, 3), F32, 0, idx2, lidx2, src, lsrc),
+        "cross_entropy": lambda: backend.cross_entropy(a, la, *put(backend, np.array([0, -1, 2, 1]), deers.i64, pad=0),
+                                                       -100, 0.0),
+    }[item]
+    with pytest.raises(IndexError, match=item):
+        run()

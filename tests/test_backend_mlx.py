@@ -126,11 +126,23 @@ def test_out_of_range_indices_raise_index_error():
         backend.scatter_add((4, 3), deers.f32, 1, idx, Layout((2, 1)), src, Layout((2, 1)))
 
 
-def test_negative_indices_wrap_like_the_cpu_backend():
+@pytest.mark.parametrize("op", ["index_select", "gather", "embedding"])
+def test_negative_indices_raise_like_the_cpu_backend(op):
+    """Checked, never wrapped (issue 13): a negative id is an IndexError on both backends."""
+    x = deers.tensor(np.arange(12.0).reshape(4, 3))
+    index = deers.tensor([[-1, 0, 1]]) if op == "gather" else deers.tensor([-1, 0])
+    run = {"index_select": lambda x, i: x.index_select(0, i), "gather": lambda x, i: x.gather(0, i),
+           "embedding": lambda x, i: deers.embedding(x, i)}[op]
+    for device in ("cpu", MPS):
+        with pytest.raises(IndexError, match="out of range"):
+            run(x.to_device(device), index.to_device(device))
+
+
+def test_python_negative_indices_still_count_from_the_end():
     x = deers.tensor(np.arange(12.0).reshape(4, 3))
     index = deers.tensor([-1, 0, -4])
-    np.testing.assert_array_equal(x.to_device(MPS).index_select(0, index.to_device(MPS)).numpy(),
-                                  x.index_select(0, index).numpy())
+    np.testing.assert_array_equal(x.to_device(MPS)[index.to_device(MPS)].numpy(), x.numpy()[[-1, 0, -4]])
+    np.testing.assert_array_equal(x.to_device(MPS)[-1].numpy(), x.numpy()[-1])
 
 
 # ---- random numbers ------------------------------------------------------------------------------------

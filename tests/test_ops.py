@@ -123,7 +123,7 @@ def test_pow_with_a_zero_tensor_exponent_has_a_zero_base_gradient_even_at_zero()
 
 
 # A Python number meets a tensor as a 0-d constant; these are the dtypes and values it gave as a
-# scalar op before (PyTorch's promotion: int/bool + non-integer -> f32, bool in arithmetic -> i64).
+# scalar op before (PyTorch's promotion: int/bool + non-integer -> f32, bool + int -> i64, bool * bool -> bool).
 F32, I64, BOOL = [1.5, -2.0, 4.0], [1, 2, -3], [True, False, True]
 PROMOTION = [
     # (input values, input dtype, expression, result dtype, result values)
@@ -144,7 +144,7 @@ PROMOTION = [
     (I64, "i64", lambda x: x.maximum(0), "i64", [1, 2, 0]),
     (I64, "i64", lambda x: x.clamp(-1, 1), "i64", [1, 1, -1]),
     (BOOL, "bool", lambda x: x + 1, "i64", [2, 1, 2]),
-    (BOOL, "bool", lambda x: x * True, "i64", [1, 0, 1]),
+    (BOOL, "bool", lambda x: x * True, "bool", BOOL),  # bool with bool stays bool (issue 13; was i64)
     (BOOL, "bool", lambda x: x * 0.5, "f32", [0.5, 0.0, 0.5]),
     ([1, 2, 250], "u8", lambda x: x + 1, "u8", [2, 3, 251]),
 ]

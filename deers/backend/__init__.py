@@ -19,8 +19,9 @@ Duties every backend keeps (the NDArray layer relies on them):
   (broadcast). A primitive that needs a contiguous operand makes it so itself.
 - Results are fresh buffers the caller owns; `out=` (when a primitive takes it) is written and
   returned, and may alias an input of the same layout (element-wise ops: out[i] = f(a[i])).
-- Indices may be in [-size, size) and negatives wrap; anything else raises IndexError before any
-  output is visible.
+- Indices must be in [0, size): anything outside [0, size) — a negative index included — raises
+  IndexError before any output is visible (nothing wraps; Python-level negatives like x[-1] are
+  resolved above the backend).
 - gather accepts an index smaller than the input along the other dims (as torch.gather).
 - reduce("sum") of integer or bool data returns int64; f16/bf16 compute in f32 and round once.
 - `name` is unique per device ("cpu", "mps", "cuda:0", "cuda:1"): random-number states are

@@ -8,6 +8,7 @@ cpu_kernels.py. f16 / bf16 compute in f32 and round once (`is_half_numpy`).
 """
 from __future__ import annotations
 
+import functools
 from math import prod
 
 import numpy as np
@@ -38,7 +39,7 @@ def _view(buf: np.ndarray, layout: Layout) -> np.ndarray:
 
 
 def _check_index(idx: np.ndarray, size: int, op: str) -> None:
-    if idx.size and (idx.min() < -size or idx.max() >= size):
+    if idx.size and (idx.min() < 0 or idx.max() >= size):  # checked, never wrapped
         raise IndexError(f"{op}: index out of range for dimension of size {size} "
                          f"(got values in [{idx.min()}, {idx.max()}])")
 
@@ -48,13 +49,24 @@ def _scatter_add(shape: tuple[int, ...], dtype: DType, dim: int, index: np.ndarr
     comes from `index` (broadcast over the source grid) and whose other coordinates are its own.
     One np.add.at on flat positions: NumPy's fast path, several times quicker than a 2-D add.at."""
     strides = contiguous_strides(shape)
-    positions = (index % shape[dim]) * strides[dim]  # negative indices wrap
+    positions = index * strides[dim]  # already checked to lie in [0, size)
     for d, size in enumerate(source.shape):
         if d != dim:
             positions = positions + np.arange(size).reshape([-1 if k == d else 1 for k in range(source.ndim)]) * strides[d]
     res = np.zeros(prod(shape), dtype.numpy)
     np.add.at(res, np.broadcast_to(positions, source.shape).reshape(-1), np.ascontiguousarray(source).reshape(-1))
     return res
+
+
+def _quiet(method):
+    """Run a primitive with NumPy's floating-point warnings off: log(0) = -inf, x / 0 = inf and
+    0 / 0 = nan are the documented results (as in PyTorch), not something to warn about."""
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            return method(*args, **kwargs)
+
+    return run
 
 
 class CPUBackend:
@@ -103,6 +115,7 @@ class CPUBackend:
         return self.rng.integers(low, high, numel, dtype=np.int64)
 
     # 4-8. element-wise -------------------------------------------------------------------------
+    @_quiet
     def unary(self, name: str, a: np.ndarray, la: Layout, out: np.ndarray | None = None) -> np.ndarray:
         x = _view(a, la)
         res = np.empty(la.numel, a.dtype) if out is None else out
@@ -118,12 +131,14 @@ class CPUBackend:
             _UNARY[name](x, out=dst)
         return res
 
+    @_quiet
     def binary(self, name: str, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout,
                out: np.ndarray | None = None) -> np.ndarray:
         res = np.empty(la.numel, bool if name in COMPARISONS else a.dtype) if out is None else out
         _BINARY[name](_view(a, la), _view(b, lb), out=res.reshape(la.shape))
         return res
 
+    @_quiet
     def scalar(self, name: str, a: np.ndarray, la: Layout, value, reverse: bool = False,
                out: np.ndarray | None = None) -> np.ndarray:
         res = np.empty(la.numel, bool if name in COMPARISONS else a.dtype) if out is None else out
@@ -135,13 +150,16 @@ class CPUBackend:
             _BINARY[name](x, value, out=res.reshape(la.shape))
         return res
 
+    @_quiet
     def where(self, c: np.ndarray, lc: Layout, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout) -> np.ndarray:
         return np.where(_view(c, lc), _view(a, la), _view(b, lb)).reshape(-1)
 
+    @_quiet
     def cast(self, a: np.ndarray, la: Layout, dtype: DType) -> np.ndarray:
         return _view(a, la).astype(dtype.numpy, order="C").reshape(-1)  # one copy, row-major
 
     # 9. reductions -----------------------------------------------------------------------------
+    @_quiet
     def reduce(self, name: str, a: np.ndarray, la: Layout, axes: tuple[int, ...]) -> np.ndarray:
         x = _view(a, la)
         if name == "sum" and is_half_numpy(a.dtype):
@@ -161,6 +179,7 @@ class CPUBackend:
         return np.ascontiguousarray(res).reshape(-1)
 
     # 10. matmul --------------------------------------------------------------------------------
+    @_quiet
     def matmul(self, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout) -> np.ndarray:
         x, y = _view(a, la), _view(b, lb)
         out_shape = la.shape[:-1] + (lb.shape[-1],)
@@ -202,6 +221,7 @@ class CPUBackend:
         _view(dst, ldst)[...] = _view(src, lsrc)
 
     # 14-18. fused primitives -----------------------------------------------------------------
+    @_quiet
     def softmax(self, a: np.ndarray, la: Layout, log: bool, causal: bool = False) -> np.ndarray:
         """Over the last dim of any layout; causal: la is (..., T, S) and row t sees s <= t + S - T
         (cpu_kernels.causal_softmax skips what no row sees). f16 / bf16 computed in f32, rounded once."""
@@ -218,6 +238,7 @@ class CPUBackend:
             res = cpu_kernels.softmax(self.pool, np.ascontiguousarray(x).reshape(-1, c), log)
         return (res.astype(a.dtype) if half else res).reshape(-1)
 
+    @_quiet
     def softmax_backward(self, y: np.ndarray, ly: Layout, g: np.ndarray, lg: Layout, log: bool,
                          causal: bool = False) -> np.ndarray:
         """dx from y = (log-)softmax(x) and dy = g (causal: y came from a causal softmax)."""
@@ -228,6 +249,7 @@ class CPUBackend:
         res = cpu_kernels.softmax_backward(self.pool, ys, gs, log, causal)
         return res.astype(y.dtype, copy=False).reshape(-1)
 
+    @_quiet
     def cross_entropy(self, logits: np.ndarray, llogits: Layout, targets: np.ndarray, ltargets: Layout,
                       ignore_index: int, label_smoothing: float,
                       overwrite_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -236,6 +258,7 @@ class CPUBackend:
         return cpu_kernels.cross_entropy(self.pool, x, _view(targets, ltargets), ignore_index, label_smoothing,
                                          overwrite_logits)
 
+    @_quiet
     def rmsnorm(self, x: np.ndarray, lx: Layout, w: np.ndarray, lw: Layout, eps: float) -> tuple[np.ndarray, np.ndarray]:
         """y = x rstd w over the last dim, rstd = 1/sqrt(mean(x^2) + eps) per row (kept for the backward).
         f16 / bf16 (einsum has no bf16) computed in f32: y rounded once, rstd kept in f32."""
@@ -248,6 +271,7 @@ class CPUBackend:
         y *= _view(w, lw).astype(compute, copy=False)
         return (y.astype(x.dtype) if half else y).reshape(-1), rstd
 
+    @_quiet
     def rmsnorm_backward(self, g: np.ndarray, lg: Layout, x: np.ndarray, lx: Layout, w: np.ndarray, lw: Layout,
                          rstd: np.ndarray, lrstd: Layout) -> tuple[np.ndarray, np.ndarray]:
         """(dx, dw) of y = xhat w with xhat = x rstd; f16 / bf16 computed in f32, rounded once."""
@@ -263,6 +287,7 @@ class CPUBackend:
         gx = (gxhat - xhat * proj[:, None].astype(compute, copy=False)) * r
         return gx.astype(x.dtype, copy=False).reshape(-1), gw.astype(w.dtype, copy=False)
 
+    @_quiet
     def rope(self, x: np.ndarray, lx: Layout, cos: np.ndarray, lcos: Layout, sin: np.ndarray, lsin: Layout,
              inverse: bool = False) -> np.ndarray:
         """Rotate x (..., T, hd) by the (T, hd) tables: y = x cos + rotate_half(x) sin (inverse: - sin).
@@ -272,6 +297,7 @@ class CPUBackend:
         xv, c, s = (_view(b, lay).astype(compute, copy=False) for b, lay in ((x, lx), (cos, lcos), (sin, lsin)))
         return cpu_kernels.rope(xv, c, s, inverse).astype(x.dtype, copy=False).reshape(-1)
 
+    @_quiet
     def adamw_step(self, param: np.ndarray, lparam: Layout, grad: np.ndarray, lgrad: Layout, m: np.ndarray,
                    lm: Layout, v: np.ndarray, lv: Layout, lr: float, beta1: float, beta2: float, eps: float,
                    weight_decay: float, step: int) -> None:

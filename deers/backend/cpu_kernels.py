@@ -18,6 +18,15 @@ ROW_BLOCK_BYTES = 1 << 20  # cross-entropy rows per block: ~1 MiB (fewer, longer
 CAUSAL_ROW_BLOCK = 32  # query rows per block of the causal softmax
 
 
+def quiet(fn, *args):
+    """fn(*args) with NumPy's floating-point warnings off (NumPy keeps that setting per thread).
+
+    The kernels' infinities and NaNs are the documented results (an all -inf softmax row is NaN,
+    as in PyTorch); a RuntimeWarning about them would only leak NumPy's internals to the user."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        return fn(*args)
+
+
 class RowPool:
     """Runs a function over contiguous ranges of [0, n) on `threads` threads (inline for one)."""
 
@@ -28,13 +37,13 @@ class RowPool:
     def run(self, n: int, fn, min_per_thread: int = 1) -> None:
         parts = min(self.threads, max(1, n // max(min_per_thread, 1)))
         if parts == 1:
-            fn(0, n)
+            quiet(fn, 0, n)
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="deers-cpu")
         bounds = [n * i // parts for i in range(parts + 1)]
-        futures = [self._executor.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-        fn(bounds[0], bounds[1])  # this thread takes the first range
+        futures = [self._executor.submit(quiet, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        quiet(fn, bounds[0], bounds[1])  # this thread takes the first range
         for future in futures:
             future.result()
 

@@ -31,7 +31,7 @@ from math import prod
 import mlx.core as mx
 import numpy as np
 
-from ..dtype import DType
+from ..dtype import DType, bf16
 from ..errors import DTypeError
 from ..layout import Layout
 from . import COMPARISONS, mlx_kernels
@@ -94,17 +94,17 @@ def _into(res: mx.array, out: mx.array | None) -> mx.array:
 
 
 def _checked_index(index: mx.array, size: int, op: str) -> mx.array:
-    """Raise IndexError when any index is outside [-size, size); return it with negatives wrapped.
+    """Raise IndexError when any index is outside [0, size) (never wrapped); return it unchanged.
 
     This reads two numbers on the host (an evaluation point): MLX would otherwise clamp or read
     garbage silently, and Deers promises IndexError on every backend.
     """
     if index.size:
         low, high = np.array(mx.stack([mx.min(index), mx.max(index)])).tolist()
-        if low < -size or high >= size:
+        if low < 0 or high >= size:
             raise IndexError(f"{op}: index out of range for dimension of size {size} on device mps "
                              f"(got values in [{low}, {high}])")
-    return mx.where(index < 0, index + size, index)
+    return index
 
 
 def _scatter_positions(shape: tuple[int, ...], dim: int, index: mx.array, grid: tuple[int, ...]) -> mx.array:
@@ -151,10 +151,9 @@ class MLXBackend:
 
     def to_numpy(self, buf: mx.array, layout: Layout) -> np.ndarray:
         x = _view(buf, layout)
-        if x.dtype == mx.bfloat16:  # NumPy has no bfloat16: go through f32 (exact), then ml_dtypes
-            import ml_dtypes
-
-            return np.array(x.astype(mx.float32), copy=True).astype(ml_dtypes.bfloat16)
+        if x.dtype == mx.bfloat16:  # NumPy has no bfloat16: go through f32 (exact), then ml_dtypes'
+            # (bf16.numpy raises a DTypeError naming the `bf16` extra when ml_dtypes is missing)
+            return np.array(x.astype(mx.float32), copy=True).astype(bf16.numpy)
         return np.array(x, copy=True)
 
     # 3. random ---------------------------------------------------------------------------------

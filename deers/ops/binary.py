@@ -2,8 +2,10 @@
 `deers.backend.BinaryFn` (the comparisons are in compare.py).
 
 Either operand may be a Python number: it becomes a 0-d constant (operands.py), so `2 - x` is
-the Sub op with the constant first and no op has a scalar special case. An operand that does not
-require grad gets no gradient computed (`self.needs(i)`), a constant included.
+the Sub op with the constant first and no op has a scalar special case. Both operands are first
+promoted to one dtype by PyTorch's rules (`operands.result_type`): `i64 + f32` is f32, `f16 + f32`
+is f32, true division of integers gives the default float. An operand that does not require grad
+gets no gradient computed (`self.needs(i)`), a constant included.
 
 clamp (and maximum/minimum with a number) is written from comparisons and where, without a
 backward of its own.
@@ -14,14 +16,16 @@ from ..array import NDArray
 from ..autograd import Op
 from ..backend import BinaryFn
 from ..tensor import Tensor, apply
-from .operands import check_number, operands, require_float
+from ..errors import describe
+from .convert import cast
+from .operands import check_number, operands, result_type
 
 
 class BinaryOp(Op):
-    """y = fn(a, b) for one backend primitive fn; subclasses set fn, float_only and backward."""
+    """y = fn(a, b) for one backend primitive fn; subclasses set fn, float_result and backward."""
 
     fn: BinaryFn
-    float_only = False
+    float_result = False  # True: integer operands compute in the default float (true division)
 
     @property
     def name(self) -> str:
@@ -60,7 +64,7 @@ class Mul(BinaryOp):
 
 
 class Div(BinaryOp):
-    fn, float_only = BinaryFn.DIV, True
+    fn, float_result = BinaryFn.DIV, True
 
     def forward(self, a, b):
         self.a = a if self.needs(1) else None
@@ -73,7 +77,7 @@ class Div(BinaryOp):
 
 
 class Pow(BinaryOp):
-    fn, float_only = BinaryFn.POW, True
+    fn = BinaryFn.POW  # integers stay integers (i64 ** 2 is i64), as in PyTorch
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -114,10 +118,9 @@ class Minimum(_Extreme):
 
 
 def binary(op: "type[BinaryOp]", a: Tensor, b, reverse: bool = False) -> Tensor:
-    """op(a, b), or op(b, a) when reverse; b is a Tensor or a Python number (a 0-d constant)."""
-    if op.float_only:
-        require_float(op.fn.value, a)
-    a, b = operands(op.fn.value, a, b)
+    """op(a, b), or op(b, a) when reverse; b is a Tensor or a Python number (a 0-d constant); both
+    in their promoted dtype."""
+    a, b = operands(op.fn.value, a, b, op.float_result)
     return apply(op(), b, a) if reverse else apply(op(), a, b)
 
 
@@ -173,16 +176,23 @@ def minimum(a: Tensor, b) -> Tensor:
 
 
 def clamp(x: Tensor, min=None, max=None) -> Tensor:
-    """x limited to [min, max] (either bound may be None); bounds are Python numbers.
+    """x limited to [min, max] (either bound may be None); bounds are Python numbers or Tensors
+    that broadcast against x. The result has the promoted dtype of x and the bounds, as in PyTorch
+    (`tensor([1, 2, 3]).clamp(min=1.5)` is f32 [1.5, 2, 3]).
 
     where(x < min, min, x), then the same for max: the gradient is 1 where min <= x <= max (bounds
-    included, as in PyTorch) and 0 outside, through Where's backward.
+    included, as in PyTorch) and 0 outside, through Where's backward; a Tensor bound gets the
+    gradient where it was picked.
     """
     from .compare import where
 
-    for bound in (min, max):
-        if bound is not None:
+    bounds = [bound for bound in (min, max) if bound is not None]
+    for bound in bounds:
+        if not isinstance(bound, Tensor):
             check_number("clamp", bound)
+    if not bounds:
+        raise ValueError(f"clamp: give min, max or both for {describe(x)}")
+    x = cast(x, result_type(x, *bounds))
     if min is not None:
         x = where(x < min, min, x)
     if max is not None:

@@ -7,8 +7,6 @@ rounded to some dtype.
 """
 from __future__ import annotations
 
-from numbers import Number
-
 from ..array import NDArray
 from ..autograd import Op
 from ..backend import COMPARISONS, BinaryFn
@@ -16,7 +14,7 @@ from ..dtype import bool_
 from ..errors import DeviceError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor, apply
-from .operands import broadcast_pair, check_number, constant, grad_broadcast
+from .operands import as_operand, broadcast_pair, check_number, grad_broadcast, result_type
 
 
 class Compare(Op):
@@ -60,12 +58,16 @@ class Where(Op):
 
 
 def where(condition: Tensor, a, b) -> Tensor:
-    """condition ? a : b, element-wise, with broadcasting (either side may be a Python number)."""
-    ref = a if isinstance(a, Tensor) else b
-    if isinstance(a, Number):
-        a = constant(a, ref)
-    if isinstance(b, Number):
-        b = constant(b, ref)
+    """condition ? a : b, element-wise, with broadcasting; either side may be a Python number, and
+    both are promoted to one dtype like a binary op (`where(mask, 0.5, int_tensor)` is f32)."""
+    if not isinstance(condition, Tensor):
+        raise TypeError(f"where: the condition must be a Tensor, got {type(condition).__name__}")
+    for side in (a, b):
+        if not isinstance(side, Tensor):
+            check_number("where", side)
+    dtype = result_type(a, b)
+    ref = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else condition
+    a, b = as_operand(a, dtype, ref), as_operand(b, dtype, ref)
     if condition.dtype is not bool_:
         condition = compare(BinaryFn.NE, condition, 0)
     a, b = broadcast_pair("where", a, b)

@@ -9,9 +9,11 @@ import numpy as np
 
 from ..array import NDArray
 from ..autograd import Op
-from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..dtype import i64, promote_types
+from ..errors import DeviceError, ShapeError, describe
 from ..layout import Layout, infer_shape, normalize_dim
 from ..tensor import Tensor, apply
+from .convert import cast
 
 
 class Permute(Op):
@@ -142,15 +144,18 @@ def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
 
 
 def getitem(x: Tensor, key) -> Tensor:
-    """x[key] like PyTorch. Ints, slices (positive step), None and Ellipsis give one strided view;
-    one i64 tensor (or list of ints) index picks along its dim with index_select (negative
-    indices wrap); a bool mask covering x's leading dims picks the elements where it is true."""
+    """x[key] like PyTorch. Ints, slices (positive step), None, True/False and Ellipsis give one
+    strided view (True adds an axis of size 1, False one of size 0, as in PyTorch); one i64 tensor
+    (or list of ints) index picks along its dim with index_select (negative entries count from the
+    end, like x[-1]: they are resolved here, since index_select itself never wraps); a bool mask
+    covering x's leading dims picks the elements where it is true, and a 1-D bool mask at another
+    dim picks the positions along it."""
     if not isinstance(key, tuple):
         key = (key,)
     key = tuple(_index_tensor(k, x) if isinstance(k, (list, np.ndarray)) else k for k in key)
     if len(key) == 1 and isinstance(key[0], Tensor) and key[0].dtype.name == "bool":
         return _select_mask(x, key[0])
-    n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+    n_real = sum(1 for k in key if k is not None and k is not Ellipsis and not _is_bool(k))
     if n_real > x.ndim:
         raise IndexError(f"getitem: too many indices ({n_real}) for {describe(x)}")
     if any(k is Ellipsis for k in key):
@@ -163,15 +168,17 @@ def getitem(x: Tensor, key) -> Tensor:
     picked = None  # (index tensor, out_dim) for a tensor index
     dim = out_dim = 0  # the input dim the next key reads; the output dims made so far
     for k in key:
-        if k is None:
+        if k is None or _is_bool(k):
             steps.append(("newaxis", out_dim, ()))
+            if _is_bool(k) and not k:  # x[False]: a new axis of size 0
+                steps.append(("slice", out_dim, (0, 0, 1)))
             out_dim += 1
             continue
         size = x.shape[dim]
         if isinstance(k, Tensor):
             if picked is not None:
                 raise IndexError(f"getitem: only one tensor index is supported, got several for {describe(x)}")
-            picked = (k, out_dim)
+            picked = (_positions(k, size, dim, x), out_dim)
             out_dim += 1
         elif isinstance(k, slice):
             start, stop, step = k.indices(size)
@@ -206,6 +213,30 @@ def getitem(x: Tensor, key) -> Tensor:
 
         out = index_select(out, picked[1], picked[0])
     return out
+
+
+def _is_bool(k) -> bool:
+    """A Python (or NumPy) bool used as an index: PyTorch adds an axis, it does not pick row 0/1."""
+    return isinstance(k, (bool, np.bool_))
+
+
+def _positions(index: Tensor, size: int, dim: int, x: Tensor) -> Tensor:
+    """A tensor index for dim `dim` (of `size`) as i64 positions in [0, size) where it can be:
+    negatives count from the end (x[tensor([-1])] is the last row, as in PyTorch); a 1-D bool mask
+    becomes the positions where it is true. Out-of-range entries stay so and raise in index_select."""
+    from .compare import where
+
+    if index.dtype.name == "bool":
+        if index.ndim != 1 or index.shape[0] != size:
+            raise IndexError(f"getitem: bool mask {describe(index)} at dim {dim} of {describe(x)} must be 1-D "
+                             f"of length {size}")
+        return _index_tensor(np.flatnonzero(index.numpy()), x)
+    if index.dtype is not i64:
+        raise IndexError(f"getitem: tensors used as indices must be i64 or bool, got {describe(index)} "
+                         f"for {describe(x)}")
+    if index.device != x.device:
+        raise IndexError(f"getitem: index {describe(index)} is not on the device of {describe(x)}")
+    return where(index < 0, index + size, index)
 
 
 def _index_tensor(values: "list | np.ndarray", x: Tensor) -> Tensor:
@@ -284,15 +315,22 @@ def cat(tensors: "list[Tensor]", dim: int = 0) -> Tensor:
     if not tensors:
         raise ValueError("cat: needs at least one tensor")
     first = tensors[0]
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"cat: expected Tensors, got {type(t).__name__} at position {i}")
+        if t.ndim == 0:
+            raise ShapeError(f"cat: zero-dimensional tensor at position {i} ({describe(t)}) cannot be "
+                             f"concatenated; use deers.stack, or reshape it to (1,)")
     d = normalize_dim(dim, first.ndim, "cat")
     for t in tensors[1:]:
         if t.device != first.device:
             raise DeviceError(f"cat: tensors on different devices: {describe(first)} and {describe(t)}")
-        if t.dtype is not first.dtype:
-            raise DTypeError(f"cat: mixed dtypes {describe(first)} and {describe(t)}")
         if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != d):
             raise ShapeError(f"cat: shapes differ outside dim {d}: {describe(first)} and {describe(t)}")
-    return apply(Cat(d), *tensors)
+    dtype = first.dtype
+    for t in tensors[1:]:  # mixed dtypes promote, as in torch.cat
+        dtype = promote_types(dtype, t.dtype)
+    return apply(Cat(d), *[cast(t, dtype) for t in tensors])
 
 
 def stack(tensors: "list[Tensor]", dim: int = 0) -> Tensor:
