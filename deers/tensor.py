@@ -14,7 +14,7 @@ from .array import NDArray
 from .autograd import Grads, Op, UnitGrad, grad_mode, run_backward
 from .backend import BinaryFn
 from .device import Device, as_device
-from .dtype import DType, as_dtype
+from .dtype import DType, as_dtype, is_dtype_name
 from .errors import DeviceError, DTypeError, ShapeError, describe
 from .profiler import profiling
 
@@ -32,6 +32,7 @@ def apply(op: Op, *inputs: "Tensor") -> "Tensor":
     session = profiling.session  # None unless inside deers.profiler.profile(): the only cost when not profiling
     out = op.forward(*arrays) if session is None else session.run("forward", op, op.forward, arrays)
     if record:
+        _inplace.snapshot(op)  # the versions of what it saved: backward refuses if they change in place
         return Tensor(out, requires_grad=True, _op=op, _inputs=inputs)
     return Tensor(out)
 
@@ -85,6 +86,12 @@ class Tensor:
         if not self.shape:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
+
+    def __iter__(self):
+        """The sub-tensors along dim 0 (views), like PyTorch; a 0-d tensor is not iterable."""
+        if not self.shape:
+            raise TypeError(f"iteration over a 0-d tensor ({describe(self)}); use .item()")
+        return (self[i] for i in range(self.shape[0]))
 
     def is_contiguous(self) -> bool:
         return self.data.is_contiguous()
@@ -147,6 +154,7 @@ class Tensor:
             if grad.device != self.device:
                 raise DeviceError(f"backward: grad {describe(grad)} is not on the device of {describe(self)}")
             seed = grad.data.cast(self.dtype)
+        _inplace.check_graph(self)  # no saved array was changed in place since its op saved it
         return run_backward(self, seed, grads if grads is not None else Grads(), retain_graph)
 
     def detach(self) -> "Tensor":
@@ -163,10 +171,9 @@ class Tensor:
 
     def to(self, target) -> "Tensor":
         """`to("cuda")` moves, `to(deers.f16)` casts, PyTorch style."""
-        if isinstance(target, DType) or (isinstance(target, str) and target not in ("cpu", "mps")
-                                         and not target.startswith("cuda")):
+        if isinstance(target, DType) or (isinstance(target, str) and is_dtype_name(target)):
             return self.to_dtype(target)
-        return self.to_device(target)
+        return self.to_device(target)  # anything else must be a device ("gpu" is a DeviceError)
 
     def to_dtype(self, dtype: "DType | str") -> "Tensor":
         return _convert.cast(self, as_dtype(dtype))
@@ -223,8 +230,12 @@ class Tensor:
     __pow__ = pow
     __neg__ = neg
     __abs__ = abs
-    __eq__ = eq  # element-wise, like PyTorch; tensors hash by identity
-    __ne__ = ne
+    def __eq__(self, other):  # element-wise, like PyTorch; tensors hash by identity
+        return False if other is None else self.eq(other)  # `x == None` is False, as in PyTorch
+
+    def __ne__(self, other):
+        return True if other is None else self.ne(other)
+
     __lt__ = lt
     __le__ = le
     __gt__ = gt
@@ -243,6 +254,21 @@ class Tensor:
     def gather(self, dim: int, index: "Tensor") -> "Tensor": return _index.gather(self, dim, index)
     def index_select(self, dim: int, index: "Tensor") -> "Tensor": return _index.index_select(self, dim, index)
     def __getitem__(self, key) -> "Tensor": return _shape.getitem(self, key)
+
+    # ---- in place (deers/ops/inplace.py): the same buffer and identity; not recorded in the graph ---
+    def add_(self, other, alpha=1) -> "Tensor": return _inplace.add_(self, other, alpha)
+    def sub_(self, other, alpha=1) -> "Tensor": return _inplace.sub_(self, other, alpha)
+    def mul_(self, other) -> "Tensor": return _inplace.mul_(self, other)
+    def div_(self, other) -> "Tensor": return _inplace.div_(self, other)
+    def clamp_(self, min=None, max=None) -> "Tensor": return _inplace.clamp_(self, min, max)
+    def fill_(self, value) -> "Tensor": return _inplace.fill_(self, value)
+    def zero_(self) -> "Tensor": return _inplace.zero_(self)
+    def copy_(self, src: "Tensor") -> "Tensor": return _inplace.copy_(self, src)
+    def __setitem__(self, key, value) -> None: _inplace.setitem(self, key, value)
+    def __iadd__(self, other) -> "Tensor": return _inplace.augmented("add_", self, other)
+    def __isub__(self, other) -> "Tensor": return _inplace.augmented("sub_", self, other)
+    def __imul__(self, other) -> "Tensor": return _inplace.augmented("mul_", self, other)
+    def __itruediv__(self, other) -> "Tensor": return _inplace.augmented("div_", self, other)
 
     # ---- reductions --------------------------------------------------------------------------------
     def sum(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.sum(self, dim, keepdim)
@@ -347,6 +373,7 @@ from .ops import binary as _binary  # noqa: E402
 from .ops import compare as _compare  # noqa: E402
 from .ops import convert as _convert  # noqa: E402
 from .ops import indexing as _index  # noqa: E402
+from .ops import inplace as _inplace  # noqa: E402
 from .ops import linalg as _linalg  # noqa: E402
 from .ops import reduce as _reduce  # noqa: E402
 from .ops import shape as _shape  # noqa: E402
