@@ -570,7 +570,7 @@ def train(args: argparse.Namespace) -> dict:
                     grads = low.master_grads(grads, scaler.scale)
                 if args.ddp:
                     dist.all_reduce_grads(model.parameters(), grads)  # mean over ranks: the global batch's gradient
-                norm = clip_grad_norm(model.parameters(), grads, args.grad_clip if args.grad_clip > 0 else math.inf)
+                norm = float(clip_grad_norm(model.parameters(), grads, args.grad_clip if args.grad_clip > 0 else math.inf))
                 if math.isfinite(norm):
                     optimizer.set_lr(lr)
                     optimizer.step_with_grads(grads)

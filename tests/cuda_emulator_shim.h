@@ -139,6 +139,7 @@ inline void launch(const long long* cfg, void (*fn)(void*), void* args) {
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __launch_bounds__(threads)
 #define __shared__ static
 
 inline void __syncthreads() { emu::barrier(); }
@@ -165,5 +166,10 @@ inline double atomicAdd(double* p, double v) { double old = *p; *p = old + v; re
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
     unsigned long long old = *p;
     *p = old + v;
+    return old;
+}
+inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long compare, unsigned long long value) {
+    unsigned long long old = *p;
+    if (old == compare) *p = value;
     return old;
 }

@@ -108,7 +108,7 @@ def test_every_kernel_file_is_planned_and_documented():
         assert '#include "common.cuh"' in source
         lines = source.splitlines()
         for i, line in enumerate(lines):
-            match = re.search(r'extern "C" __global__ void (\w+)', line)
+            match = re.search(r'extern "C" __global__ void (?:MAX_THREADS_1024 )?(\w+)', line)
             if match is None:
                 continue
             above, further = lines[i - 1].strip(), lines[i - 2].strip()

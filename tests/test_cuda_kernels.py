@@ -132,23 +132,33 @@ def test_full_and_zero_sized_arrays(cuda):
         empty.max(0)
 
 
-# ---- out-of-range indices raise IndexError ---------------------------------------------------------------
-def test_out_of_range_indices_raise_index_error_and_the_next_call_works(cuda):
+# ---- out-of-range indices raise IndexError at the next sync point ---------------------------------------
+def test_out_of_range_indices_raise_index_error_at_the_next_sync_and_the_next_call_works(cuda):
+    """The kernels record a bad index on the device (negative ones too: never wrapped); .numpy(),
+    .item() and synchronize() raise it with the op's name and the value; nothing waits before."""
     x = deers.randn(4, 3, device=CUDA)
-    for bad in ([0, 4], [-5]):
+    for bad, shown in (([0, 4], 4), ([-1], -1), ([2, -5], -5)):
         index = deers.tensor(bad, device=CUDA)
-        with pytest.raises(IndexError, match="index_select: index (4|-5) is out of range"):
-            x.index_select(0, index)
-        with pytest.raises(IndexError, match="gather"):
-            x.gather(0, index.reshape(-1, 1))
+        picked = x.index_select(0, index)  # no error yet: the kernel only recorded it
+        with pytest.raises(IndexError, match=f"index_select: index {shown} is out of range for a dimension of size 4"):
+            picked.numpy()
+        gathered = x.gather(0, index.reshape(-1, 1))
+        with pytest.raises(IndexError, match=f"gather: index {shown} is out of range"):
+            gathered.sum().item()
     idx = cuda.from_numpy(np.array([0, 7]), deers.i64)
     src = cuda.from_numpy(np.ones((2, 3)), deers.f32)
-    with pytest.raises(IndexError, match="index_add"):
-        cuda.index_add((4, 3), deers.f32, 0, idx, Layout((2,)), src, Layout((2, 3)))
-    with pytest.raises(IndexError, match="scatter_add"):
-        cuda.scatter_add((4, 3), deers.f32, 1, idx, Layout((2, 1)), src, Layout((2, 1)))
-    good = x.index_select(0, deers.tensor([-1, 0], device=CUDA))  # the error flag was cleared
-    np.testing.assert_array_equal(good.numpy(), x.numpy()[[-1, 0]])
+    cuda.index_add((4, 3), deers.f32, 0, idx, Layout((2,)), src, Layout((2, 3)))
+    with pytest.raises(IndexError, match="index_add: index 7"):
+        cuda.synchronize()
+    cuda.scatter_add((4, 3), deers.f32, 1, idx, Layout((2, 1)), src, Layout((2, 1)))
+    with pytest.raises(IndexError, match="scatter_add: index 7 is out of range for a dimension of size 3"):
+        cuda.synchronize()
+    x.index_select(0, deers.tensor([-1], device=CUDA))  # the first bad call is the one reported
+    x.index_select(0, deers.tensor([9], device=CUDA))
+    with pytest.raises(IndexError, match="index -1"):
+        cuda.synchronize()
+    good = x.index_select(0, deers.tensor([3, 0], device=CUDA))  # the error flag was cleared
+    np.testing.assert_array_equal(good.numpy(), x.numpy()[[3, 0]])
 
 
 def test_index_add_and_scatter_add_accumulate_repeats_in_every_dtype(cuda):

@@ -204,13 +204,13 @@ def _two_grads(scale):
 def test_clip_grad_norm_scales_in_place_and_returns_the_norm_before():
     params, grads, ga, gb = _two_grads(1.0)  # global norm sqrt(9 + 16 + 144) = 13
     total = clip_grad_norm(params, grads, 6.5)
-    assert isinstance(total, float) and total == pytest.approx(13.0)
+    assert isinstance(total, deers.Tensor) and total.shape == () and float(total) == pytest.approx(13.0)
     np.testing.assert_allclose(grads[params[0]].numpy(), ga * 6.5 / (13.0 + 1e-6))
     np.testing.assert_allclose(grads[params[1]].numpy(), gb * 6.5 / (13.0 + 1e-6))
     after = math.sqrt(sum(float((grads[p].numpy() ** 2).sum()) for p in params))
     assert after == pytest.approx(6.5, rel=1e-6)
     params, grads, ga, _ = _two_grads(0.1)  # norm 1.3 < 2: untouched
-    assert clip_grad_norm(params, grads, 2.0) == pytest.approx(1.3)
+    assert float(clip_grad_norm(params, grads, 2.0)) == pytest.approx(1.3)
     np.testing.assert_array_equal(grads[params[0]].numpy(), ga)
 
 
@@ -220,7 +220,7 @@ def test_clip_grad_norm_matches_torch():
     ta, tb = torch.zeros(3, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
     ta.grad, tb.grad = torch.tensor(ga), torch.tensor(gb)
     expected = torch.nn.utils.clip_grad_norm_([ta, tb], 5.0).item()
-    assert clip_grad_norm(params, grads, 5.0) == pytest.approx(expected, rel=1e-12)
+    assert float(clip_grad_norm(params, grads, 5.0)) == pytest.approx(expected, rel=1e-12)
     np.testing.assert_allclose(grads[params[0]].numpy(), ta.grad.numpy(), rtol=1e-12)
     np.testing.assert_allclose(grads[params[1]].numpy(), tb.grad.numpy(), rtol=1e-12)
 

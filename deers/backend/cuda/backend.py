@@ -18,6 +18,7 @@ from ...dtype import DType, as_dtype, i64
 from ...errors import BackendUnavailable
 from ...layout import Layout
 from . import plan
+from .deferred import DeferredErrors
 from .fused import FusedKernels
 
 
@@ -56,7 +57,7 @@ class CUDABackend(FusedKernels):
         self.index = index
         self.name = f"cuda:{index}"
         self.rt = runtime if runtime is not None else _cupy_runtime(index)
-        self.flag = self._zeros(2, np.dtype(np.int64))  # set by the indexing kernels on a bad index
+        self.errors = DeferredErrors(self)  # out-of-range indices, raised at the next sync point
         self.seed(int.from_bytes(os.urandom(8), "little"))
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -89,13 +90,6 @@ class CUDABackend(FusedKernels):
         meta = plan.elementwise_meta(ldst.shape, [(ldst.offset, ldst.strides), (lsrc.offset, lsrc.strides)])
         self._elementwise(k, ldst.numel, (np.int64(ldst.numel), dst, src, self.rt.meta(meta)))
 
-    def _check_flag(self, op: str, size: int) -> None:
-        """Raise the IndexError an indexing kernel flagged (this waits for the kernel to finish)."""
-        flag = self.rt.download(self.flag)
-        if flag[0]:
-            self._fill(self.flag, 0)
-            raise IndexError(f"{op}: index {int(flag[1])} is out of range for dimension of size {size} (on cuda)")
-
     # 1. allocation ---------------------------------------------------------------------------
     def empty(self, numel: int, dtype: DType):
         return self.rt.empty(numel, dtype.numpy)
@@ -110,7 +104,10 @@ class CUDABackend(FusedKernels):
         return self.rt.upload(np.ascontiguousarray(array, dtype=dtype.numpy).reshape(-1))
 
     def to_numpy(self, buf, layout: Layout) -> np.ndarray:
-        return self.rt.download(self._flat(buf, layout)).reshape(layout.shape)
+        """The host copy waits for the device: the moment to raise a kernel's deferred IndexError."""
+        host = self.rt.download(self._flat(buf, layout)).reshape(layout.shape)
+        self.errors.raise_pending()
+        return host
 
     # 3. random: Philox4x32-10 with state (seed, offset), see random.cu ------------------------
     def seed(self, seed: int) -> None:
@@ -275,8 +272,8 @@ class CUDABackend(FusedKernels):
         if out.size:
             meta = plan.index_meta(shape, dim, la.shape[dim], (la.offset, la.strides), plan.dense(shape))
             self._elementwise(plan.kernel("index_copy", plan.suffix(a.dtype)), out.size,
-                              (np.int64(out.size), out, a, idx, self.rt.meta(meta), np.int32(per_element), self.flag))
-            self._check_flag(op, la.shape[dim])
+                              (np.int64(out.size), out, a, idx, self.rt.meta(meta), np.int32(per_element),
+                               self.errors.flag, self.errors.call(op, la.shape[dim])))
         return out
 
     def _index_accumulate(self, op: str, shape: tuple[int, ...], dtype: DType, dim: int, idx, src, lsrc: Layout,
@@ -292,8 +289,7 @@ class CUDABackend(FusedKernels):
             meta = plan.index_meta(lsrc.shape, dim, shape[dim], (lsrc.offset, lsrc.strides), plan.dense(shape))
             self._elementwise(plan.kernel("index_accumulate", acc), lsrc.numel,
                               (np.int64(lsrc.numel), out, src, idx, self.rt.meta(meta), np.int32(per_element),
-                               self.flag))
-            self._check_flag(op, shape[dim])
+                               self.errors.flag, self.errors.call(op, shape[dim])))
         return out if acc_dtype == dtype.numpy else self.cast(out, Layout((out.size,)), dtype)
 
     def index_select(self, a, la: Layout, dim: int, idx, lidx: Layout):
@@ -321,8 +317,9 @@ class CUDABackend(FusedKernels):
 
     # 19. synchronize ---------------------------------------------------------------------------
     def synchronize(self) -> None:
-        """Wait for every kernel queued on this GPU (for timing)."""
+        """Wait for every kernel queued on this GPU (for timing); raises a kernel's deferred IndexError."""
         self.rt.synchronize()
+        self.errors.raise_pending()
 
 
 def _dtype_of(np_dtype) -> DType:

@@ -10,6 +10,9 @@
 #pragma once
 
 #define DEV static __device__ __forceinline__
+// Kernels launched with up to 1024 threads per block (plan.row_launch(..., cap=1024)): the compiler
+// keeps them within the 64 registers per thread that a 1024-thread block may use.
+#define MAX_THREADS_1024 __launch_bounds__(1024)
 #define FULL_MASK 0xffffffffu
 
 struct f16_t { unsigned short bits; };
@@ -141,6 +144,18 @@ template <typename A> DEV A nan_max(A a, A b) { return is_nan(a) ? a : (is_nan(b
 template <typename A> DEV A nan_min(A a, A b) { return is_nan(a) ? a : (is_nan(b) ? b : (a < b ? a : b)); }
 
 DEV long long ll_min(long long a, long long b) { return a < b ? a : b; }
+
+// ---- deferred errors ------------------------------------------------------------------------------
+// A kernel that meets an out-of-range index records it in the backend's error flag, 3 int64s
+// [set, value, call]: the first thread to claim flag[0] writes the offending value and the host's
+// number for this launch. The host reads the flag at its next sync point and raises IndexError there,
+// so no launch waits for the device.
+DEV void flag_index_error(long long* flag, long long value, long long call) {
+    if (atomicCAS((unsigned long long*)flag, 0ull, 1ull) == 0ull) {
+        flag[1] = value;
+        flag[2] = call;
+    }
+}
 
 // ---- strided indexing ---------------------------------------------------------------------------
 // Element-wise meta (int64): [ndim, shape[ndim], then per operand k: offset_k, strides_k[ndim]].

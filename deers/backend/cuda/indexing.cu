@@ -1,13 +1,13 @@
 // Indexing kernels (contract items 11-12) with device-side bounds checks: index_select, gather
 // (index_copy: the index picks where to read) and index_add / embedding backward, scatter_add
-// (index_accumulate: the index picks where to add, with atomicAdd). An out-of-range index sets
-// flag[0] = 1 and flag[1] = the offending value; the host turns that into an IndexError.
+// (index_accumulate: the index picks where to add, with atomicAdd). An index outside [0, size) —
+// negative ones too: indices never wrap — is recorded in the error flag (flag_index_error in
+// common.cuh) and its element is skipped; the host raises the IndexError at its next sync point.
 //
 // Index meta (int64): [ndim, dim, size_dim, shape[ndim], read_offset, read_strides[ndim],
 //                      write_offset, write_strides[ndim]]
 // The loop runs over `shape`. index_select / index_add read their index at the coordinate along
 // `dim` (per_element = 0); gather / scatter_add read it at the element itself (per_element = 1).
-// Negative indices count from the end of the dim, as in NumPy.
 #include "common.cuh"
 
 // The read and write offsets of element i; `coord` is its coordinate along dim.
@@ -34,17 +34,15 @@ DEV void index_offsets(long long i, const long long* meta, long long* read_off, 
     *write_off = w;
 }
 
-// The index value for element i, wrapped into [0, size_dim), or -1 (and the flag set) when out of range.
+// The index value for element i, or -1 (and the error flagged) when it is outside [0, size_dim).
 DEV long long checked_index(long long i, long long coord, const long long* idx, int per_element,
-                            long long size_dim, long long* flag) {
+                            long long size_dim, long long* flag, long long call) {
     long long v = idx[per_element ? i : coord];
-    long long wrapped = v < 0 ? v + size_dim : v;
-    if (wrapped < 0 || wrapped >= size_dim) {
-        flag[0] = 1;
-        flag[1] = v;
+    if (v < 0 || v >= size_dim) {
+        flag_index_error(flag, v, call);
         return -1;
     }
-    return wrapped;
+    return v;
 }
 
 DEV void atomic_accumulate(float* p, float v) { atomicAdd(p, v); }
@@ -56,7 +54,7 @@ DEV void atomic_accumulate(long long* p, long long v) {
 // dst[write(coords)] = src[read(coords with coords[dim] = index)]; out-of-range elements get 0.
 template <typename T>
 DEV void index_copy_body(long long n, T* dst, const T* src, const long long* idx, const long long* meta,
-                         int per_element, long long* flag) {
+                         int per_element, long long* flag, long long call) {
     int dim = (int)meta[1];
     long long size_dim = meta[2];
     int ndim = (int)meta[0];
@@ -65,7 +63,7 @@ DEV void index_copy_body(long long n, T* dst, const T* src, const long long* idx
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         long long r, w, coord = 0;
         index_offsets(i, meta, &r, &w, &coord);
-        long long k = checked_index(i, coord, idx, per_element, size_dim, flag);
+        long long k = checked_index(i, coord, idx, per_element, size_dim, flag, call);
         w += coord * write_stride;
         dst[w] = k < 0 ? store<T>(0) : src[r + k * read_stride];
     }
@@ -74,7 +72,7 @@ DEV void index_copy_body(long long n, T* dst, const T* src, const long long* idx
 // dst[write(coords with coords[dim] = index)] += src[read(coords)], atomically.
 template <typename T>
 DEV void index_accumulate_body(long long n, T* dst, const T* src, const long long* idx, const long long* meta,
-                               int per_element, long long* flag) {
+                               int per_element, long long* flag, long long call) {
     int dim = (int)meta[1];
     long long size_dim = meta[2];
     int ndim = (int)meta[0];
@@ -83,26 +81,27 @@ DEV void index_accumulate_body(long long n, T* dst, const T* src, const long lon
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         long long r, w, coord = 0;
         index_offsets(i, meta, &r, &w, &coord);
-        long long k = checked_index(i, coord, idx, per_element, size_dim, flag);
+        long long k = checked_index(i, coord, idx, per_element, size_dim, flag, call);
         if (k < 0) continue;
         atomic_accumulate(dst + w + k * write_stride, src[r + coord * read_stride]);
     }
 }
 
-// dst[i] = src at the index along dim (index_select, gather), 0 and the flag set when out of range
+// dst[i] = src at the index along dim (index_select, gather); 0 and the error flagged when out of range
 #define INDEX_COPY_KERNEL(T, SUFFIX)                                                                    \
     extern "C" __global__ void index_copy_##SUFFIX(long long n, T* dst, const T* src,                   \
                                                    const long long* idx, const long long* meta,         \
-                                                   int per_element, long long* flag) {                  \
-        index_copy_body<T>(n, dst, src, idx, meta, per_element, flag);                                  \
+                                                   int per_element, long long* flag, long long call) {  \
+        index_copy_body<T>(n, dst, src, idx, meta, per_element, flag, call);                            \
     }
 
 // dst at the index along dim += src[i], atomically (index_add, embedding backward, scatter_add)
 #define INDEX_ACCUMULATE_KERNEL(T, SUFFIX)                                                              \
     extern "C" __global__ void index_accumulate_##SUFFIX(long long n, T* dst, const T* src,             \
                                                          const long long* idx, const long long* meta,   \
-                                                         int per_element, long long* flag) {            \
-        index_accumulate_body<T>(n, dst, src, idx, meta, per_element, flag);                            \
+                                                         int per_element, long long* flag,              \
+                                                         long long call) {                              \
+        index_accumulate_body<T>(n, dst, src, idx, meta, per_element, flag, call);                      \
     }
 
 INDEX_COPY_KERNEL(f16_t, f16)

@@ -5,11 +5,16 @@ machine: which kernel (family + dtype suffixes -> a name in one .cu file), op co
 layout is packed into the int64 "meta" array a kernel reads (with neighbouring dims merged and a
 contiguous fast path), how a reduction over arbitrary axes becomes "reduce each row", and grid /
 block sizes. The meta formats are documented in common.cuh and indexing.cu.
+
+The same layouts come back at every training step, so the planning functions are cached by their
+arguments (all plain tuples and numbers): a repeated call costs a dictionary lookup, not the
+planning (issue 14: the host time per launch).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -41,9 +46,9 @@ KERNELS: dict[str, tuple[str, tuple[tuple[str, ...], ...]]] = {
     "softmax": ("softmax.cu", tuple((s,) for s in FLOATS)),
     "softmax_backward": ("softmax.cu", tuple((s,) for s in FLOATS)),
     "cross_entropy": ("cross_entropy.cu", tuple((s,) for s in FLOATS)),
+    "cross_entropy_targets": ("cross_entropy.cu", (("i64",),)),
     "rmsnorm_forward": ("rmsnorm.cu", tuple((s,) for s in FLOATS)),
     "rmsnorm_backward": ("rmsnorm.cu", tuple((s,) for s in FLOATS)),
-    "rmsnorm_weight_partial": ("rmsnorm.cu", tuple((s,) for s in FLOATS)),
     "rmsnorm_weight_finish": ("rmsnorm.cu", tuple((s,) for s in FLOATS)),
     "rope": ("rope.cu", tuple((s,) for s in FLOATS)),
     "index_copy": ("indexing.cu", tuple((s,) for s in ALL)),
@@ -65,14 +70,22 @@ class Kernel:
     name: str
 
 
+_SUFFIX_OF: dict = {}  # NumPy dtype -> suffix; np.dtype(...).name is slow next to a launch
+
+
 def suffix(np_dtype) -> str:
     """The dtype's name in kernel names: float32 -> "f32", bfloat16 -> "bf16"."""
+    known = _SUFFIX_OF.get(np_dtype)
+    if known is not None:
+        return known
     name = np.dtype(np_dtype).name
     if name not in SUFFIX:
         raise TypeError(f"the cuda backend has no kernels for dtype {name}")
+    _SUFFIX_OF[np_dtype] = SUFFIX[name]
     return SUFFIX[name]
 
 
+@lru_cache(maxsize=None)
 def kernel(family: str, *suffixes: str, op: str | None = None) -> Kernel:
     """The kernel of `family` instantiated for `suffixes`; TypeError when there is none."""
     file, instances = KERNELS[family]
@@ -183,6 +196,11 @@ def elementwise_meta(shape: tuple[int, ...], operands: list[tuple[int, tuple[int
 
     `operands` are (offset, strides) pairs that all iterate over `shape` in row-major order.
     """
+    return _elementwise_meta(tuple(shape), tuple((off, tuple(st)) for off, st in operands))
+
+
+@lru_cache(maxsize=8192)
+def _elementwise_meta(shape: tuple[int, ...], operands: tuple[tuple[int, tuple[int, ...]], ...]) -> tuple[int, ...]:
     merged_shape, merged_strides = coalesce(tuple(shape), [tuple(st) for _, st in operands])
     offsets = [off for off, _ in operands]
     if len(merged_shape) == 0 or (len(merged_shape) == 1 and all(st == (1,) for st in merged_strides)):
@@ -193,6 +211,7 @@ def elementwise_meta(shape: tuple[int, ...], operands: list[tuple[int, tuple[int
     return tuple(meta)
 
 
+@lru_cache(maxsize=8192)
 def row_meta(shape: tuple[int, ...], strides: tuple[int, ...], offset: int, n_outer: int) -> tuple[int, ...]:
     """[n_outer, outer shape, outer strides, n_inner, inner shape, inner strides, offset]: rows are
     the first `n_outer` dims, a row's elements the rest (each group coalesced on its own)."""
@@ -219,6 +238,7 @@ class ReducePlan:
     meta: tuple[int, ...]
 
 
+@lru_cache(maxsize=8192)
 def reduction_plan(shape: tuple[int, ...], strides: tuple[int, ...], offset: int, axes: tuple[int, ...],
                    exact_partials: bool = True) -> ReducePlan:
     """Permute the reduced axes last (kept axes keep their order, so the result is row-major in the
@@ -251,6 +271,7 @@ def index_meta(shape: tuple[int, ...], dim: int, size_dim: int, read: tuple[int,
     return (len(shape), dim, size_dim, *shape, read[0], *read[1], write[0], *write[1])
 
 
+@lru_cache(maxsize=8192)
 def matmul_operand(shape: tuple[int, ...], strides: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """A GEMM operand with its broadcast (stride 0) batch dims shrunk to size 1: the GEMM library
     broadcasts those itself instead of reading the same matrix once per batch entry."""
@@ -268,6 +289,7 @@ def dense(shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
 MAX_BLOCKS = 65536  # grid-stride loops cover the rest
 
 
+@lru_cache(maxsize=4096)
 def elementwise_launch(n: int, block: int = 256) -> tuple[tuple[int], tuple[int]]:
     """(grid, block) for a grid-stride loop over n elements."""
     return (max(1, min(-(-n // block), MAX_BLOCKS)),), (block,)
@@ -281,19 +303,19 @@ def row_block(cols: int, cap: int) -> int:
     return threads
 
 
+@lru_cache(maxsize=4096)
 def row_launch(rows: int, cols: int, cap: int = 256) -> tuple[tuple[int], tuple[int]]:
     """(grid, block) for one block per row (block-stride over rows past MAX_BLOCKS)."""
     return (max(1, min(rows, MAX_BLOCKS)),), (row_block(cols, cap),)
 
 
-def rmsnorm_weight_launch(rows: int, d: int) -> tuple[int, int, tuple[int, int], tuple[int]]:
-    """(chunk_rows, chunks, grid, block) for the RMSNorm weight gradient: a thread per column per
-    chunk of rows, about 16 rows per chunk and at most 1024 chunks."""
+def rmsnorm_backward_launch(rows: int, d: int) -> tuple[int, int, tuple[int], tuple[int]]:
+    """(chunk_rows, chunks, grid, block) for the RMSNorm backward: one block per chunk of about 16
+    rows (at most 1024 chunks: the finish kernel sums that many partial rows per column)."""
     chunks = max(1, min(1024, -(-rows // 16)))
     chunk_rows = -(-rows // chunks)
     chunks = -(-rows // chunk_rows)
-    block = row_block(d, 256)
-    return chunk_rows, chunks, (-(-d // block), chunks), (block,)
+    return chunk_rows, chunks, (chunks,), (row_block(d, 256),)
 
 
 def philox_key(seed: int) -> tuple[np.uint32, np.uint32]:

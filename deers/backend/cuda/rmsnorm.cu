@@ -1,7 +1,10 @@
 // Fused RMSNorm over the last dim (contract item 16), on contiguous (rows, d) buffers:
 //   forward   y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps)        (one block per row)
-//   backward  dx = rstd * (g w - xhat * mean(g w xhat)),  xhat = x * rstd  (one block per row)
-//             dw = sum over rows of g * xhat                              (column partials + finish)
+//   backward  dx = rstd * (g w - xhat * mean(g w xhat)),  xhat = x * rstd
+//             dw = sum over rows of g * xhat
+// The backward is one kernel for dx and dw's column partials (one block per chunk of rows, row by
+// row; each thread adds its columns' g * xhat into its block's own partial row, so no atomics) and
+// a finish kernel summing the partial rows in a fixed order: deterministic, two launches.
 // Sums run in float (double for f64); rstd is kept in that compute type (f32 for f16/bf16 inputs,
 // as the CPU backend does), so the backward sees it unrounded.
 #include "common.cuh"
@@ -23,36 +26,32 @@ DEV void rmsnorm_forward_body(long long rows, long long d, T* y, A* rstd_out, co
     }
 }
 
+// Rows [k chunk_rows, (k + 1) chunk_rows) of block k: dx row by row, and
+// partial[k, j] = sum over those rows r of g[r, j] * x[r, j] * rstd[r].
 template <typename T, typename A>
-DEV void rmsnorm_backward_body(long long rows, long long d, T* dx, const T* g, const T* x, const T* w,
-                               const A* rstd) {
+DEV void rmsnorm_backward_body(long long rows, long long d, long long chunk_rows, T* dx, A* partial, const T* g,
+                               const T* x, const T* w, const A* rstd) {
     __shared__ A scratch[32];
-    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
-        const T* gr = g + r * d;
-        const T* xr = x + r * d;
-        A rs = rstd[r];
-        A partial = 0;  // sum of g w x over the row
-        for (long long j = threadIdx.x; j < d; j += blockDim.x) partial += load(gr[j]) * load(w[j]) * load(xr[j]);
-        A proj = rs * block_sum(partial, scratch) / (A)d;  // mean(g w xhat)
-        T* out = dx + r * d;
-        for (long long j = threadIdx.x; j < d; j += blockDim.x) {
-            A xhat = load(xr[j]) * rs;
-            out[j] = store<T>(rs * (load(gr[j]) * load(w[j]) - xhat * proj));
+    for (long long k = blockIdx.x; k * chunk_rows < rows; k += gridDim.x) {
+        A* pk = partial + k * d;
+        for (long long j = threadIdx.x; j < d; j += blockDim.x) pk[j] = 0;
+        long long last = ll_min(rows, (k + 1) * chunk_rows);
+        for (long long r = k * chunk_rows; r < last; ++r) {
+            const T* gr = g + r * d;
+            const T* xr = x + r * d;
+            A rs = rstd[r];
+            A sum_gwx = 0;  // sum of g w x over the row
+            for (long long j = threadIdx.x; j < d; j += blockDim.x) sum_gwx += load(gr[j]) * load(w[j]) * load(xr[j]);
+            A proj = rs * block_sum(sum_gwx, scratch) / (A)d;  // mean(g w xhat)
+            T* out = dx + r * d;
+            for (long long j = threadIdx.x; j < d; j += blockDim.x) {
+                A gj = load(gr[j]);
+                A xhat = load(xr[j]) * rs;
+                out[j] = store<T>(rs * (gj * load(w[j]) - xhat * proj));
+                pk[j] += gj * xhat;  // this thread's own column of this block's own partial row
+            }
         }
     }
-}
-
-// partial[k, j] = sum over rows r of chunk k (blockIdx.y) of g[r, j] * x[r, j] * rstd[r].
-template <typename T, typename A>
-DEV void rmsnorm_weight_partial_body(long long rows, long long d, long long chunk_rows, A* partial, const T* g,
-                                     const T* x, const A* rstd) {
-    long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (j >= d) return;
-    long long first = blockIdx.y * chunk_rows;
-    long long last = ll_min(rows, first + chunk_rows);
-    A sum = 0;
-    for (long long r = first; r < last; ++r) sum += load(g[r * d + j]) * load(x[r * d + j]) * rstd[r];
-    partial[blockIdx.y * d + j] = sum;
 }
 
 // gw[j] = sum over chunks k of partial[k, j], in the weight's dtype.
@@ -71,17 +70,12 @@ DEV void rmsnorm_weight_finish_body(long long d, long long chunks, T* gw, const 
                                                         const T* x, const T* w, A eps) {                \
         rmsnorm_forward_body<T, A>(rows, d, y, rstd, x, w, eps);                                        \
     }                                                                                                   \
-    /* dx = rstd (g w - xhat mean(g w xhat)) per row */                                                 \
-    extern "C" __global__ void rmsnorm_backward_##SUFFIX(long long rows, long long d, T* dx,            \
+    /* dx = rstd (g w - xhat mean(g w xhat)) per row, and dw's partial sums per chunk of rows */        \
+    extern "C" __global__ void rmsnorm_backward_##SUFFIX(long long rows, long long d,                   \
+                                                         long long chunk_rows, T* dx, A* partial,       \
                                                          const T* g, const T* x, const T* w,            \
                                                          const A* rstd) {                               \
-        rmsnorm_backward_body<T, A>(rows, d, dx, g, x, w, rstd);                                        \
-    }                                                                                                   \
-    /* partial[k, j] = sum over chunk k of g x rstd */                                                  \
-    extern "C" __global__ void rmsnorm_weight_partial_##SUFFIX(long long rows, long long d,             \
-                                                               long long chunk_rows, A* partial,        \
-                                                               const T* g, const T* x, const A* rstd) { \
-        rmsnorm_weight_partial_body<T, A>(rows, d, chunk_rows, partial, g, x, rstd);                    \
+        rmsnorm_backward_body<T, A>(rows, d, chunk_rows, dx, partial, g, x, w, rstd);                   \
     }                                                                                                   \
     /* gw[j] = sum over chunks of partial[k, j] */                                                      \
     extern "C" __global__ void rmsnorm_weight_finish_##SUFFIX(long long d, long long chunks, T* gw,     \

@@ -80,15 +80,15 @@ DEV void softmax_backward_body(long long rows, long long cols, T* out, const T* 
 
 #define SOFTMAX_KERNELS(T, SUFFIX)                                                                      \
     /* out = (log-)softmax of each row, causal mask optional */                                         \
-    extern "C" __global__ void softmax_##SUFFIX(long long rows, long long cols, T* out, const T* a,     \
-                                                const long long* meta, int log_out,                     \
-                                                long long causal_rows) {                                \
+    extern "C" __global__ void MAX_THREADS_1024 softmax_##SUFFIX(long long rows, long long cols, T* out, \
+                                                                 const T* a, const long long* meta,    \
+                                                                 int log_out, long long causal_rows) { \
         softmax_body<T>(rows, cols, out, a, meta, log_out, causal_rows);                                \
     }                                                                                                   \
     /* out = the gradient of (log-)softmax per row */                                                   \
-    extern "C" __global__ void softmax_backward_##SUFFIX(long long rows, long long cols, T* out,        \
-                                                         const T* y, const T* g, int log_out,           \
-                                                         long long causal_rows) {                       \
+    extern "C" __global__ void MAX_THREADS_1024 softmax_backward_##SUFFIX(                              \
+        long long rows, long long cols, T* out, const T* y, const T* g, int log_out,                    \
+        long long causal_rows) {                                                                        \
         softmax_backward_body<T>(rows, cols, out, y, g, log_out, causal_rows);                          \
     }
 
