@@ -16,7 +16,8 @@ from ..array import NDArray
 from ..autograd import Op
 from ..backend import BinaryFn
 from ..tensor import Tensor, apply
-from ..errors import describe
+from ..dtype import bool_
+from ..errors import DTypeError, describe
 from .convert import cast
 from .operands import check_number, operands, result_type
 
@@ -120,8 +121,15 @@ class Minimum(_Extreme):
 def binary(op: "type[BinaryOp]", a: Tensor, b, reverse: bool = False) -> Tensor:
     """op(a, b), or op(b, a) when reverse; b is a Tensor or a Python number (a 0-d constant); both
     in their promoted dtype."""
+    if op is Sub and (_is_bool(a) or _is_bool(b)):
+        raise DTypeError(f"sub: subtraction with a bool operand is not supported ({describe(a)}), as in PyTorch; "
+                         "for masks use x.ne(y) (xor) or x.eq(False) (not), or cast to an integer type")
     a, b = operands(op.fn.value, a, b, op.float_result)
     return apply(op(), b, a) if reverse else apply(op(), a, b)
+
+
+def _is_bool(x) -> bool:
+    return x.dtype is bool_ if isinstance(x, Tensor) else isinstance(x, bool)
 
 
 def add(a: Tensor, b) -> Tensor:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from ..array import NDArray
 from ..autograd import Op
 from ..backend import UnaryFn
+from ..dtype import bool_
+from ..errors import DTypeError, describe
 from ..tensor import Tensor, apply
 from .operands import require_float
 
@@ -120,6 +122,9 @@ def unary(op: "type[UnaryOp]", x: Tensor) -> Tensor:
     """op(x) for a UnaryOp class, e.g. unary(Exp, x)."""
     if op.float_only:
         require_float(op.fn.value, x)
+    if op is Neg and x.dtype is bool_:
+        raise DTypeError(f"neg: negating a bool tensor is not supported ({describe(x)}), as in PyTorch; "
+                         "use x.eq(False) for logical not")
     return apply(op(), x)
 
 
