@@ -222,6 +222,14 @@ class Tensor:
     def ge(self, other) -> "Tensor": return _compare.compare(BinaryFn.GE, self, other)
     def masked_fill(self, mask: "Tensor", value: float) -> "Tensor": return _compare.masked_fill(self, mask, value)
     def where(self, condition: "Tensor", other) -> "Tensor": return _compare.where(condition, self, other)
+    def logical_and(self, other) -> "Tensor": return _compare.logical_and(self, other)
+    def logical_or(self, other) -> "Tensor": return _compare.logical_or(self, other)
+    def logical_xor(self, other) -> "Tensor": return _compare.logical_xor(self, other)
+    def logical_not(self) -> "Tensor": return _compare.logical_not(self)
+    __and__ = __rand__ = logical_and  # &, |, ^, ~ on bool masks (integers: a DTypeError, see compare.py)
+    __or__ = __ror__ = logical_or
+    __xor__ = __rxor__ = logical_xor
+    __invert__ = logical_not
 
     __add__ = add
     __sub__ = sub

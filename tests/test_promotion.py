@@ -146,3 +146,23 @@ def test_gradients_flow_back_in_each_operands_dtype():
     assert grads[a].dtype is deers.f16 and grads[b].dtype is deers.f32
     np.testing.assert_array_equal(grads[a].numpy(), [3.0, 4.0])
     np.testing.assert_array_equal(grads[b].numpy(), [1.0, 2.0])
+
+
+LOGICAL = {"and": lambda x, y: x & y, "or": lambda x, y: x | y, "xor": lambda x, y: x ^ y,
+           "and number": lambda x, y: x & True, "or reflected": lambda x, y: False | x, "not": lambda x, y: ~x}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", sorted(LOGICAL))
+def test_logical_ops_on_bool_masks_match_torch(op, device):
+    a, b = [True, False, True, False], [True, True, False, False]
+    out = LOGICAL[op](deers.tensor(a, device=device), deers.tensor(b, device=device))
+    expected = LOGICAL[op](torch.tensor(a), torch.tensor(b))
+    assert out.dtype is deers.bool_ and out.numpy().tolist() == expected.tolist()
+
+
+def test_logical_ops_on_integers_say_they_need_bool_masks():
+    with pytest.raises(DTypeError, match=r"and: Deers has these for bool tensors only, got shape \(2,\) i64"):
+        deers.tensor([1, 2]) & deers.tensor([3, 4])
+    with pytest.raises(DTypeError, match="not: "):
+        ~deers.tensor([1, 2])

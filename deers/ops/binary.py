@@ -123,7 +123,7 @@ def binary(op: "type[BinaryOp]", a: Tensor, b, reverse: bool = False) -> Tensor:
     in their promoted dtype."""
     if op is Sub and (_is_bool(a) or _is_bool(b)):
         raise DTypeError(f"sub: subtraction with a bool operand is not supported ({describe(a)}), as in PyTorch; "
-                         "for masks use x.ne(y) (xor) or x.eq(False) (not), or cast to an integer type")
+                         "for masks use x ^ y or ~x, or cast to an integer type")
     a, b = operands(op.fn.value, a, b, op.float_result)
     return apply(op(), b, a) if reverse else apply(op(), a, b)
 

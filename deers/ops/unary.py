@@ -124,7 +124,7 @@ def unary(op: "type[UnaryOp]", x: Tensor) -> Tensor:
         require_float(op.fn.value, x)
     if op is Neg and x.dtype is bool_:
         raise DTypeError(f"neg: negating a bool tensor is not supported ({describe(x)}), as in PyTorch; "
-                         "use x.eq(False) for logical not")
+                         "use ~x for logical not")
     return apply(op(), x)
 
 
