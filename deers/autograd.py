@@ -212,7 +212,9 @@ def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> G
     pending: dict[int, NDArray] = {id(root): out_grad}
     claimed = {out_grad.storage_id()}  # buffers already handed out; a second claimant gets a copy
     session = profiling.session  # None unless inside deers.profiler.profile()
-    for node in reversed(topo_sort(root)):
+    order = topo_sort(root)
+    while order:
+        node = order.pop()  # popped, not iterated: a visited node's output is freed once nothing else holds it
         grad = pending.pop(id(node), None)
         if grad is None:
             continue

@@ -41,19 +41,21 @@ class _Ledger:
         self.peak: dict[str, int] = {}
         self.allocated = 0  # bytes of every buffer ever tracked, on all devices (the profiler's per-op bytes)
         self.watchers: list[dict[str, int]] = []  # extra peaks kept by running profiles
+        self._release = self.release  # bound once: one callback object for every buffer
 
     def track(self, buffer, nbytes: int, device: Device) -> None:
+        """Count a fresh buffer of `nbytes` on `device` until it is freed (called by deers/array.py)."""
         key = id(buffer)
         if key in self.held:  # the backend handed back a buffer Deers already holds
             return
         try:
-            held = _Held(buffer, self.release)
+            held = _Held(buffer, self._release)
         except TypeError:  # a buffer type without weak references cannot be followed to its end
             return
-        held.key, held.nbytes, held.device = key, nbytes, str(device)
+        name = str(device)
+        held.key, held.nbytes, held.device = key, nbytes, name
         with self.lock:
             self.held[key] = held
-            name = held.device
             live = self.live.get(name, 0) + nbytes
             self.live[name] = live
             self.allocated += nbytes
@@ -74,9 +76,7 @@ class _Ledger:
 _ledger = _Ledger()
 
 
-def track(buffer, nbytes: int, device: Device) -> None:
-    """Count a fresh buffer of `nbytes` on `device` until it is freed (called by deers/array.py)."""
-    _ledger.track(buffer, nbytes, device)
+track = _ledger.track  # deers/array.py calls it for every fresh buffer: no wrapper in between
 
 
 def untrack(buffer) -> None:

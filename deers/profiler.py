@@ -41,8 +41,8 @@ profiling = _Profiling()
 @dataclass(frozen=True)
 class Event:
     """One run of one op: its class name, "forward" or "backward", the seconds it took, the bytes
-    of the buffers it allocated, its output shape (forward) or incoming gradient's shape (backward)
-    and its device."""
+    of the buffers it allocated, its output shape (forward) or incoming gradient's shape (backward),
+    its device, and the live bytes on that device right after it (a memory timeline of the block)."""
 
     name: str
     phase: str
@@ -50,6 +50,7 @@ class Event:
     bytes: int
     shape: tuple[int, ...]
     device: str
+    live_bytes: int = 0
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Profile:
         shape = tuple(result.shape) if phase == "forward" else tuple(arrays[0].shape)
         device = str(anchor.device) if anchor is not None else str(getattr(result, "device", "cpu"))
         self._events.append(Event(type(op).__name__, phase, seconds, memory.allocated_bytes() - allocated,
-                                  shape, device))
+                                  shape, device, memory.live_bytes(device)))
         self.overhead_seconds += time.perf_counter() - entered - seconds
         return result
 

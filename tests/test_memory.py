@@ -80,3 +80,17 @@ def test_memory_rises_through_forward_falls_through_backward_and_returns_after_t
     assert after_backward - start <= grad_bytes + 64  # the gradients and the 0-d loss, nothing saved
     del loss, grads
     assert live(device) == start
+
+
+def test_backward_frees_each_activation_as_soon_as_its_gradient_has_gone_through():
+    deers.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, sequence_len=64, n_layer=4, n_head=2, n_embd=16, mlp_hidden_dim=32))
+    idx = deers.randint(0, 32, (8, 64))
+    loss = model.loss(idx, idx)
+    with deers.profiler.profile() as prof:
+        grads = loss.backward()
+    live = [e.live_bytes for e in prof.events() if e.phase == "backward"]
+    assert len(live) > 20
+    # the activations go while backward walks down the blocks, not all at once at its end
+    assert min(live[len(live) // 2:]) < 0.8 * max(live[:4])
+    del loss, grads

@@ -60,6 +60,7 @@ def test_events_hold_the_bytes_each_op_allocated_and_the_calls_add_up():
     forward = [e for e in prof.events() if e.phase == "forward"]
     assert [e.name for e in forward] == ["MatMul", "Relu", "Mul", "Sum"]
     assert forward[0].bytes == 8 * 3 * 4 and forward[0].shape == (8, 3)
+    assert forward[0].live_bytes >= 8 * 4 * 4 + 4 * 3 * 4 + 8 * 3 * 4  # x, w and the product are alive
     assert all(e.name in {"MatMul", "Relu", "Mul", "Sum"} for e in prof.events())
     rows = {row.name: row for row in prof.totals()}
     assert rows["MatMul"].calls == 1 and rows["MatMul"].backward_seconds > 0
