@@ -262,3 +262,80 @@ def test_device_matches_cpu(name, device):
     g_cpu = out_cpu.backward(deers.tensor(seed))[cpu]
     g_dev = out_dev.backward(deers.tensor(seed, device=device))[dev]
     np.testing.assert_allclose(g_dev.numpy(), g_cpu.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---- indexing: negative-step slices, several tensor indices, bool masks on any dims ----------------------------
+NEGATIVE_STEPS = [  # (key, the same in PyTorch, which has no negative steps: a flip)
+    (np.s_[::-1], lambda x: x.flip(0)),
+    (np.s_[:, 3:0:-2], lambda x: x[:, 1:4:2].flip(1)),
+    (np.s_[..., ::-2], lambda x: x[..., ::2].flip(-1)),
+    (np.s_[::-1, 1, -1:-4:-1], lambda x: x[:, 1, 2:].flip((0, 1))),
+]
+
+
+@pytest.mark.parametrize("case", range(len(NEGATIVE_STEPS)))
+def test_negative_step_slices(case):
+    key, torch_fn = NEGATIVE_STEPS[case]
+    check_op(lambda x: x[key], rand(3, 4, 5) if case >= 2 else rand(3, 4), reference=lambda x: x[key],
+             torch_fn=torch_fn)
+
+
+def _index(values) -> np.ndarray:
+    return np.asarray(values, np.int64)
+
+
+ADVANCED = {  # name: key builder from (tensor maker) -> key; every form NumPy and PyTorch share
+    "two indices": lambda t: (t(_index([0, 2, -1])), t(_index([1, 3, 0]))),
+    "after a slice": lambda t: (slice(None), t(_index([0, 2, -1])), t(_index([1, 4, 0]))),
+    "broadcast together": lambda t: (t(_index([[0], [2]])), t(_index([1, 3, 0]))),
+    "apart: dims go first": lambda t: (t(_index([0, 2])), slice(1, 3), t(_index([4, 1]))),
+    "int between tensors": lambda t: (t(_index([1, 2])), 1, t(_index([4, 0]))),
+    "mask on dim 1": lambda t: (slice(None), t(np.array([True, False, True, True]))),
+    "mask on dims 1, 2": lambda t: (slice(None), t(np.arange(20).reshape(4, 5) % 3 == 0)),
+    "mask on dims 0, 1 then an int": lambda t: (t(np.arange(12).reshape(3, 4) % 5 < 2), 3),
+    "mask and a tensor": lambda t: (t(np.array([True, False, True])), slice(None), t(_index([0, 4]))),
+}
+
+
+@pytest.mark.parametrize("name", list(ADVANCED))
+def test_several_tensor_indices_and_masks(name):
+    make = ADVANCED[name]
+    check_op(lambda x: x[make(lambda v: lib(x).tensor(v))], rand(3, 4, 5), reference=lambda x: x[make(np.asarray)],
+             layouts=NO_BROADCAST)
+
+
+def test_ints_are_not_indexing_entries_as_in_pytorch():
+    # NumPy would move the picked dim first here ((3, 4)); PyTorch reads x[0, :, idx] as x[0][:, idx]
+    idx = _index([4, 1, 1])
+    check_op(lambda x: x[0, :, lib(x).tensor(idx)], rand(3, 4, 5), reference=lambda x: x[0][:, idx],
+             layouts=NO_BROADCAST)
+    i, j = _index([1, 2, 0]), _index([3, 0, 1])
+    check_op(lambda x: x[:, lib(x).tensor(i), 1, lib(x).tensor(j)], rand(2, 3, 4, 5),
+             reference=lambda x: x[:, :, 1][:, i, j], layouts=NO_BROADCAST[:1])  # (2, 3): in place
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_advanced_indexing_on_every_device_and_errors(device):
+    array = np.arange(60.0).reshape(3, 4, 5)
+    x = deers.tensor(array, device=device)
+    i, j = deers.tensor([2, 0], device=device), deers.tensor([-1, 1], device=device)
+    np.testing.assert_array_equal(x[i, :, j].numpy(), array[[2, 0], :, [-1, 1]])
+    np.testing.assert_array_equal(x[::-1, ::-2].numpy(), array[::-1, ::-2])
+    mask = deers.tensor(array[0] > 7, device=device)
+    np.testing.assert_array_equal(x[:, mask].numpy(), array[:, array[0] > 7])
+    with pytest.raises(IndexError, match="out of range"):
+        x[deers.tensor([0], device=device), deers.tensor([4], device=device)]  # merged, row 1 col 0 would be wrong
+    with pytest.raises(IndexError, match="broadcast"):
+        x[deers.tensor([0, 1], device=device), deers.tensor([0, 1, 2], device=device)]
+    with pytest.raises(IndexError, match="does not match"):
+        x[:, deers.tensor(np.ones((3, 5), bool), device=device)]
+
+
+def test_item_assignment_takes_the_new_index_forms():
+    x = deers.zeros(3, 4)
+    x[::-1, 0] = deers.tensor([1.0, 2.0, 3.0])
+    x[deers.tensor([0, 1]), deers.tensor([3, 2])] = 9.0
+    expected = np.zeros((3, 4), np.float32)
+    expected[::-1, 0] = [1.0, 2.0, 3.0]
+    expected[[0, 1], [3, 2]] = 9.0
+    np.testing.assert_array_equal(x.numpy(), expected)

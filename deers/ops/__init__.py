@@ -16,6 +16,7 @@ scan.py      CumSum: running sums as a log-step scan of shifted adds (its backwa
 stats.py     var, std (composites), Norm2 and the other vector norms
 split.py     split, chunk, unbind: views made with narrow and indexing
 flip.py      flip (index_select with reversed positions), used by negative-step slices
+advanced_index.py  several tensor indices and bool masks in getitem, placed by PyTorch's rule
 triangle.py  tril, triu: where with a triangle mask
 einsum.py    einsum for one or two operands: sum, permute, reshape and one batched matmul
 

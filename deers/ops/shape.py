@@ -144,18 +144,22 @@ def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
 
 
 def getitem(x: Tensor, key) -> Tensor:
-    """x[key] like PyTorch. Ints, slices (positive step), None, True/False and Ellipsis give one
-    strided view (True adds an axis of size 1, False one of size 0, as in PyTorch); one i64 tensor
-    (or list of ints) index picks along its dim with index_select (negative entries count from the
-    end, like x[-1]: they are resolved here, since index_select itself never wraps); a bool mask
-    covering x's leading dims picks the elements where it is true, and a 1-D bool mask at another
-    dim picks the positions along it."""
+    """x[key] like PyTorch. Ints, slices, None, True/False and Ellipsis give one strided view (True
+    adds an axis of size 1, False one of size 0, as in PyTorch); a negative-step slice is the
+    positive-step view flipped (a copy; PyTorch refuses them, NumPy allows them). Tensor indices
+    (i64, lists of ints, bool masks over one or more dims) pick with index_select: negative entries
+    count from the end, like x[-1] (resolved here, since index_select itself never wraps); a k-dim
+    bool mask stands for the k index tensors of its true positions; several tensor indices
+    broadcast together and are placed by PyTorch's rule (deers/ops/advanced_index.py)."""
     if not isinstance(key, tuple):
         key = (key,)
     key = tuple(_index_tensor(k, x) if isinstance(k, (list, np.ndarray)) else k for k in key)
+    key = tuple(bool(k.item()) if isinstance(k, Tensor) and k.ndim == 0 and k.dtype.name == "bool" else k
+                for k in key)  # a 0-d bool tensor acts as True/False
     if len(key) == 1 and isinstance(key[0], Tensor) and key[0].dtype.name == "bool":
         return _select_mask(x, key[0])
-    n_real = sum(1 for k in key if k is not None and k is not Ellipsis and not _is_bool(k))
+    n_real = sum(k.ndim if isinstance(k, Tensor) and k.dtype.name == "bool" else 1
+                 for k in key if k is not None and k is not Ellipsis and not _is_bool(k))
     if n_real > x.ndim:
         raise IndexError(f"getitem: too many indices ({n_real}) for {describe(x)}")
     if any(k is Ellipsis for k in key):
@@ -165,7 +169,8 @@ def getitem(x: Tensor, key) -> Tensor:
         key = key + (slice(None),) * (x.ndim - n_real)
     # Each step acts on the layout as it is after the steps before it: at output position `out_dim`.
     steps = []  # (kind, out_dim, args) with kind "slice", "select" or "newaxis"
-    picked = None  # (index tensor, out_dim) for a tensor index
+    picked = []  # (i64 positions, out_dim, range already checked) per tensor index
+    flips = []  # output dims of negative-step slices: the view takes them forwards, then they are flipped
     dim = out_dim = 0  # the input dim the next key reads; the output dims made so far
     for k in key:
         if k is None or _is_bool(k):
@@ -175,16 +180,25 @@ def getitem(x: Tensor, key) -> Tensor:
             out_dim += 1
             continue
         size = x.shape[dim]
+        if isinstance(k, Tensor) and k.dtype.name == "bool" and k.ndim > 1:  # a mask over k.ndim dims
+            if k.shape != x.shape[dim:dim + k.ndim]:
+                raise IndexError(f"getitem: bool mask {describe(k)} does not match dims {dim}..{dim + k.ndim - 1} "
+                                 f"of {describe(x)}")
+            for coordinates in np.nonzero(k.numpy()):  # one i64 index per masked dim, in range by construction
+                picked.append((_index_tensor(coordinates, x), out_dim, True))
+                out_dim += 1
+            dim += k.ndim
+            continue
         if isinstance(k, Tensor):
-            if picked is not None:
-                raise IndexError(f"getitem: only one tensor index is supported, got several for {describe(x)}")
-            picked = (_positions(k, size, dim, x), out_dim)
+            picked.append((_positions(k, size, dim, x), out_dim, k.dtype.name == "bool"))
             out_dim += 1
         elif isinstance(k, slice):
             start, stop, step = k.indices(size)
-            if step <= 0:
-                raise IndexError(f"getitem: slice steps must be positive, got {step} for {describe(x)}")
-            steps.append(("slice", out_dim, (start, max(0, (stop - start + step - 1) // step), step)))
+            count = len(range(start, stop, step))
+            if step < 0:  # the same elements forwards from the last one picked, then flipped
+                start, step = (start + (count - 1) * step if count else 0), -step
+                flips.append(out_dim)
+            steps.append(("slice", out_dim, (start, count, step)))
             out_dim += 1
         elif isinstance(k, int) or hasattr(k, "__index__"):
             k = int(k)
@@ -194,8 +208,6 @@ def getitem(x: Tensor, key) -> Tensor:
         else:
             raise TypeError(f"getitem: unsupported index {k!r} for {describe(x)}")
         dim += 1
-    if picked is not None:
-        _check_advanced_adjacent(key, x)
 
     def make_layout(layout: Layout) -> Layout:
         for kind, d, args in steps:
@@ -208,10 +220,14 @@ def getitem(x: Tensor, key) -> Tensor:
         return layout
 
     out = apply(View(make_layout), x) if steps else x
-    if picked is not None:
-        from .indexing import index_select
+    if flips:
+        from .flip import flip
 
-        out = index_select(out, picked[1], picked[0])
+        out = flip(out, flips)
+    if picked:
+        from .advanced_index import adjacent, take
+
+        out = take(x, out, picked, adjacent(key))
     return out
 
 
@@ -244,16 +260,6 @@ def _index_tensor(values: "list | np.ndarray", x: Tensor) -> Tensor:
     from ..creation import tensor
 
     return tensor(values, device=x.device)
-
-
-def _check_advanced_adjacent(key: tuple, x: Tensor) -> None:
-    """NumPy moves the picked dims to the front when ints and a tensor index are not adjacent;
-    Deers keeps the simple rule only, and says so instead of returning another layout."""
-    positions = [i for i, k in enumerate(key) if isinstance(k, Tensor) or (
-        k is not None and not isinstance(k, slice))]
-    if positions[-1] - positions[0] + 1 != len(positions):
-        raise IndexError(f"getitem: a tensor index with ints elsewhere in the key ({describe(x)}); "
-                         "index in two steps, e.g. x[i][:, idx]")
 
 
 def _select_mask(x: Tensor, mask: Tensor) -> Tensor:
