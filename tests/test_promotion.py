@@ -137,6 +137,17 @@ def test_the_traps_of_the_issue():
     assert (deers.tensor([True, False]) + deers.tensor([True, True])).dtype is deers.bool_
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_python_integers_wrap_into_narrower_integer_tensors_like_torch(device):
+    x = deers.tensor([1, 2, 250], device=device).to_dtype(deers.u8)
+    for fn in (lambda t: t + 1000, lambda t: t - 3, lambda t: t * 300, lambda t: t + 10):
+        expected = fn(torch.tensor([1, 2, 250], dtype=torch.uint8))
+        out = fn(x)
+        assert out.dtype is deers.u8 and out.numpy().tolist() == expected.tolist()
+    with pytest.raises(DTypeError, match="does not fit in i64"):
+        deers.tensor([1]) + 2 ** 70
+
+
 def test_gradients_flow_back_in_each_operands_dtype():
     a = deers.tensor([1.0, 2.0], dtype=deers.f16).attach()
     b = deers.tensor([3.0, 4.0]).attach()  # f32

@@ -84,14 +84,27 @@ def result_type(*operands) -> DType:
 def constant(value, like: Tensor) -> Tensor:
     """`value` as a 0-d array of like's dtype on like's device, seen broadcast to like's shape
     (stride 0: one element in memory; never requires grad)."""
-    return Tensor(NDArray.full((), value, like.dtype, like.device).broadcast_to(like.shape))
+    return Tensor(NDArray.full((), _fit(value, like.dtype), like.dtype, like.device).broadcast_to(like.shape))
+
+
+def _fit(value, dtype: DType):
+    """An integer number in a narrower integer dtype wraps around like PyTorch (`u8 + 1000` adds
+    1000 mod 256); one that does not fit in i64 at all raises."""
+    if dtype.is_float or dtype is bool_ or not isinstance(value, Integral) or isinstance(value, bool):
+        return value
+    info = np.iinfo(dtype.numpy)
+    if info.min <= value <= info.max:
+        return value
+    if dtype is i64:
+        raise DTypeError(f"the Python integer {value} does not fit in i64")
+    return int(value) % (int(info.max) + 1) + int(info.min)  # two's complement wrap (unsigned: min = 0)
 
 
 def as_operand(value, dtype: DType, like: Tensor) -> Tensor:
     """A Tensor operand cast to `dtype`, or a Python number as a constant of `dtype` on like's device."""
     if isinstance(value, Tensor):
         return cast(value, dtype)
-    return Tensor(NDArray.full((), value, dtype, like.device))
+    return Tensor(NDArray.full((), _fit(value, dtype), dtype, like.device))
 
 
 def grad_broadcast(t: Tensor, shape: tuple[int, ...]) -> Tensor:
