@@ -339,3 +339,40 @@ def test_item_assignment_takes_the_new_index_forms():
     expected[::-1, 0] = [1.0, 2.0, 3.0]
     expected[[0, 1], [3, 2]] = 9.0
     np.testing.assert_array_equal(x.numpy(), expected)
+
+
+@pytest.mark.skipif(torch is None, reason="torch is not installed")
+def test_random_index_keys_match_torch():
+    """Random mixes of slices, ints, None, i64 tensors (negative entries too) and 1-D bool masks."""
+    rng = np.random.default_rng(0)
+    array = rng.standard_normal((3, 4, 5, 2))
+    x, t = deers.tensor(array), torch.tensor(array)
+    compared = 0
+    for _ in range(300):
+        ours, theirs, dim = [], [], 0
+        for _ in range(rng.integers(1, 5)):
+            if dim == array.ndim:
+                break
+            kind, size = rng.integers(7), array.shape[dim]
+            if kind == 0:
+                ours.append(None), theirs.append(None)
+                continue
+            entry = [slice(None), slice(1, None, 2), int(rng.integers(-size, size))][kind - 1] if kind < 4 else None
+            if kind == 4:  # an index tensor, entries counting from either end
+                entry = rng.integers(-size, size, rng.integers(1, 4))
+            elif kind == 5:  # a column of indices, to broadcast against the others
+                entry = rng.integers(0, size, (2, 1))
+            elif kind == 6:
+                entry = rng.random(size) > 0.4
+            if isinstance(entry, np.ndarray):
+                ours.append(deers.tensor(entry)), theirs.append(torch.tensor(entry))
+            else:
+                ours.append(entry), theirs.append(entry)
+            dim += 1
+        try:
+            expected = t[tuple(theirs)].numpy()
+        except (IndexError, RuntimeError):  # e.g. index shapes that do not broadcast
+            continue
+        np.testing.assert_array_equal(x[tuple(ours)].numpy(), expected, err_msg=str(theirs))
+        compared += 1
+    assert compared > 150

@@ -144,3 +144,13 @@ def test_indices_match_torch():
         np.testing.assert_array_equal(x.sort(dim, descending=True).indices.numpy(),
                                       t.sort(dim=dim, descending=True, stable=True).indices.numpy())
         np.testing.assert_array_equal(x.topk(3, dim).indices.numpy(), t.topk(3, dim).indices.numpy())
+
+
+def test_zero_dim_and_empty_inputs():
+    values, indices = deers.tensor(2.0).max(0)
+    assert values.item() == 2.0 and indices.item() == 0 and indices.shape == ()
+    assert deers.tensor(2.0).min(-1).indices.item() == 0
+    with pytest.raises(deers.ShapeError, match="max: dim 0 .* is empty"):
+        deers.zeros(0, 3).max(0)
+    assert deers.zeros(0, 3).max(1).values.shape == (0,)
+    assert deers.zeros(0, 3).sort(0).values.shape == (0, 3)

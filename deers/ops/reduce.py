@@ -120,12 +120,21 @@ def _one_dim(x: Tensor, dim, op: str) -> int:
         _axes(x, dim, op)  # an out-of-range dim is an IndexError first
         raise TypeError(f"{op}: dim must be one int (the result is (values, indices), like PyTorch), "
                         f"got {tuple(dim)} for {describe(x)}; use a{op}(dims) for the values over several dims")
-    return normalize_dim(dim, x.ndim, op)
+    if x.ndim == 0:
+        normalize_dim(dim, 1, op)  # 0 or -1, as PyTorch allows for a 0-d tensor
+        return 0
+    d = normalize_dim(dim, x.ndim, op)
+    if x.shape[d] == 0:
+        raise ShapeError(f"{op}: dim {d} of {describe(x)} is empty, so it has no {op} (and no index)")
+    return d
 
 
 def _pick(x: Tensor, d: int, indices_kept: Tensor, keepdim: bool) -> ValuesIndices:
     """(values, indices) from indices with dim d kept as size 1: values = gather(x, d, indices)."""
     from .indexing import gather
+
+    if x.ndim == 0:  # one element along "dim 0": itself, at index 0 (as PyTorch)
+        return ValuesIndices(x.reshape(1).reshape(()), indices_kept)
 
     values = gather(x, d, indices_kept)  # (..., 1, ...)
     if keepdim:
