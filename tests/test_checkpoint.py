@@ -186,7 +186,7 @@ def test_optimizer_mismatch_and_missing_state(tmp_path):
         checkpoint.load(path, model=MLP(), optimizer=AdamW(MLP().parameters()))
 
 
-@pytest.mark.skipif(deers.bf16 is None, reason="bf16 needs ml_dtypes")
+@pytest.mark.skipif(not deers.bf16.available, reason="bf16 needs ml_dtypes")
 def test_bf16_parameters_round_trip(tmp_path):
     layer = Linear(4, 3, dtype="bf16")
     path = tmp_path / "bf16.safetensors"
