@@ -173,6 +173,13 @@ def test_clamp(low, high):
     check_op(lambda x: x.clamp(low, high), rand(3, 4), reference=lambda x: np.clip(x, low, high))
 
 
+def test_clamp_with_tensor_bounds():
+    """Bounds may be Tensors that broadcast against x (issue 13); each gets the gradient where it was picked."""
+    low, high = rand(3, 1, low=-0.6, high=-0.1), rand(4, low=0.1, high=0.6)
+    check_op(lambda x, lo, hi: x.clamp(min=lo, max=hi), rand(3, 4), low, high,
+             reference=lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi))
+
+
 def test_clamp_passes_the_gradient_at_the_bounds_like_pytorch():
     x = deers.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]).attach()
     grads = x.clamp(-0.5, 0.5).sum().backward()  # 1 where min <= x <= max, bounds included
