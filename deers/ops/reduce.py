@@ -177,15 +177,17 @@ def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     return apply(ArgMax(axes, keepdim), x)
 
 
-class ArgMin(ReduceOp):
+class ArgMin(Op):
     """Index (i64) of the first smallest element along one axis (axes=None: of the flattened input).
 
     The vocabulary has no argmin primitive: it is the argmax of the mask "equals the minimum"
     (or, when the minimum is NaN, "is NaN", as PyTorch reports NaN); exact for every dtype."""
 
-    fn = ReduceFn.MIN
     name = "argmin"
     differentiable = False
+
+    def __init__(self, axes: "tuple[int, ...] | None", keepdim: bool):
+        self.axes, self.keepdim = axes, keepdim
 
     def forward(self, a):
         if self.axes is None:
