@@ -75,7 +75,11 @@ class CountingRuntime:
     def synchronize(self) -> None:
         self.syncs["synchronize"] += 1
 
-    def matmul(self, x: np.ndarray, y: np.ndarray, out: np.ndarray, allow_tf32: bool) -> None:
+    def gemm(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool) -> None:
+        ops = "".join("NT"[o.op] for o in (call.first, call.second))
+        self.gemms[f"{sfx} batch {call.batch} m {call.m} n {call.n} k {call.k} ops {ops}"] += 1
+
+    def matmul(self, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:  # integer GEMMs
         self.gemms[f"{x.dtype} {x.shape} @ {y.shape}"] += 1
 
     def meta(self, values: tuple[int, ...]) -> np.ndarray:

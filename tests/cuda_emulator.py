@@ -119,11 +119,11 @@ def build_library() -> tuple[str, dict[str, dict[str, list[tuple[str, bool]]]]]:
 class HostRuntime:
     """The CUDA backend's runtime interface on the CPU (see the module docstring)."""
 
-    def __init__(self, bf16_gemm: bool = True):
+    def __init__(self):
         path, self.kernels = build_library()
-        self.bf16_gemm = bf16_gemm  # False: matmul refuses bf16 like a CuPy without bf16 support
         self.lib = ctypes.CDLL(path)
         self.launches: list[str] = []  # kernel names in launch order, for tests to inspect
+        self.gemms: list = []  # the cuBLAS calls (gemm.Gemm), in order
         self.allow_tf32_seen: list[bool] = []
 
     # ---- memory -----------------------------------------------------------------------------------
@@ -149,15 +149,43 @@ class HostRuntime:
     def synchronize(self) -> None:
         pass
 
-    def matmul(self, x: np.ndarray, y: np.ndarray, out: np.ndarray, allow_tf32: bool) -> None:
-        """NumPy's matmul; 16-bit inputs accumulate in f32 as cuBLAS does with CUBLAS_COMPUTE_32F."""
+    def matmul(self, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        """Integer matmul (the backend sends float GEMMs to `gemm`)."""
+        if x.dtype.kind == "f":
+            raise AssertionError(f"float matmul ({x.dtype}) must go through gemm (cuBLAS)")
+        np.matmul(x, y, out=out)
+
+    def gemm(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool) -> None:
+        """cublasGemmStridedBatchedEx as cuBLAS defines it, on the flat buffers: each operand read
+        column-major through its op, leading dimension, batch stride and offset, C written
+        column-major with ldc; every element read or written must lie inside its buffer and the
+        leading dimensions must be legal, so a wrong plan fails here. f16/bf16 compute in f32."""
         self.allow_tf32_seen.append(allow_tf32)
-        if x.dtype.name == "bfloat16" and not self.bf16_gemm:
-            raise TypeError("dtype is not supported: bfloat16")
-        if is_half_numpy(x.dtype):
-            out[...] = np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(out.dtype)
-        else:
-            np.matmul(x, y, out=out)
+        self.gemms.append(call)
+        m, n, k, batch = call.m, call.n, call.k, call.batch
+        wide = np.float64 if sfx == "f64" else np.float32
+
+        def read(buf: np.ndarray, operand, rows: int, cols: int, what: str) -> np.ndarray:
+            """op(X) (batch, rows, cols) of the column-major matrix X at operand's place in buf."""
+            stored_rows = rows if operand.op == 0 else cols
+            if operand.ld < max(1, stored_rows):
+                raise AssertionError(f"gemm {what}: ld {operand.ld} < {stored_rows} rows")
+            strides = (1, operand.ld) if operand.op == 0 else (operand.ld, 1)
+            return self._strided(buf, operand.offset, (batch, rows, cols), (operand.batch_stride,) + strides, what)
+
+        first = read(b, call.first, m, k, "first (B)").astype(wide)
+        second = read(a, call.second, k, n, "second (A)").astype(wide)
+        if call.ldc < max(1, m):
+            raise AssertionError(f"gemm: ldc {call.ldc} < {m}")
+        c = self._strided(out, 0, (batch, m, n), (call.stride_c, 1, call.ldc), "C")
+        c[...] = np.matmul(first, second).astype(out.dtype)
+
+    @staticmethod
+    def _strided(buf: np.ndarray, offset: int, shape, strides, what: str) -> np.ndarray:
+        last = offset + sum((size - 1) * abs(stride) for size, stride in zip(shape, strides))
+        if offset < 0 or last >= buf.size:
+            raise AssertionError(f"gemm {what} reads elements [{offset}, {last}] of a buffer of {buf.size}")
+        return np.lib.stride_tricks.as_strided(buf[offset:], shape, tuple(s * buf.itemsize for s in strides))
 
     def meta(self, values: tuple[int, ...]) -> np.ndarray:
         return self.upload(np.array(values, np.int64))

@@ -277,3 +277,33 @@ def test_tf32_flag_defaults_off_and_can_be_switched():
         assert get_allow_tf32() is True
     finally:
         set_allow_tf32(False)
+
+
+# ---- GEMM planning (gemm.py): layouts -> one cublasGemmStridedBatchedEx ----------------------------------
+def test_gemm_plan_reads_transposed_views_and_broadcast_batches_without_copies():
+    from deers.backend.cuda import gemm
+
+    x, w = Layout((6, 5)), Layout((4, 5)).permute((1, 0))  # x @ W.T: W's rows are read as columns
+    call = gemm.plan_gemm(x.shape, x.strides, x.offset, w.shape, w.strides, w.offset)
+    assert (call.m, call.n, call.k, call.batch) == (4, 6, 5, 1)
+    assert call.first == gemm.Operand(gemm.OP_T, 5, 0, 0) and call.second == gemm.Operand(gemm.OP_N, 5, 0, 0)
+    assert (call.ldc, call.stride_c) == (4, 24)
+    k_t = Layout((2, 3, 5, 4), offset=7).permute((0, 1, 3, 2))  # k^T of a batched (B, nh, T, hd)
+    q = Layout((2, 3, 6, 4))
+    call = gemm.plan_gemm(q.shape, q.strides, 0, k_t.shape, k_t.strides, k_t.offset)
+    assert call.batch == 6 and call.first == gemm.Operand(gemm.OP_T, 4, 20, 7)
+    shared = Layout((1, 5, 6), (0, 6, 1)).broadcast_to((3, 5, 6))
+    a = Layout((3, 4, 5))
+    call = gemm.plan_gemm(a.shape, a.strides, 0, shared.shape, shared.strides, 0)
+    assert call.first.batch_stride == 0 and call.second.batch_stride == 20
+
+
+def test_gemm_plan_names_only_the_operand_cublas_cannot_read():
+    from deers.backend.cuda import gemm
+
+    v = Layout((2, 4, 3, 5), (180, 45, 5, 1), 30).permute((0, 2, 1, 3))  # (B, nh, T, hd) in qkv
+    att = Layout((2, 3, 4, 4))
+    assert gemm.plan_gemm(att.shape, att.strides, 0, v.shape, v.strides, v.offset) == (False, True)
+    every_other = Layout((4, 10)).slice(1, 0, 5, 2)  # neither stride is 1
+    b = Layout((5, 3))
+    assert gemm.plan_gemm(every_other.shape, every_other.strides, 0, b.shape, b.strides, 0) == (True, False)

@@ -282,16 +282,64 @@ def test_tf32_switch_reaches_the_gemm(cuda):
         assert cuda.rt.allow_tf32_seen[-2:] == [False, True]
 
 
-@pytest.mark.skipif(deers.bf16 is None, reason="needs ml_dtypes")
-def test_bf16_matmul_falls_back_to_f32_gemm_when_the_library_refuses_bf16(cuda):
-    if not isinstance(cuda.rt, HostRuntime):
-        pytest.skip("the fallback is exercised with an emulated GEMM that refuses bf16")
-    backend = CUDABackend(0, runtime=HostRuntime(bf16_gemm=False))
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal(s).astype(deers.bf16.numpy) for s in ((2, 3, 8), (2, 8, 5)))
-    layout_b = Layout((2, 8, 5))
-    expected = cuda.matmul(_up(cuda, a, deers.bf16), Layout(a.shape), _up(cuda, b, deers.bf16), layout_b)
-    got = backend.matmul(_up(backend, a, deers.bf16), Layout(a.shape), _up(backend, b, deers.bf16), layout_b)
-    assert got.dtype == deers.bf16.numpy
-    np.testing.assert_array_equal(_down(backend, got), _down(cuda, expected))
-    assert "copy_bf16_f32" in backend.rt.launches and "copy_f32_bf16" in backend.rt.launches
+def _gemm_case(cuda, name: str, dtype: deers.DType):
+    """(a buffer, its layout, b buffer, its layout, exact product) for a GEMM layout the GPT uses;
+    each operand is stored contiguous in `stored` shape and read through `.permute(perm)`."""
+    rng = np.random.default_rng(1)
+    cases = {  # name -> ((stored shape of a, perm of a), (stored shape of b, perm of b))
+        "x @ W.T (Linear)": (((6, 5), (0, 1)), ((4, 5), (1, 0))),
+        "x.T @ g (weight gradient)": (((5, 6), (1, 0)), ((5, 4), (0, 1))),
+        "q @ k^T (batched, B transposed)": (((2, 3, 6, 4), (0, 1, 2, 3)), ((2, 3, 5, 4), (0, 1, 3, 2))),
+        "att^T @ g (batched, A transposed)": (((2, 3, 5, 6), (0, 1, 3, 2)), ((2, 3, 5, 4), (0, 1, 2, 3))),
+        "one row": (((1, 5), (0, 1)), ((5, 3), (0, 1))),
+        "one column": (((4, 5), (0, 1)), ((5, 1), (0, 1))),
+    }
+    operands = []
+    for stored, perm in cases[name]:
+        data = rng.standard_normal(stored).astype(dtype.numpy)
+        operands.append((_up(cuda, data, dtype), Layout(stored).permute(perm), data.transpose(perm)))
+    (a, la, da), (b, lb, db) = operands
+    return a, la, b, lb, da.astype(np.float64) @ db.astype(np.float64)
+
+
+GEMM_CASES = ["x @ W.T (Linear)", "x.T @ g (weight gradient)", "q @ k^T (batched, B transposed)",
+              "att^T @ g (batched, A transposed)", "one row", "one column"]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+@pytest.mark.parametrize("name", GEMM_CASES)
+def test_gemm_reads_the_gpt_layouts_through_cublas_without_a_copy(cuda, name, dtype):
+    a, la, b, lb, expected = _gemm_case(cuda, name, dtype)
+    before = len(cuda.rt.launches) if isinstance(cuda.rt, HostRuntime) else 0
+    got = cuda.matmul(a, la, b, lb)
+    _close(_down(cuda, got).reshape(expected.shape), expected, dtype)
+    if isinstance(cuda.rt, HostRuntime):  # one cuBLAS call, no kernel: no operand was copied or cast
+        assert cuda.rt.launches[before:] == []
+        call = cuda.rt.gemms[-1]
+        assert call.batch == int(np.prod(la.shape[:-2], dtype=np.int64))
+
+
+def test_gemm_broadcast_batch_is_stride_0_and_an_inexpressible_operand_is_the_only_copy(cuda):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    w = rng.standard_normal((5, 6)).astype(np.float32)
+    before = len(cuda.rt.launches) if isinstance(cuda.rt, HostRuntime) else 0
+    shared = Layout((1, 1, 5, 6), (0, 0, 6, 1)).broadcast_to((2, 3, 5, 6))  # one matrix for every batch entry
+    got = cuda.matmul(_up(cuda, x, deers.f32), Layout(x.shape), _up(cuda, w, deers.f32), shared)
+    np.testing.assert_allclose(_down(cuda, got).reshape(2, 3, 4, 6), x @ w, rtol=1e-5, atol=1e-5)
+    if isinstance(cuda.rt, HostRuntime):
+        assert cuda.rt.launches[before:] == [] and cuda.rt.gemms[-1].first.batch_stride == 0
+    # v of a GPT block: (B, nh, T, hd) inside the (B, T, 3 D) qkv buffer; its batch dims do not
+    # collapse to one stride, so it alone is copied (one copy kernel), then one GEMM
+    B, nh, T, hd = 2, 3, 4, 5
+    qkv = rng.standard_normal((B, T, 3 * nh * hd)).astype(np.float32)
+    v_layout = Layout((B, T, 3 * nh * hd)).narrow(2, 2 * nh * hd, nh * hd)
+    v_layout = Layout((B, T, nh, hd), (v_layout.strides[0], v_layout.strides[1], hd, 1), v_layout.offset)
+    v_layout = v_layout.permute((0, 2, 1, 3))  # (B, nh, T, hd)
+    att = rng.standard_normal((B, nh, T, T)).astype(np.float32)
+    v = qkv[:, :, 2 * nh * hd:].reshape(B, T, nh, hd).transpose(0, 2, 1, 3)
+    before = len(cuda.rt.launches) if isinstance(cuda.rt, HostRuntime) else 0
+    got = cuda.matmul(_up(cuda, att, deers.f32), Layout(att.shape), _up(cuda, qkv, deers.f32), v_layout)
+    np.testing.assert_allclose(_down(cuda, got).reshape(B, nh, T, hd), att @ v, rtol=1e-5, atol=1e-5)
+    if isinstance(cuda.rt, HostRuntime):
+        assert cuda.rt.launches[before:] == ["copy_f32_f32"]

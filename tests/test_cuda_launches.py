@@ -2,9 +2,10 @@
 benchmarks/cuda_launches.py (the real CUDA backend on a counting runtime; no GPU, no compiler).
 
 Issue 14's targets: a step whose loss is not read makes no host sync (met), headline L + G <= 350
-and GPT-2-124M L + G <= 1,200 (not met yet: the step measures 572 and 1,223 in f32; most of the
-rest needs multi-tensor clipping and AdamW primitives and number operands through the backend's
-`scalar` item, outside the CUDA backend). The bounds below hold today's counts, so a change that
+and GPT-2-124M L + G <= 1,200 (not met yet: the step measures 596 and 1,271 in f32, the copies of
+the operands cuBLAS cannot read as they are included; most of the rest needs multi-tensor clipping
+and AdamW primitives and number operands through the backend's `scalar` item, outside the CUDA
+backend). The bounds below hold today's counts, so a change that
 adds launches or a sync fails here and has to say why.
 """
 from __future__ import annotations
@@ -18,8 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import cuda_launches  # noqa: E402
 
 # (config, dtype) -> the most launches + GEMMs one step may take today
-BOUNDS = {("headline", "f32"): 580, ("headline", "bf16"): 665, ("gpt2-124m", "f32"): 1230,
-          ("gpt2-124m", "bf16"): 1390}
+BOUNDS = {("headline", "f32"): 610, ("headline", "bf16"): 695, ("gpt2-124m", "f32"): 1290,
+          ("gpt2-124m", "bf16"): 1445}
 
 
 @pytest.mark.parametrize("config,dtype", list(BOUNDS), ids=lambda v: str(v))

@@ -2,8 +2,8 @@
 
 Buffers are flat 1-D CuPy arrays. Every primitive reads its operands through their layouts as
 they are (permuted, broadcast, narrowed) with hand-written kernels from this folder's .cu files;
-matmul goes to cuBLAS. The host side of each call (which kernel, how the layout is packed, launch
-sizes) is in plan.py; memory, transfers and launches go through a runtime object (kernels.py), so
+matmul goes to cuBLAS (the call planned from the layouts in gemm.py). The host side of each
+kernel call (which kernel, how the layout is packed, launch sizes) is in plan.py; memory, transfers and launches go through a runtime object (kernels.py), so
 this file has no CuPy call of its own. The fused kernels (softmax, cross-entropy, RMSNorm, RoPE,
 AdamW) are in fused.py.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from ...dtype import DType, as_dtype, i64
 from ...errors import BackendUnavailable
 from ...layout import Layout
-from . import plan
+from . import gemm, plan
 from .deferred import DeferredErrors
 from .fused import FusedKernels
 
@@ -243,27 +243,35 @@ class CUDABackend(FusedKernels):
 
     # 10. matmul --------------------------------------------------------------------------------
     def matmul(self, a, la: Layout, b, lb: Layout):
+        """Float GEMMs go straight to cublasGemmStridedBatchedEx (gemm.py) reading both operands
+        through their layouts: transposed views as transpose flags, broadcast batches as stride 0;
+        only an operand cuBLAS cannot express is copied. f16/bf16 multiply on tensor cores and
+        accumulate in f32; f32 uses TF32 when `set_allow_tf32(True)`, for every GEMM alike."""
         out_shape = la.shape[:-1] + (lb.shape[-1],)
         out = self.rt.empty(math.prod(out_shape), a.dtype)
         if out.size == 0:
             return out
-        x_shape, x_strides = plan.matmul_operand(la.shape, la.strides)
-        y_shape, y_strides = plan.matmul_operand(lb.shape, lb.strides)
-        x = self.rt.view(a, x_shape, x_strides, la.offset)
-        y = self.rt.view(b, y_shape, y_strides, lb.offset)
-        try:
-            self.rt.matmul(x, y, out.reshape(out_shape), MatmulSettings.allow_tf32)
-        except (TypeError, ValueError, NotImplementedError):
-            if plan.suffix(a.dtype) != "bf16":
-                raise
-            return self._matmul_through_f32(a, la, b, lb, out_shape)  # a CuPy without bf16 GEMM
+        sfx = plan.suffix(a.dtype)
+        if sfx not in plan.FLOATS:  # cuBLAS has no integer GEMM: CuPy's matmul on strided views
+            x_shape, x_strides = plan.matmul_operand(la.shape, la.strides)
+            y_shape, y_strides = plan.matmul_operand(lb.shape, lb.strides)
+            x = self.rt.view(a, x_shape, x_strides, la.offset)
+            y = self.rt.view(b, y_shape, y_strides, lb.offset)
+            self.rt.matmul(x, y, out.reshape(out_shape))
+            return out
+        if la.shape[-1] == 0:  # k = 0: a sum of nothing
+            self._fill(out, 0)
+            return out
+        call = gemm.plan_gemm(la.shape, la.strides, la.offset, lb.shape, lb.strides, lb.offset)
+        if not isinstance(call, gemm.Gemm):  # copy only the operand(s) cuBLAS cannot read as they are
+            copy_a, copy_b = call
+            if copy_a:
+                a, la = self._flat(a, la), Layout(la.shape)
+            if copy_b:
+                b, lb = self._flat(b, lb), Layout(lb.shape)
+            call = gemm.plan_gemm(la.shape, la.strides, la.offset, lb.shape, lb.strides, lb.offset)
+        self.rt.gemm(call, a, b, out, sfx, MatmulSettings.allow_tf32)
         return out
-
-    def _matmul_through_f32(self, a, la: Layout, b, lb: Layout, out_shape: tuple[int, ...]):
-        """bf16 GEMM as f32 GEMM on converted copies (same f32 accumulation, one extra pass)."""
-        f32 = as_dtype("f32")
-        wide = self.matmul(self.cast(a, la, f32), Layout(la.shape), self.cast(b, lb, f32), Layout(lb.shape))
-        return self.cast(wide, Layout(out_shape), _dtype_of(a.dtype))
 
     # 11-12. indexing ---------------------------------------------------------------------------
     def _index_copy(self, op: str, a, la: Layout, dim: int, idx, shape: tuple[int, ...], per_element: bool):

@@ -1,5 +1,5 @@
 """Everything the CUDA backend asks of CuPy: device memory, host transfer, strided views, cuBLAS
-matmul, and the hand-written kernels of this folder's .cu files (compiled by NVRTC through
+GEMMs (cublasGemmStridedBatchedEx on CuPy's own handle, public CuPy modules only), and the hand-written kernels of this folder's .cu files (compiled by NVRTC through
 `cupy.RawModule` on first use, then cached on disk by CuPy).
 
 The backend (backend.py) talks to a *runtime* object with this small interface only, so the same
@@ -13,13 +13,19 @@ import os
 
 import cupy
 import numpy as np
-from cupy._core import _routines_linalg
+from cupy.cuda import cublas
 
 from ...errors import BackendUnavailable
+from .gemm import Gemm
 from .plan import Kernel
 
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 COMPILE_OPTIONS = ("--std=c++17",)
+# cudaDataType and cublasComputeType_t values (library_types.h, cublas_api.h): a stable ABI
+CUDA_TYPE = {"f16": 2, "bf16": 14, "f32": 0, "f64": 1}  # CUDA_R_16F, CUDA_R_16BF, CUDA_R_32F, CUDA_R_64F
+COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
+GEMM_DEFAULT = -1  # cublasGemmAlgo_t: cuBLAS picks (tensor cores where the types allow)
+POINTER_MODE_HOST = 0
 
 
 def compile_options() -> tuple[str, ...]:
@@ -58,9 +64,8 @@ class CupyRuntime:
         self._modules: dict[str, cupy.RawModule] = {}
         self._functions: dict[str, object] = {}
         self._meta: dict[tuple[int, ...], cupy.ndarray] = {}
-        self._tf32: bool | None = None
-        with self.device:
-            self._set_tf32(False)  # explicit, so a CUPY_TF32 environment variable does not decide it
+        self._one = {np.float32: np.ones(1, np.float32), np.float64: np.ones(1, np.float64)}  # alpha
+        self._zero = {np.float32: np.zeros(1, np.float32), np.float64: np.zeros(1, np.float64)}  # beta
 
     # ---- memory and transfers ----------------------------------------------------------------
     def empty(self, numel: int, dtype: np.dtype) -> cupy.ndarray:
@@ -86,18 +91,31 @@ class CupyRuntime:
             cupy.cuda.get_current_stream().synchronize()
 
     # ---- GEMM ------------------------------------------------------------------------------------
-    def matmul(self, x: cupy.ndarray, y: cupy.ndarray, out: cupy.ndarray, allow_tf32: bool) -> None:
-        """out = x @ y through cuBLAS. f16/bf16 accumulate in f32 (CuPy's default compute type);
-        f32 uses TF32 tensor cores only when allowed."""
+    def gemm(self, call: Gemm, a: cupy.ndarray, b: cupy.ndarray, out: cupy.ndarray, sfx: str, allow_tf32: bool) -> None:
+        """out (contiguous) = a @ b as planned by gemm.plan_gemm: one cublasGemmStridedBatchedEx on
+        CuPy's cuBLAS handle (CuPy sets its current stream on it). f16/bf16 and f32 compute in f32
+        (TF32 when allowed), f64 in f64; alpha = 1 and beta = 0 are host scalars."""
+        data_type = CUDA_TYPE[sfx]
+        if sfx == "f64":
+            compute, scalar = COMPUTE_64F, np.float64
+        else:
+            compute, scalar = (COMPUTE_32F_FAST_TF32 if allow_tf32 and sfx == "f32" else COMPUTE_32F), np.float32
+        item = a.itemsize
+        first, second = call.first, call.second  # Deers' b, then a (see gemm.py)
         with self.device:
-            self._set_tf32(allow_tf32)
-            cupy.matmul(x, y, out=out)
+            handle = cupy.cuda.device.get_cublas_handle()
+            cublas.setPointerMode(handle, POINTER_MODE_HOST)
+            cublas.gemmStridedBatchedEx(
+                handle, first.op, second.op, call.m, call.n, call.k, self._one[scalar].ctypes.data,
+                b.data.ptr + first.offset * item, data_type, first.ld, first.batch_stride,
+                a.data.ptr + second.offset * item, data_type, second.ld, second.batch_stride,
+                self._zero[scalar].ctypes.data, out.data.ptr, data_type, call.ldc, call.stride_c,
+                call.batch, compute, GEMM_DEFAULT)
 
-    def _set_tf32(self, allow: bool) -> None:
-        if allow != self._tf32:
-            compute = _routines_linalg.COMPUTE_TYPE_TF32 if allow else _routines_linalg.COMPUTE_TYPE_DEFAULT
-            _routines_linalg.set_compute_type(np.float32, compute)
-            self._tf32 = allow
+    def matmul(self, x: cupy.ndarray, y: cupy.ndarray, out: cupy.ndarray) -> None:
+        """out = x @ y for integer arrays (cuBLAS has no integer GEMM): CuPy's own matmul."""
+        with self.device:
+            cupy.matmul(x, y, out=out)
 
     # ---- kernels ---------------------------------------------------------------------------------
     def meta(self, values: tuple[int, ...]) -> cupy.ndarray:
