@@ -34,27 +34,25 @@ def _order(x: Tensor, d: int, descending: bool) -> Tensor:
     return Tensor(NDArray.from_numpy(np.ascontiguousarray(order, np.int64), i64, x.device))
 
 
-def _dim(x: Tensor, dim: int, op: str) -> int:
-    if x.ndim == 0:  # PyTorch treats a 0-d tensor as one element along dim 0 or -1
-        normalize_dim(dim, 1, op)
-        return -1
-    return normalize_dim(dim, x.ndim, op)
+def _scalar_pair(x: Tensor, dim: int, op: str) -> ValuesIndices:
+    """A 0-d tensor is one element along dim 0 (or -1), as PyTorch treats it: itself, at index 0."""
+    normalize_dim(dim, 1, op)
+    return ValuesIndices(x, Tensor(NDArray.full((), 0, i64, x.device)))
 
 
 def argsort(x: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
     """The i64 indices that sort x along `dim` (always a stable order here; `stable` is accepted
     for PyTorch's signature)."""
-    d = _dim(x, dim, "argsort")
-    if d < 0:
-        return Tensor(NDArray.full((), 0, i64, x.device))
-    return _order(x, d, descending)
+    if x.ndim == 0:
+        return _scalar_pair(x, dim, "argsort").indices
+    return _order(x, normalize_dim(dim, x.ndim, "argsort"), descending)
 
 
 def sort(x: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> ValuesIndices:
     """(values, indices): x sorted along `dim`; values = gather(x, dim, indices), so it has a gradient."""
-    d = _dim(x, dim, "sort")
-    if d < 0:
-        return ValuesIndices(x, Tensor(NDArray.full((), 0, i64, x.device)))
+    if x.ndim == 0:
+        return _scalar_pair(x, dim, "sort")
+    d = normalize_dim(dim, x.ndim, "sort")
     indices = _order(x, d, descending)
     return ValuesIndices(gather(x, d, indices), indices)
 
@@ -64,11 +62,11 @@ def topk(x: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = 
 
     The result is always sorted (PyTorch's default; `sorted=False` allows any order, so this one is valid).
     """
-    d = _dim(x, dim, "topk")
-    size = 1 if d < 0 else x.shape[d]
-    if not isinstance(k, int) or not 0 <= k <= size:
+    d = normalize_dim(dim, max(x.ndim, 1), "topk")
+    size = x.shape[d] if x.ndim else 1
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= size:
         raise ShapeError(f"topk: k={k!r} must be an int in [0, {size}] for dim {dim} of {describe(x)}")
-    if d < 0:
-        return ValuesIndices(x, Tensor(NDArray.full((), 0, i64, x.device)))
+    if x.ndim == 0:
+        return _scalar_pair(x, dim, "topk")
     indices = narrow(_order(x, d, descending=largest), d, 0, k)  # (..., k, ...)
     return ValuesIndices(gather(x, d, indices), indices.compact())
