@@ -21,7 +21,8 @@ Duties every backend keeps (the NDArray layer relies on them):
   returned, and may alias an input of the same layout (element-wise ops: out[i] = f(a[i])).
 - Indices must be in [0, size): anything outside [0, size) — a negative index included — raises
   IndexError before any output is visible (nothing wraps; Python-level negatives like x[-1] are
-  resolved above the backend).
+  resolved above the backend). An asynchronous backend may raise it at its next synchronisation
+  point (`synchronize`, `to_numpy`), before any host read sees the output.
 - gather accepts an index smaller than the input along the other dims (as torch.gather).
 - reduce("sum") of integer or bool data returns int64; f16/bf16 compute in f32 and round once.
 - `name` is unique per device ("cpu", "mps", "cuda:0", "cuda:1"): random-number states are
