@@ -293,6 +293,7 @@ def test_cross_entropy_sums_f64_logits_in_f64_and_checks_targets(backend):
     bad, lbad = put(backend, np.array([4, 5, -100]), deers.i64, pad=10 ** 6)
     with pytest.raises(IndexError, match="cross_entropy"):
         backend.cross_entropy(a, la, bad, lbad, -100, 0.0)
+        backend.synchronize()  # CUDA checks the targets on the device and raises at its next sync
 
 
 # ---- 16. RMSNorm ----------------------------------------------------------------------------------------
