@@ -250,3 +250,22 @@ def test_setitem_errors():
         x[5] = 1.0
     with pytest.raises(IndexError, match="out of range"):
         x[deers.tensor([4])] = 1.0
+
+
+# ---- the same on the CUDA backend (its kernels emulated on the CPU, or a real GPU when present) ----------
+@pytest.fixture(scope="module", params=["emulated", "gpu"])
+def cuda(request):
+    from cuda_emulator import cuda_backend_fixture
+
+    yield from cuda_backend_fixture(request)
+
+
+def test_inplace_methods_and_setitem_on_cuda(cuda):
+    for name in sorted(METHODS):
+        for layout in ("contiguous", "permuted"):
+            test_inplace_methods_keep_identity_and_match_numpy_and_torch(name, layout, "cuda")
+    for name in sorted(SETITEM):
+        test_setitem_matches_numpy_for_every_getitem_form(name, "cuda")
+    test_inplace_on_a_view_writes_through_to_its_base("cuda")
+    test_backward_refuses_an_array_changed_in_place_after_it_was_saved("cuda")
+    test_copy_between_devices_is_an_explicit_move("cuda")

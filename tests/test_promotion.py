@@ -177,3 +177,20 @@ def test_logical_ops_on_integers_say_they_need_bool_masks():
         deers.tensor([1, 2]) & deers.tensor([3, 4])
     with pytest.raises(DTypeError, match="not: "):
         ~deers.tensor([1, 2])
+
+
+# ---- the same on the CUDA backend (its kernels emulated on the CPU, or a real GPU when present) ----------
+@pytest.fixture(scope="module", params=["emulated", "gpu"])
+def cuda(request):
+    from cuda_emulator import cuda_backend_fixture
+
+    yield from cuda_backend_fixture(request)
+
+
+def test_promotion_on_cuda(cuda):
+    for op in ("add", "mul", "div", "eq"):
+        test_binary_ops_give_torchs_dtype_and_values_for_every_pair(op, ("tensor", "tensor"), "cuda")
+        test_binary_ops_give_torchs_dtype_and_values_for_every_pair(op, ("tensor", "number"), "cuda")
+    test_where_and_clamp_promote_like_torch("cuda")
+    for op in sorted(LOGICAL):
+        test_logical_ops_on_bool_masks_match_torch(op, "cuda")

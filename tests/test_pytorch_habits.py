@@ -42,7 +42,7 @@ def test_out_of_range_ids_raise_index_error(name, bad, device):
     if name in ("cross_entropy", "nll_loss") and bad == [1, 5]:
         ids = deers.tensor([1, 3], device=device)  # 3 classes: 3 is out of range
     with pytest.raises(IndexError, match="out of range"):
-        INDEX_OPS[name](x, ids)
+        INDEX_OPS[name](x, ids).numpy()  # CUDA checks on the device and raises at the next host read
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -53,7 +53,7 @@ def test_python_level_negative_indices_keep_working(device):
     np.testing.assert_array_equal(x[deers.tensor([-1, 0], device=device)].numpy(), [[9, 10, 11], [0, 1, 2]])
     np.testing.assert_array_equal(x[[-4]].numpy(), [[0.0, 1.0, 2.0]])
     with pytest.raises(IndexError, match="out of range"):
-        x[deers.tensor([-5], device=device)]
+        x[deers.tensor([-5], device=device)].numpy()
     assert deers.loss.cross_entropy(x[:2], deers.tensor([-100, 1], device=device)).numpy() > 0  # ignore_index
 
 
@@ -165,3 +165,22 @@ def test_no_numpy_warning_leaks_from_documented_operations(case, device):
         np.testing.assert_array_equal(out, expected)
     elif "softmax" in case:
         assert np.isnan(out).all()  # as in PyTorch
+
+
+# ---- the same on the CUDA backend (its kernels emulated on the CPU, or a real GPU when present) ----------
+@pytest.fixture(scope="module", params=["emulated", "gpu"])
+def cuda(request):
+    from cuda_emulator import cuda_backend_fixture
+
+    yield from cuda_backend_fixture(request)
+
+
+def test_the_traps_on_cuda(cuda):
+    for name in sorted(INDEX_OPS):
+        if not name.startswith("index_add"):
+            for bad in ([0, -1], [1, 5]):
+                test_out_of_range_ids_raise_index_error(name, bad, "cuda")
+                cuda.synchronize()  # nothing pending is left for the next check
+    test_python_level_negative_indices_keep_working("cuda")
+    test_errors_named_by_the_issue_are_deers_errors("cuda")
+    test_pytorch_answers_where_the_issue_found_traps("cuda")
