@@ -18,6 +18,11 @@ class DeviceError(DeersError, ValueError):
     """Operands live on different devices, or a device is not available."""
 
 
+class InPlaceError(DeersError, RuntimeError):
+    """An in-place write that would make the recorded graph give wrong gradients (a leaf that
+    requires grad under grad mode, an operand of the graph, or an array saved for backward)."""
+
+
 class BackendUnavailable(DeviceError):
     """A device was asked for whose backend package is not installed."""
 

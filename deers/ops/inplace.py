@@ -21,7 +21,7 @@ import numpy as np
 from ..array import NDArray
 from ..autograd import grad_mode, no_grad, topo_sort
 from ..dtype import can_cast, i64
-from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..errors import DeviceError, DTypeError, InPlaceError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor
 
@@ -64,7 +64,7 @@ def check_graph(root: Tensor) -> None:
         saved = getattr(node._op, "saved_versions", None)
         for array, seen in (saved or {}).values():
             if version(array) != seen:
-                raise RuntimeError(
+                raise InPlaceError(
                     f"backward: an array that {node._op.name} saved for its gradient ({describe(array)}) was "
                     f"changed by an in-place operation after it was saved (version {version(array)}, saved at "
                     f"{seen}); do the in-place update after backward, or use an out-of-place op (x = x + y)")
@@ -77,15 +77,15 @@ def check_target(name: str, x: Tensor, *operands) -> None:
         raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
     if grad_mode.enabled:
         if x.requires_grad and x.is_leaf:
-            raise RuntimeError(f"{name}: a leaf tensor that requires grad ({describe(x)}, e.g. a Var) cannot be "
+            raise InPlaceError(f"{name}: a leaf tensor that requires grad ({describe(x)}, e.g. a Var) cannot be "
                                "changed in place while gradients are recorded; update it inside "
                                "`with deers.no_grad():`")
         if x.requires_grad or any(isinstance(o, Tensor) and o.requires_grad for o in operands):
-            raise RuntimeError(f"{name}: in-place ops are not recorded in the graph, and {describe(x)} or an "
+            raise InPlaceError(f"{name}: in-place ops are not recorded in the graph, and {describe(x)} or an "
                                "operand requires grad; write it out of place (x = x + y) or under no_grad()")
     strides, shape = x.data.layout.strides, x.shape
     if any(st == 0 and n > 1 for st, n in zip(strides, shape)):
-        raise RuntimeError(f"{name}: {describe(x)} is a broadcast view (several elements share one memory "
+        raise ShapeError(f"{name}: {describe(x)} is a broadcast view (several elements share one memory "
                            "location), so it cannot be written in place; .compact() it first")
 
 
