@@ -82,7 +82,7 @@ step "nvrtc compile + registers" compile.log 60 python3 benchmarks/cuda_checks.p
 # ---- 2. the CUDA tests on the GPU (the emulated halves are left to the CPU machines) ------------------
 TIMEOUT_FLAG=""
 if python3 -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_FLAG="--timeout=60"; fi
-step "pytest cuda (gpu)" tests.log 110 bash -c "python3 -m pytest -q -rs -p no:cacheprovider $TIMEOUT_FLAG \
+step "pytest cuda (gpu)" tests.log 100 bash -c "python3 -m pytest -q -rs -p no:cacheprovider $TIMEOUT_FLAG \
     tests/test_backend_cuda.py && python3 -m pytest -q -rs -p no:cacheprovider --maxfail=20 $TIMEOUT_FLAG -k gpu \
     tests/test_cuda_kernels.py tests/test_cuda_fused.py tests/test_cuda_models.py tests/test_backend_contract.py"
 
@@ -90,11 +90,11 @@ step "pytest cuda (gpu)" tests.log 110 bash -c "python3 -m pytest -q -rs -p no:c
 step "correctness sweep" sweep.log 45 python3 benchmarks/cuda_checks.py sweep
 
 # ---- 4. launches, GEMMs and syncs per training step (the counting runtime, no GPU needed) -------------
-step "launch/sync counts" launches.log 20 bash -c \
+step "launch/sync counts" launches.log 30 bash -c \
     "python3 benchmarks/cuda_launches.py --config headline --detail && python3 benchmarks/cuda_launches.py --config gpt2-124m"
 
 # ---- 5. full training steps against PyTorch ------------------------------------------------------------
-for run in "headline f32 3 1 40" "headline bf16 3 1 40" "gpt2-124m f32 3 1 55" "gpt2-124m bf16 3 1 55"; do
+for run in "headline f32 3 1 40" "headline bf16 3 1 40" "gpt2-124m f32 3 1 50" "gpt2-124m bf16 3 1 50"; do
     set -- $run
     step "gpt_step $1 $2 vs torch" bench.log "$5" python3 benchmarks/gpt_step.py --device cuda --compare torch \
         --no-memory --config "$1" --dtype "$2" --steps "$3" --warmup "$4"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -49,18 +50,38 @@ def compile_all() -> None:
         start = time.perf_counter()
         try:
             module = cupy.RawModule(code=read_kernel_source(file), options=options)
-            module.compile()
+            module.get_function(sorted(n for n in plan.all_kernel_names() if _file_of(n) == file)[0])  # compiles
         except Exception as exc:  # CompileException carries the NVRTC log
             report(f"compile {file}", False, str(exc)[-2000:])
             continue
         report(f"compile {file}", True, f"{time.perf_counter() - start:.1f}s")
         for name in sorted(n for n in plan.all_kernel_names() if _file_of(n) == file):
-            fn = module.get_function(name)
-            regs, local, shared, most = fn.num_regs, fn.local_size_bytes, fn.shared_size_bytes, fn.max_threads_per_block
+            try:
+                fn = module.get_function(name)
+                regs, local, shared, most = (_attribute(fn, a) for a in ("num_regs", "local_size_bytes",
+                                                                         "shared_size_bytes", "max_threads_per_block"))
+            except Exception as exc:  # a missing entry point, or an attribute this CuPy does not give
+                report(f"kernel {name}", False, f"{type(exc).__name__}: {exc}")
+                continue
             print(f"  {name:34s}{regs:>6d}{local:>9d}{shared:>10d}{most:>13d}")
             family = name.rsplit("_", 1)[0]
             if family in LAUNCHED_WITH_1024 and most < 1024:
                 report(f"threads {name}", False, f"launched with 1024 threads but runs at most {most}")
+
+
+def _attribute(kernel, name: str) -> int:
+    """A kernel attribute (CU_FUNC_ATTRIBUTE_*) from a CuPy RawKernel, whichever way this CuPy
+    spells it: `kernel.function.<name>` (a value or a method) in newer versions, where the old
+    `kernel.<name>` properties warn that they are deprecated."""
+    function = getattr(kernel, "function", None)
+    value = getattr(function, name, None) if function is not None else None
+    if value is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            value = getattr(kernel, name, None)
+            if value is None:
+                value = kernel.attributes[name]
+    return int(value() if callable(value) else value)
 
 
 def _file_of(name: str) -> str:
