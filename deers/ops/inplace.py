@@ -24,6 +24,8 @@ from ..dtype import can_cast, i64
 from ..errors import DeviceError, DTypeError, InPlaceError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor
+from . import binary
+from .shape import getitem
 
 # ---- the version counter: storage id -> number of in-place writes --------------------------------
 _versions: dict[int, int] = {}
@@ -86,7 +88,7 @@ def check_target(name: str, x: Tensor, *operands) -> None:
     strides, shape = x.data.layout.strides, x.shape
     if any(st == 0 and n > 1 for st, n in zip(strides, shape)):
         raise ShapeError(f"{name}: {describe(x)} is a broadcast view (several elements share one memory "
-                           "location), so it cannot be written in place; .compact() it first")
+                         "location), so it cannot be written in place; .compact() it first")
 
 
 def write(name: str, x: Tensor, result: Tensor, same_category: bool = True) -> Tensor:
@@ -119,33 +121,23 @@ def inplace(name: str, x: Tensor, fn, *operands) -> Tensor:
 
 # ---- the methods -----------------------------------------------------------------------------------
 def add_(x: Tensor, other, alpha=1) -> Tensor:
-    from .binary import add
-
-    return inplace("add_", x, lambda a, b: add(a, b if alpha == 1 else b * alpha), other)
+    return inplace("add_", x, lambda a, b: binary.add(a, b if alpha == 1 else b * alpha), other)
 
 
 def sub_(x: Tensor, other, alpha=1) -> Tensor:
-    from .binary import sub
-
-    return inplace("sub_", x, lambda a, b: sub(a, b if alpha == 1 else b * alpha), other)
+    return inplace("sub_", x, lambda a, b: binary.sub(a, b if alpha == 1 else b * alpha), other)
 
 
 def mul_(x: Tensor, other) -> Tensor:
-    from .binary import mul
-
-    return inplace("mul_", x, mul, other)
+    return inplace("mul_", x, binary.mul, other)
 
 
 def div_(x: Tensor, other) -> Tensor:
-    from .binary import div
-
-    return inplace("div_", x, div, other)
+    return inplace("div_", x, binary.div, other)
 
 
 def clamp_(x: Tensor, min=None, max=None) -> Tensor:
-    from .binary import clamp
-
-    return inplace("clamp_", x, lambda a, lo, hi: clamp(a, lo, hi), min, max)
+    return inplace("clamp_", x, binary.clamp, min, max)
 
 
 def fill_(x: Tensor, value) -> Tensor:
@@ -181,8 +173,6 @@ def setitem(x: Tensor, key, value) -> None:
     A key with a tensor index or a bool mask picks copies, so the positions are found by indexing
     a tensor of flat positions 0..numel-1 with the same key, and the values are scattered there.
     """
-    from .shape import getitem
-
     check_target("setitem", x, value)
     with no_grad():
         view = getitem(x, key)
@@ -231,8 +221,6 @@ def augmented(name: str, x: Tensor, other) -> Tensor:
     the Var), except when gradients are recorded through x or other: then, as the value PyTorch
     gives, the out-of-place result (x = x + other), since Deers does not record in-place ops. A leaf
     that requires grad under grad mode raises, as in PyTorch."""
-    from . import binary
-
     needs_graph = grad_mode.enabled and (x.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
     if needs_graph and not (x.is_leaf and x.requires_grad):
         return {"add_": binary.add, "sub_": binary.sub, "mul_": binary.mul, "div_": binary.div}[name](x, other)
