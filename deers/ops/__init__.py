@@ -3,8 +3,11 @@
 unary.py     y = f(x): one class per primitive of deers.backend.UnaryFn (Exp, Log, Relu, ...);
              square and rsqrt written from them
 binary.py    y = f(a, b) with broadcasting: Add, Sub, Mul, Div, Pow, Maximum, Minimum; clamp
-compare.py   masks: comparisons (no gradient), where, masked_fill
-operands.py  dtype/device checks, broadcasting, Python numbers as 0-d constants (promotion rules)
+compare.py   masks: comparisons (no gradient), where, masked_fill; &, |, ^, ~ on bool masks
+operands.py  PyTorch's type promotion (result_type), device checks, broadcasting, Python numbers as
+             0-d constants
+inplace.py   add_, mul_, ..., copy_, x[key] = value, w -= ...: written into the tensor's own buffer;
+             the per-buffer version counter that backward checks
 convert.py   casts and device moves
 reduce.py    Sum, Max, Min, ArgMax, ArgMin; amax/amin, max/min(dim) -> (values, indices), mean and
              logsumexp written from them; softmax, log_softmax
@@ -21,7 +24,7 @@ triangle.py  tril, triu: where with a triangle mask
 einsum.py    einsum for one or two operands: sum, permute, reshape and one batched matmul
 
 An op's facts live in its class: the backend primitive it runs (`fn`, from the vocabulary in
-deers/backend/__init__.py), whether it needs floats (`float_only`), what it saves for backward,
+deers/backend/__init__.py), whether it needs floats (`float_only`; Div: `float_result`), what it saves for backward,
 its derivative (with a one-line derivation comment), and `differentiable = False` for ops whose
 output has no gradient (comparisons, argmax, casts to integers), which `apply` never records.
 Composite ops (sub's reverse form, square, rsqrt, clamp, mean, logsumexp, softmax over several
