@@ -343,3 +343,22 @@ def test_gemm_broadcast_batch_is_stride_0_and_an_inexpressible_operand_is_the_on
     np.testing.assert_allclose(_down(cuda, got).reshape(B, nh, T, hd), att @ v, rtol=1e-5, atol=1e-5)
     if isinstance(cuda.rt, HostRuntime):
         assert cuda.rt.launches[before:] == ["copy_f32_f32"]
+
+def test_clip_grad_norm_keeps_the_norm_on_the_device(cuda, monkeypatch):
+    from deers.optim import clip_grad_norm
+
+    rng = np.random.default_rng(3)
+    ws = [deers.Var(deers.tensor(rng.standard_normal(s), dtype=d, device=CUDA))
+          for s, d in (((3, 4), deers.f32), ((5,), deers.f32), ((2, 2), LOW_PRECISION[0]))]
+    grads = sum(((w.to_dtype(deers.f32) * float(i + 2)) ** 2).sum() for i, w in enumerate(ws)).backward()
+    before = [grads[w].to_dtype(deers.f64).numpy() for w in ws]
+    reads = []
+    monkeypatch.setattr(cuda.rt, "download", lambda buf, real=cuda.rt.download: reads.append(buf.size) or real(buf))
+    norm = clip_grad_norm(ws, grads, 1.0)
+    assert reads == [] and norm.device == CUDA and norm.shape == () and norm.dtype is deers.f32
+    monkeypatch.undo()
+    expected = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in before))
+    assert float(norm) == pytest.approx(expected, rel=1e-3)
+    scale = 1.0 / (expected + 1e-6)
+    for w, g in zip(ws, before):
+        np.testing.assert_allclose(grads[w].to_dtype(deers.f64).numpy(), g * scale, rtol=1e-2 if w.dtype.is_half else 1e-5)
