@@ -1,6 +1,7 @@
 """Everything the CUDA backend asks of CuPy: device memory, host transfer, strided views, cuBLAS
-GEMMs (cublasGemmStridedBatchedEx on CuPy's own handle, public CuPy modules only), and the hand-written kernels of this folder's .cu files (compiled by NVRTC through
-`cupy.RawModule` on first use, then cached on disk by CuPy).
+GEMMs (cublasGemmStridedBatchedEx on CuPy's own handle, public CuPy modules only), and the
+hand-written kernels of this folder's .cu files (compiled by NVRTC through `cupy.RawModule` on
+first use, then cached on disk by CuPy).
 
 The backend (backend.py) talks to a *runtime* object with this small interface only, so the same
 backend code runs with another runtime in the tests (tests/cuda_emulator.py runs the .cu kernels
@@ -91,7 +92,8 @@ class CupyRuntime:
             cupy.cuda.get_current_stream().synchronize()
 
     # ---- GEMM ------------------------------------------------------------------------------------
-    def gemm(self, call: Gemm, a: cupy.ndarray, b: cupy.ndarray, out: cupy.ndarray, sfx: str, allow_tf32: bool) -> None:
+    def gemm(self, call: Gemm, a: cupy.ndarray, b: cupy.ndarray, out: cupy.ndarray, sfx: str,
+             allow_tf32: bool) -> None:
         """out (contiguous) = a @ b as planned by gemm.plan_gemm: one cublasGemmStridedBatchedEx on
         CuPy's cuBLAS handle (CuPy sets its current stream on it). f16/bf16 and f32 compute in f32
         (TF32 when allowed), f64 in f64; alpha = 1 and beta = 0 are host scalars."""
