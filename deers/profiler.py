@@ -138,7 +138,8 @@ class Profile:
             seconds = time.perf_counter() - began
         finally:
             profiling.session = self
-        shape = tuple(result.shape) if phase == "forward" else tuple(arrays[0].shape)
+        shaped = result if phase == "forward" else arrays[0]
+        shape = tuple(getattr(shaped, "shape", ()))
         device = str(anchor.device) if anchor is not None else str(getattr(result, "device", "cpu"))
         self._events.append(Event(type(op).__name__, phase, seconds, memory.allocated_bytes() - allocated,
                                   shape, device, memory.live_bytes(device)))
