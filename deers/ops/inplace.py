@@ -54,8 +54,10 @@ def _saved_arrays(op):
 
 
 def snapshot(op) -> None:
-    """Remember the versions of what a recorded op saved (apply calls this after forward)."""
-    op.saved_versions = {a.storage_id(): (a, version(a)) for a in _saved_arrays(op)}
+    """Remember the versions of what a recorded op saved (apply calls this after forward; it runs
+    for every recorded op, so it stays a single pass over the op's attributes)."""
+    get = _versions.get
+    op.saved_versions = [(a, get(a.storage_id(), 0)) for a in _saved_arrays(op)]
 
 
 def check_graph(root: Tensor) -> None:
@@ -63,8 +65,7 @@ def check_graph(root: Tensor) -> None:
     if not _versions:  # nothing was ever written in place: nothing to check
         return
     for node in topo_sort(root):
-        saved = getattr(node._op, "saved_versions", None)
-        for array, seen in (saved or {}).values():
+        for array, seen in getattr(node._op, "saved_versions", ()):
             if version(array) != seen:
                 raise InPlaceError(
                     f"backward: an array that {node._op.name} saved for its gradient ({describe(array)}) was "
