@@ -264,8 +264,17 @@ class NDArray:
 
     def add_(self, other: "NDArray") -> "NDArray":
         """self += other in place (item 5 with out= aliasing self); self must be dense."""
-        other = other.broadcast_to(self.shape)
-        self.backend.binary("add", self.buffer, self.layout, other.buffer, other.layout, out=self.buffer)
+        return self._update("add", other)
+
+    def mul_(self, other: "NDArray") -> "NDArray":
+        """self *= other in place (other broadcasts, e.g. a 0-d factor); any view of self's buffer."""
+        return self._update("mul", other)
+
+    def _update(self, name: str, other: "NDArray") -> "NDArray":
+        other = other.cast(self.dtype).broadcast_to(self.shape)
+        if not self.is_dense():  # a view: compute, then write back through the view
+            return self.assign(self.binary(name, other))
+        self.backend.binary(name, self.buffer, self.layout, other.buffer, other.layout, out=self.buffer)
         return self
 
     # ---- indexing (items 11-12) ------------------------------------------------------------------

@@ -53,9 +53,15 @@ def _saved_arrays(op):
             yield from (v for v in value if isinstance(v, NDArray))
 
 
+def writes_seen() -> bool:
+    """Whether a live buffer has been written in place. Until one has, every array an op saves is
+    at version 0, so `apply` need not snapshot anything (the common case costs one dict check)."""
+    return bool(_versions)
+
+
 def snapshot(op) -> None:
-    """Remember the versions of what a recorded op saved (apply calls this after forward; it runs
-    for every recorded op, so it stays a single pass over the op's attributes)."""
+    """Remember the versions of what a recorded op saved (apply calls this after forward once
+    `writes_seen()`; an op without a snapshot saved everything at version 0)."""
     get = _versions.get
     op.saved_versions = [(a, get(a.storage_id(), 0)) for a in _saved_arrays(op)]
 
@@ -65,7 +71,10 @@ def check_graph(root: Tensor) -> None:
     if not _versions:  # nothing was ever written in place: nothing to check
         return
     for node in topo_sort(root):
-        for array, seen in getattr(node._op, "saved_versions", ()):
+        saved = getattr(node._op, "saved_versions", None)
+        if saved is None:  # recorded before any in-place write: all it saved was at version 0
+            saved = [(a, 0) for a in _saved_arrays(node._op)] if node._op is not None else ()
+        for array, seen in saved:
             if version(array) != seen:
                 raise InPlaceError(
                     f"backward: an array that {node._op.name} saved for its gradient ({describe(array)}) was "

@@ -44,7 +44,10 @@ def clip_grad_norm(params: Iterable[Var], grads: Grads, max_norm: float, eps: fl
     cast: dict = {}  # (device, dtype) -> the factor in the gradients' dtype, cast once
     for p, g in present:
         factor = factors[g.device]
-        if isinstance(factor, NDArray) and factor.dtype is not g.dtype:
+        if not isinstance(factor, NDArray):  # several devices: a host number
+            grads.set_array(p, g * factor)
+            continue
+        if factor.dtype is not g.dtype:
             factor = cast.setdefault((g.device, g.dtype), factor.cast(g.dtype))
-        grads.set_array(p, g * factor)
+        g.mul_(factor)  # in place: gradients are the optimizer's to scale (no fresh buffer per parameter)
     return Tensor(total)
