@@ -32,7 +32,8 @@ def apply(op: Op, *inputs: "Tensor") -> "Tensor":
     session = profiling.session  # None unless inside deers.profiler.profile(): the only cost when not profiling
     out = op.forward(*arrays) if session is None else session.run("forward", op, op.forward, arrays)
     if record:
-        _inplace.snapshot(op)  # the versions of what it saved: backward refuses if they change in place
+        if _inplace.writes_seen():  # before any in-place write every saved array is at version 0
+            _inplace.snapshot(op)  # the versions of what it saved: backward refuses if they change in place
         return Tensor(out, requires_grad=True, _op=op, _inputs=inputs)
     return Tensor(out)
 
