@@ -49,14 +49,13 @@ from pathlib import Path
 import deers
 import deers.distributed as dist
 from deers import checkpoint
-from deers.autograd import Grads
 from deers.checkpoint import CheckpointError
 from deers.dataset import TokenBinDataset, TokenFileError
 from deers.download import DownloadError
 from deers.dtype import as_dtype
 from deers.errors import BackendUnavailable
 from deers.models.gpt import GPT, GPTConfig
-from deers.optim import AdamW, LRSchedule, clip_grad_norm
+from deers.optim import AdamW, LossScaler, LowPrecisionCopy, LRSchedule, clip_grad_norm
 from deers.tinystories import StoryFileError, prepare_sample, prepare_tinystories
 from deers.tokenizer import Tokenizer, TokenizerUnavailable
 
@@ -311,48 +310,6 @@ def _prepare(args: argparse.Namespace, tokenizer: Tokenizer, source: str) -> tup
     return files, f"{args.text_file} in {root}"
 
 
-# ---- mixed precision ---------------------------------------------------------------------------------
-class LowPrecisionCopy:
-    """A copy of the model in f16/bf16 that runs forward and backward; the f32 master keeps the weights.
-
-    Each step: `sync()` casts the master weights into the copy; after backward, `master_grads`
-    casts the copy's gradients to f32 (undoing the loss scale) keyed by the master parameters.
-    """
-
-    def __init__(self, master: GPT, dtype: deers.DType, device: str):
-        self.model = GPT(master.config, dtype=dtype, device=device)
-        self.pairs = list(zip(master.parameters(), self.model.parameters()))
-
-    def sync(self) -> None:
-        for master, low in self.pairs:
-            low.set_data(master)  # cast f32 -> f16/bf16 into the copy's buffer
-
-    def master_grads(self, grads: Grads, loss_scale: float) -> Grads:
-        out = Grads()
-        for master, low in self.pairs:
-            grad = grads.get(low)  # a Tensor
-            if grad is not None:
-                out.set(master, grad.to_dtype(deers.f32) * (1.0 / loss_scale))
-        return out
-
-
-class LossScaler:
-    """Dynamic loss scaling for f16: an overflow halves the scale (and skips the step); 500 good steps double it."""
-
-    def __init__(self, scale: float):
-        self.scale = scale
-        self.good_steps = 0
-
-    def update(self, finite: bool) -> None:
-        if not finite:
-            self.scale = max(self.scale / 2.0, 1.0)
-            self.good_steps = 0
-            return
-        self.good_steps += 1
-        if self.good_steps % 500 == 0:
-            self.scale *= 2.0
-
-
 # ---- pieces of the loop -------------------------------------------------------------------------------
 def make_optimizer(model: GPT, args: argparse.Namespace) -> AdamW:
     """AdamW with weight decay on the weight matrices only (not on the RMSNorm gains)."""
@@ -528,7 +485,7 @@ def train(args: argparse.Namespace) -> dict:
     model = GPT(config, device=args.device)  # f32 master weights
     if args.ddp:
         dist.broadcast_parameters(model.parameters())  # the same seed made the same init; make sure
-    low = LowPrecisionCopy(model, dtype, args.device) if dtype is not deers.f32 else None
+    low = LowPrecisionCopy(model, GPT(model.config, dtype=dtype, device=args.device)) if dtype is not deers.f32 else None
     optimizer = make_optimizer(model, args)
     scaler = LossScaler(2.0 ** 12 if dtype is deers.f16 else 1.0)
     history: dict = {"train": [], "val": []}

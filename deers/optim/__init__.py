@@ -8,8 +8,10 @@
 """
 from .adamw import AdamW, AdamWConfig
 from .clip import clip_grad_norm
+from .mixed_precision import LossScaler, LowPrecisionCopy
 from .optimizer import Optimizer
 from .schedule import LRSchedule
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "AdamW", "AdamWConfig", "clip_grad_norm", "LRSchedule"]
+__all__ = ["Optimizer", "SGD", "AdamW", "AdamWConfig", "clip_grad_norm", "LRSchedule", "LossScaler",
+           "LowPrecisionCopy"]
