@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 import time
@@ -28,6 +27,13 @@ import numpy as np
 import deers
 from deers import checkpoint, loss
 from deers.checkpoint import CheckpointError
+from deers.cli import (
+    HelpFormatter,
+    check_device,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
 from deers.dataset import MNIST, DataLoader, IDXFormatError
 from deers.download import DownloadError
 from deers.nn import Linear, Module, ReLU, Sequential
@@ -40,60 +46,11 @@ DEFAULT_EPOCHS = 3
 RUN_SETTINGS = ("batch_size", "lr", "schedule", "optimizer", "momentum", "weight_decay", "seed", "limit")
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" to an option's help once: not when the help already states its default,
-    and not for options without one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
 def momentum_value(text: str) -> float:
     value = nonnegative_float(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
     return value
-
-
-def check_device(parser: argparse.ArgumentParser, device: str) -> None:
-    """A malformed device string, or a device whose package is missing, is a command-line error."""
-    try:
-        deers.zeros(1, device=device)
-    except ValueError as err:  # BackendUnavailable is a ValueError too
-        parser.error(f"--device {device}: {err}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

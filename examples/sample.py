@@ -13,66 +13,23 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 from pathlib import Path
 
 import deers
 from deers import checkpoint
 from deers.checkpoint import CheckpointError
+from deers.cli import (
+    HelpFormatter,
+    check_device,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+)
 from deers.models.gpt import GPT, GPTConfig
 from deers.tokenizer import Tokenizer, TokenizerUnavailable
 
 CHECKPOINT_NAME = "ckpt.safetensors"  # what examples/tinystories_train.py writes into its --out folder
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" to an option's help once: not when the help already states its default,
-    and not for options without one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def check_device(parser: argparse.ArgumentParser, device: str) -> None:
-    """A malformed device string, or a device whose package is missing, is a command-line error."""
-    try:
-        deers.zeros(1, device=device)
-    except ValueError as err:  # BackendUnavailable is a ValueError too
-        parser.error(f"--device {device}: {err}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -50,6 +50,15 @@ import deers
 import deers.distributed as dist
 from deers import checkpoint
 from deers.checkpoint import CheckpointError
+from deers.cli import (
+    HelpFormatter,
+    check_device,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from deers.dataset import TokenBinDataset, TokenFileError
 from deers.download import DownloadError
 from deers.dtype import as_dtype
@@ -84,75 +93,6 @@ resuming and extending a run:
   at its default is recomputed for N. A run that had already decayed to lr 0 therefore climbs back
   to the peak and decays again over its new last steps.
 """
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Appends "(default: X)" to an option's help once: not when the help already states its default,
-    and not for options without one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
-    return value
-
-
-def check_device(parser: argparse.ArgumentParser, device: str) -> None:
-    """A malformed device string, or a device whose package is missing, is a command-line error."""
-    try:
-        deers.zeros(1, device=device)
-    except ValueError as err:  # BackendUnavailable is a ValueError too
-        parser.error(f"--device {device}: {err}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

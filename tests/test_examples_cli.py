@@ -58,12 +58,12 @@ TRAINER_ERRORS = [
     (["--lr", "nan"], "argument --lr: must be a positive number"),
     (["--weight-decay", "-0.1"], "argument --weight-decay: must be a number >= 0"),
     (["--grad-clip", "-1"], "argument --grad-clip: must be a number >= 0"),
-    (["--warmup", "-1"], "argument --warmup: must be >= 0"),
+    (["--warmup", "-1"], "argument --warmup: must be an integer >= 0"),
     (["--steps", "10", "--warmup", "6", "--warmdown", "5"], "--warmup 6 + --warmdown 5 exceed --steps 10"),
     (["--eval-batches", "0"], "argument --eval-batches: must be a positive integer"),
     (["--sample-tokens", "0"], "argument --sample-tokens: must be a positive integer"),
     (["--checkpoint-every", "0"], "argument --checkpoint-every: must be a positive integer"),
-    (["--val-fraction", "1"], "argument --val-fraction: must lie strictly between 0 and 1"),
+    (["--val-fraction", "1"], "argument --val-fraction: must be a number strictly between 0 and 1"),
     (["--data", "everything"], "argument --data: invalid choice"),
     (["--device", "gpu"], "--device gpu: unknown device kind 'gpu'"),
     (["--device", "cuda:x"], "--device cuda:x:"),
@@ -107,7 +107,7 @@ def test_trainer_sizes_follow_the_width(examples):
 
 SAMPLE_ERRORS = [
     (["--temperature", "-1"], "argument --temperature: must be a number >= 0, got -1"),
-    (["--top-k", "-5"], "argument --top-k: must be >= 0"),
+    (["--top-k", "-5"], "argument --top-k: must be an integer >= 0"),
     (["--max-new-tokens", "0"], "argument --max-new-tokens: must be a positive integer"),
     (["--num-samples", "0"], "argument --num-samples: must be a positive integer"),
     (["--device", "tpu"], "--device tpu: unknown device kind"),
