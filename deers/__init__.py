@@ -12,7 +12,7 @@ from .creation import (arange, from_numpy, full, get_rng_state, host_rng, manual
 from .creation import empty, empty_like, eye, full_like, linspace, rand_like, randn_like
 from .device import Device
 from .dtype import DType, bf16, bool_, f16, f32, f64, i64, u8
-from .errors import BackendUnavailable, DeersError, DeviceError, DTypeError, ShapeError
+from .errors import BackendUnavailable, DeersError, DeviceError, DTypeError, InPlaceError, ShapeError
 from .ops.binary import maximum, minimum
 from .ops.compare import where
 from .ops.indexing import embedding, gather, index_select

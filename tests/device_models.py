@@ -12,7 +12,7 @@ import deers
 from deers import loss, nn, optim
 from deers.models import gpt
 
-LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d is not None]
+LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d.available]
 ATOL = {"f16": 1e-2, "bf16": 6e-2}  # logits of the low-precision GPT vs the f32 CPU model, halved below
 
 

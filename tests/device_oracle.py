@@ -17,7 +17,7 @@ from deers.fused.attention import apply_rope, causal_softmax
 from deers.fused.rms_norm import rms_norm
 from helpers import make_input
 
-LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d is not None]
+LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d.available]
 LAYOUTS = ("contiguous", "permuted", "narrowed", "broadcast")
 
 

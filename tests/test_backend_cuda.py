@@ -176,7 +176,7 @@ def test_kernel_names_and_unsupported_dtypes():
         plan.binary_code("div", "i64")
     assert [plan.suffix(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int64, np.uint8, np.bool_)] == \
         ["f16", "f32", "f64", "i64", "u8", "bool"]
-    if deers.bf16 is not None:
+    if deers.bf16.available:
         assert plan.suffix(deers.bf16.numpy) == "bf16"
     with pytest.raises(TypeError, match="int32"):
         plan.suffix(np.int32)
@@ -190,7 +190,7 @@ def test_scalar_arguments_are_rounded_to_the_array_dtype_and_typed():
     assert type(plan.scalar_arg(3, np.int64)) is np.int64
     assert plan.scalar_arg(2.7, np.int64) == 2  # like np.int64(2.7)
     assert type(plan.scalar_arg(True, np.bool_)) is np.int32
-    if deers.bf16 is not None:
+    if deers.bf16.available:
         assert plan.scalar_arg(0.1, deers.bf16.numpy) == np.float32(np.asarray(0.1, deers.bf16.numpy))
 
 

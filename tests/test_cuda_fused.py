@@ -17,7 +17,7 @@ from deers.fused.attention import apply_rope
 from deers.layout import Layout
 
 CUDA = deers.Device.cuda(0)
-LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d is not None]
+LOW_PRECISION = [d for d in (deers.f16, deers.bf16) if d.available]
 FLOATS = [deers.f32, deers.f64] + LOW_PRECISION
 TOL = {"f32": (2e-5, 2e-5), "f64": (1e-10, 1e-10), "f16": (1e-2, 1e-2), "bf16": (6e-2, 3e-2)}
 CPU = backend_for("cpu")
@@ -122,7 +122,7 @@ def test_copy_writes_into_a_strided_view_and_handles_overlap(cuda):
 
 @pytest.mark.parametrize("pair", plan.KERNELS["adamw"][1], ids="/".join)
 def test_adamw_step_in_place_for_every_dtype_pair(cuda, pair):
-    if "bf16" in pair and deers.bf16 is None:
+    if "bf16" in pair and not deers.bf16.available:
         pytest.skip("bf16 needs ml_dtypes (pip install ml_dtypes)")
     p_dtype, m_dtype = (deers.dtype.as_dtype(s) for s in pair)
     rng = np.random.default_rng(0)

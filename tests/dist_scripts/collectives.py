@@ -59,7 +59,7 @@ def main() -> None:
     # broadcast from the last rank, of a float and of an integer tensor
     results["bcast_f32"] = dist.broadcast(tensor(base + 100 * r, deers.f32), src=world - 1).numpy()
     results["bcast_i64"] = dist.broadcast(tensor(base.astype(np.int64) + 100 * r, deers.i64), src=world - 1).numpy()
-    if deers.bf16 is not None:
+    if deers.bf16.available:
         bf = dist.broadcast(tensor(base + 100 * r, deers.bf16), src=world - 1)
         results["bcast_bf16"] = bf.numpy().astype(np.float64)
         results["sum_bf16"] = dist.all_reduce(tensor(base * (r + 1), deers.bf16), "sum").numpy().astype(np.float64)
