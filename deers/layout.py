@@ -181,11 +181,13 @@ def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] 
 
 
 def normalize_dim(dim: int, ndim: int, op: str = "") -> int:
-    """A dim in [-ndim, ndim) as a non-negative index; IndexError (naming `op`) otherwise."""
-    if not -ndim <= dim < max(ndim, 1):
+    """A dim in [-ndim, ndim) as a non-negative index; IndexError (naming `op`) otherwise. A 0-d
+    tensor takes 0 and -1 (both give 0), as in PyTorch: `tensor(2.).sum(-1)`."""
+    size = max(ndim, 1)
+    if not -size <= dim < size:
         where = f"{op}: " if op else ""
-        raise IndexError(f"{where}dimension {dim} is out of range: expected one in [{-ndim}, {max(ndim, 1) - 1}]")
-    return dim % max(ndim, 1)
+        raise IndexError(f"{where}dimension {dim} is out of range: expected one in [{-size}, {size - 1}]")
+    return dim % size
 
 
 def infer_shape(shape: tuple[int, ...], numel: int, source: tuple[int, ...] | None = None) -> tuple[int, ...]:

@@ -126,6 +126,58 @@ def test_pytorch_answers_where_the_issue_found_traps(device):
     assert [row.numpy().tolist() for row in x] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
 
 
+ZERO_D = {  # op on a 0-d tensor x with dim d; the same spelling in Deers and torch
+    "sum": lambda x, d: x.sum(d), "mean": lambda x, d: x.mean(d), "amax": lambda x, d: x.amax(d),
+    "max values": lambda x, d: x.max(d)[0], "min indices": lambda x, d: x.min(d)[1],
+    "argmax": lambda x, d: x.argmax(d), "argmin": lambda x, d: x.argmin(d), "softmax": lambda x, d: x.softmax(d),
+    "log_softmax": lambda x, d: x.log_softmax(d), "logsumexp": lambda x, d: x.logsumexp(d),
+    "cumsum": lambda x, d: x.cumsum(d), "flip": lambda x, d: x.flip(d), "transpose": lambda x, d: x.transpose(d, 0),
+    "flatten": lambda x, d: x.flatten(d, -1), "squeeze": lambda x, d: x.squeeze(d),
+    "unsqueeze": lambda x, d: x.unsqueeze(d), "sort values": lambda x, d: x.sort(d)[0],
+    "argsort": lambda x, d: x.argsort(d), "topk values": lambda x, d: x.topk(1, d)[0],
+    "var correction 0": lambda x, d: x.var(d, correction=0), "norm": lambda x, d: x.norm(dim=d),
+    "index_select": lambda x, d: x.index_select(d, index_like(x, [0])),
+    "gather": lambda x, d: x.gather(d, index_like(x, 0)),
+    "stack": lambda x, d: lib(x).stack([x, x], d),
+}
+
+
+def lib(x):
+    return deers if isinstance(x, deers.Tensor) else pytest.importorskip("torch")
+
+
+def index_like(x, value):
+    """An i64 index on x's device, in x's library."""
+    return deers.tensor(value, device=x.device) if isinstance(x, deers.Tensor) else lib(x).tensor(value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(ZERO_D))
+def test_a_0d_tensor_takes_dim_0_and_minus_1_like_pytorch(name, device):
+    torch = pytest.importorskip("torch")
+    fn = ZERO_D[name]
+    for dim in (0, -1):
+        out, expected = fn(deers.tensor(2.0, device=device), dim), fn(torch.tensor(2.0), dim)
+        assert out.shape == tuple(expected.shape), (name, dim)
+        np.testing.assert_allclose(out.numpy().astype(np.float64), expected.double().numpy(), err_msg=f"{name} {dim}")
+    for dim in (1, -2):  # out of range, as in torch
+        with pytest.raises(IndexError, match="out of range"):
+            fn(deers.tensor(2.0, device=device), dim)
+
+
+def test_ops_that_pytorch_refuses_on_a_0d_tensor_say_so():
+    x = deers.tensor(2.0)
+    for name, fn in (("narrow", lambda: x.narrow(0, 0, 1)), ("split", lambda: x.split(1, -1)),
+                     ("chunk", lambda: x.chunk(1, 0)), ("unbind", lambda: x.unbind(-1))):
+        with pytest.raises(ShapeError, match=rf"{name}: cannot be applied to a 0-d tensor \(shape \(\) f32 cpu\)"):
+            fn()
+
+    # the 0-d paths record ordinary ops, so gradients flow: d/dw (w + softmax(w) + 2 flip(w) + sum(stack(w, w)))
+    w = deers.Var(deers.tensor(3.0))
+    out = w.sum(-1) + w.softmax(-1) + w.flip(-1) * 2.0 + deers.stack([w, w], -1).sum(-1) + w.mean(0)
+    np.testing.assert_allclose(out.backward()[w].numpy(), 1.0 + 0.0 + 2.0 + 2.0 + 1.0)
+
+
 def test_clamp_with_a_tensor_bound_passes_the_gradient_to_the_bound():
     x = deers.tensor([0.0, 2.0, 5.0]).attach()
     low = deers.tensor([1.0, 1.0, 1.0]).attach()
@@ -184,3 +236,5 @@ def test_the_traps_on_cuda(cuda):
     test_python_level_negative_indices_keep_working("cuda")
     test_errors_named_by_the_issue_are_deers_errors("cuda")
     test_pytorch_answers_where_the_issue_found_traps("cuda")
+    for name in sorted(ZERO_D):
+        test_a_0d_tensor_takes_dim_0_and_minus_1_like_pytorch(name, "cuda")

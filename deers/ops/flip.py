@@ -23,7 +23,7 @@ def flip(x: Tensor, dims: "int | tuple[int, ...] | list[int]") -> Tensor:
     if len(set(axes)) != len(axes):
         raise ValueError(f"flip: dims {tuple(dims)} repeat a dim")
     out = x
-    for d in axes:
+    for d in axes if x.ndim else ():  # a 0-d tensor takes dim 0 or -1 and is its own flip
         n = x.shape[d]
         if n > 1:
             positions = Tensor(NDArray.from_numpy(np.arange(n - 1, -1, -1, dtype=np.int64), i64, x.device))  # (n,)

@@ -33,7 +33,12 @@ class IndexSelect(Op):
 def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
     """Pick whole slices along `dim` by an i64 index tensor of any shape (embedding lookup at dim 0)."""
     _check_index("index_select", x, index)
-    return apply(IndexSelect(normalize_dim(dim, x.ndim, "index_select")), x, index)
+    d = normalize_dim(dim, x.ndim, "index_select")
+    if x.ndim == 0:  # as PyTorch: one index (0) picks the element, the result is 0-d
+        if index.numel() != 1:
+            raise ShapeError(f"index_select: a 0-d tensor ({describe(x)}) takes one index, got {describe(index)}")
+        return apply(IndexSelect(0), x.reshape(1), index.reshape(1)).reshape(())
+    return apply(IndexSelect(d), x, index)
 
 
 def embedding(weight: Tensor, ids: Tensor) -> Tensor:
@@ -59,6 +64,8 @@ def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:
     """out[i][j] = x[i][index[i][j]] (for dim=1), like torch.gather."""
     _check_index("gather", x, index)
     d = normalize_dim(dim, x.ndim, "gather")
+    if x.ndim == 0 and index.ndim <= 1:  # as PyTorch: a 0-d input is read as the 1-element vector
+        return apply(Gather(0), x.reshape(1), index.reshape(index.numel())).reshape(index.shape)
     if index.ndim != x.ndim or any(s > t for i, (s, t) in enumerate(zip(index.shape, x.shape)) if i != d):
         raise ShapeError(f"gather: index {describe(index)} does not fit {describe(x)} at dim {d}")
     return apply(Gather(d), x, index)

@@ -30,6 +30,11 @@ def _axes(x: Tensor, dim, op: str) -> tuple[int, ...]:
     return tuple(sorted({normalize_dim(d, x.ndim, op) for d in dim}))
 
 
+def _count(x: Tensor, axes: tuple[int, ...]) -> int:
+    """How many elements each result of a reduction over `axes` combines (a 0-d tensor: its one)."""
+    return math.prod(x.shape[a] for a in axes) if x.ndim else 1
+
+
 def _drop(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
     """shape without the reduced axes (keepdim=False)."""
     return tuple(s for i, s in enumerate(shape) if i not in axes)
@@ -68,9 +73,7 @@ def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     """sum(x) * (1/n): composite, no backward of its own."""
     require_float("mean", x)
     axes = _axes(x, dim, "mean")
-    count = 1
-    for a in axes:
-        count *= x.shape[a]
+    count = _count(x, axes)
     return sum(x, axes, keepdim) * (1.0 / count if count else math.nan)  # the mean of nothing is nan
 
 
@@ -241,8 +244,9 @@ def _softmax(x: Tensor, dim, log: bool) -> Tensor:
     from .shape import transpose
 
     require_float("log_softmax" if log else "softmax", x)
-    if x.ndim == 0:
-        raise ShapeError(f"{'log_softmax' if log else 'softmax'}: needs at least one dim, got {describe(x)}")
+    if x.ndim == 0:  # dim 0 or -1, as PyTorch: the softmax of one element is 1 (log: 0)
+        normalize_dim(dim, 0, "log_softmax" if log else "softmax")
+        return _softmax(x.reshape(1), 0, log).reshape(())
     if not isinstance(dim, int):  # several dims: compose from logsumexp
         shifted = x - logsumexp(x, dim, keepdim=True)
         return shifted if log else shifted.exp()

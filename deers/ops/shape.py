@@ -41,6 +41,8 @@ def permute(x: Tensor, axes: tuple[int, ...]) -> Tensor:
 def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
     axes = list(range(x.ndim))
     d0, d1 = normalize_dim(dim0, x.ndim, "transpose"), normalize_dim(dim1, x.ndim, "transpose")
+    if x.ndim == 0:  # dims 0 and -1 of a 0-d tensor: nothing to swap, as in PyTorch
+        return x
     axes[d0], axes[d1] = axes[d1], axes[d0]
     return apply(Permute(tuple(axes)), x)
 
@@ -95,7 +97,9 @@ def reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
-    if x.ndim == 0:
+    if x.ndim == 0:  # (1,), as in PyTorch, for dims 0 and -1
+        for dim in (start_dim, end_dim):
+            normalize_dim(dim, 0, "flatten")
         return reshape(x, (1,))
     s, e = normalize_dim(start_dim, x.ndim, "flatten"), normalize_dim(end_dim, x.ndim, "flatten")
     return reshape(x, x.shape[:s] + (_prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
@@ -105,7 +109,7 @@ def squeeze(x: Tensor, dim: int | None = None) -> Tensor:
     if dim is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
     d = normalize_dim(dim, x.ndim, "squeeze")
-    if x.shape[d] != 1:
+    if x.ndim == 0 or x.shape[d] != 1:  # a 0-d tensor (dim 0 or -1) stays as it is, as in PyTorch
         return x
     return reshape(x, x.shape[:d] + x.shape[d + 1:])
 
@@ -134,7 +138,15 @@ class View(Op):
         return (zeros,)
 
 
+def require_dims(x: Tensor, op: str) -> None:
+    """ShapeError for a 0-d tensor where PyTorch refuses one too (narrow, split, chunk, unbind)."""
+    if x.ndim == 0:
+        raise ShapeError(f"{op}: cannot be applied to a 0-d tensor ({describe(x)}), as in PyTorch; "
+                         "reshape(1) gives it one dim")
+
+
 def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
+    require_dims(x, "narrow")
     d = normalize_dim(dim, x.ndim, "narrow")
     if start < 0:
         start += x.shape[d]

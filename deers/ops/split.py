@@ -8,11 +8,12 @@ from __future__ import annotations
 from ..errors import ShapeError, describe
 from ..layout import normalize_dim
 from ..tensor import Tensor
-from .shape import getitem, narrow
+from .shape import getitem, narrow, require_dims
 
 
 def split(x: Tensor, split_size_or_sections: "int | list[int] | tuple[int, ...]", dim: int = 0) -> tuple[Tensor, ...]:
     """Pieces of `split_size` along dim (the last one may be smaller), or of the given sizes."""
+    require_dims(x, "split")
     d = normalize_dim(dim, x.ndim, "split")
     n = x.shape[d]
     if isinstance(split_size_or_sections, int):
@@ -35,12 +36,14 @@ def chunk(x: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
     """At most `chunks` pieces of ceil(n / chunks) along dim, like torch.chunk (so maybe fewer)."""
     if not isinstance(chunks, int) or chunks <= 0:
         raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
+    require_dims(x, "chunk")
     n = x.shape[normalize_dim(dim, x.ndim, "chunk")]
     return split(x, max(1, -(-n // chunks)), dim)
 
 
 def unbind(x: Tensor, dim: int = 0) -> tuple[Tensor, ...]:
     """The slices x[..., i, ...] along dim, each without that dim."""
+    require_dims(x, "unbind")
     d = normalize_dim(dim, x.ndim, "unbind")
     lead = (slice(None),) * d
     return tuple(getitem(x, lead + (i,)) for i in range(x.shape[d]))

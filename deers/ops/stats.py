@@ -14,7 +14,7 @@ from ..autograd import Op
 from ..backend import BinaryFn, ReduceFn
 from ..tensor import Tensor, apply
 from .operands import require_float
-from .reduce import _axes, _drop, amax, amin, mean, sum
+from .reduce import _axes, _count, _drop, amax, amin, mean, sum
 
 
 def var(x: Tensor, dim=None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
@@ -24,9 +24,7 @@ def var(x: Tensor, dim=None, correction: int = 1, keepdim: bool = False, unbiase
     if unbiased is not None:
         correction = 1 if unbiased else 0
     axes = _axes(x, dim, "var")
-    count = 1
-    for a in axes:
-        count *= x.shape[a]
+    count = _count(x, axes)
     divisor = count - correction if count > correction else 0
     centered = x - mean(x, axes, keepdim=True)  # (x.shape)
     squares = sum(centered * centered, axes, keepdim)
