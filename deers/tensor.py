@@ -208,6 +208,8 @@ class Tensor:
     def sub(self, other) -> "Tensor": return _binary.sub(self, other)
     def mul(self, other) -> "Tensor": return _binary.mul(self, other)
     def div(self, other) -> "Tensor": return _binary.div(self, other)
+    def floor_divide(self, other) -> "Tensor": return _binary.floor_divide(self, other)
+    def remainder(self, other) -> "Tensor": return _binary.remainder(self, other)
     def pow(self, exponent) -> "Tensor": return _binary.pow(self, exponent)
     def powf(self, exponent: float) -> "Tensor": return _binary.pow(self, float(exponent))
     def maximum(self, other) -> "Tensor": return _binary.maximum(self, other)
@@ -223,19 +225,27 @@ class Tensor:
     def ge(self, other) -> "Tensor": return _compare.compare(BinaryFn.GE, self, other)
     def masked_fill(self, mask: "Tensor", value: float) -> "Tensor": return _compare.masked_fill(self, mask, value)
     def where(self, condition: "Tensor", other) -> "Tensor": return _compare.where(condition, self, other)
-    def logical_and(self, other) -> "Tensor": return _compare.logical_and(self, other)
-    def logical_or(self, other) -> "Tensor": return _compare.logical_or(self, other)
-    def logical_xor(self, other) -> "Tensor": return _compare.logical_xor(self, other)
-    def logical_not(self) -> "Tensor": return _compare.logical_not(self)
-    __and__ = __rand__ = logical_and  # &, |, ^, ~ on bool masks (integers: a DTypeError, see compare.py)
-    __or__ = __ror__ = logical_or
-    __xor__ = __rxor__ = logical_xor
-    __invert__ = logical_not
+
+    # ---- bitwise and logical (deers/ops/bitwise.py): integers and bool; &, |, ^ commute ---------
+    def bitwise_and(self, other) -> "Tensor": return _bitwise.bitwise_and(self, other)
+    def bitwise_or(self, other) -> "Tensor": return _bitwise.bitwise_or(self, other)
+    def bitwise_xor(self, other) -> "Tensor": return _bitwise.bitwise_xor(self, other)
+    def bitwise_not(self) -> "Tensor": return _bitwise.bitwise_not(self)
+    def logical_and(self, other) -> "Tensor": return _bitwise.logical_and(self, other)
+    def logical_or(self, other) -> "Tensor": return _bitwise.logical_or(self, other)
+    def logical_xor(self, other) -> "Tensor": return _bitwise.logical_xor(self, other)
+    def logical_not(self) -> "Tensor": return _bitwise.logical_not(self)
+    __and__ = __rand__ = bitwise_and
+    __or__ = __ror__ = bitwise_or
+    __xor__ = __rxor__ = bitwise_xor
+    __invert__ = bitwise_not
 
     __add__ = add
     __sub__ = sub
     __mul__ = mul
     __truediv__ = div
+    __floordiv__ = floor_divide
+    __mod__ = remainder
     __pow__ = pow
     __neg__ = neg
     __abs__ = abs
@@ -254,6 +264,8 @@ class Tensor:
     def __rsub__(self, other) -> "Tensor": return _binary.rsub(self, other)
     def __rmul__(self, other) -> "Tensor": return _binary.mul(self, other)
     def __rtruediv__(self, other) -> "Tensor": return _binary.rdiv(self, other)
+    def __rfloordiv__(self, other) -> "Tensor": return _binary.rfloor_divide(self, other)
+    def __rmod__(self, other) -> "Tensor": return _binary.rremainder(self, other)
     def __rpow__(self, other) -> "Tensor": return _binary.rpow(self, other)
 
     # ---- matmul, indexing ------------------------------------------------------------------------
@@ -269,6 +281,11 @@ class Tensor:
     def sub_(self, other, alpha=1) -> "Tensor": return _inplace.sub_(self, other, alpha)
     def mul_(self, other) -> "Tensor": return _inplace.mul_(self, other)
     def div_(self, other) -> "Tensor": return _inplace.div_(self, other)
+    def floor_divide_(self, other) -> "Tensor": return _inplace.floor_divide_(self, other)
+    def remainder_(self, other) -> "Tensor": return _inplace.remainder_(self, other)
+    def bitwise_and_(self, other) -> "Tensor": return _inplace.bitwise_and_(self, other)
+    def bitwise_or_(self, other) -> "Tensor": return _inplace.bitwise_or_(self, other)
+    def bitwise_xor_(self, other) -> "Tensor": return _inplace.bitwise_xor_(self, other)
     def clamp_(self, min=None, max=None) -> "Tensor": return _inplace.clamp_(self, min, max)
     def fill_(self, value) -> "Tensor": return _inplace.fill_(self, value)
     def zero_(self) -> "Tensor": return _inplace.zero_(self)
@@ -278,6 +295,11 @@ class Tensor:
     def __isub__(self, other) -> "Tensor": return _inplace.augmented("sub_", self, other)
     def __imul__(self, other) -> "Tensor": return _inplace.augmented("mul_", self, other)
     def __itruediv__(self, other) -> "Tensor": return _inplace.augmented("div_", self, other)
+    def __ifloordiv__(self, other) -> "Tensor": return _inplace.augmented("floor_divide_", self, other)
+    def __imod__(self, other) -> "Tensor": return _inplace.augmented("remainder_", self, other)
+    def __iand__(self, other) -> "Tensor": return _inplace.augmented("bitwise_and_", self, other)
+    def __ior__(self, other) -> "Tensor": return _inplace.augmented("bitwise_or_", self, other)
+    def __ixor__(self, other) -> "Tensor": return _inplace.augmented("bitwise_xor_", self, other)
 
     # ---- reductions --------------------------------------------------------------------------------
     def sum(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.sum(self, dim, keepdim)
@@ -379,6 +401,7 @@ def _dims(args: Sequence) -> tuple[int, ...]:
 
 # The op modules import Tensor and apply from this file, so they are bound after the class exists.
 from .ops import binary as _binary  # noqa: E402
+from .ops import bitwise as _bitwise  # noqa: E402
 from .ops import compare as _compare  # noqa: E402
 from .ops import convert as _convert  # noqa: E402
 from .ops import indexing as _index  # noqa: E402

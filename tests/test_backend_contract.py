@@ -152,8 +152,10 @@ BINARY_REFERENCE = {
     BinaryFn.ADD: np.add, BinaryFn.SUB: np.subtract, BinaryFn.MUL: np.multiply, BinaryFn.DIV: np.divide,
     BinaryFn.POW: np.power, BinaryFn.MAXIMUM: np.maximum, BinaryFn.MINIMUM: np.minimum, BinaryFn.EQ: np.equal,
     BinaryFn.NE: np.not_equal, BinaryFn.LT: np.less, BinaryFn.LE: np.less_equal, BinaryFn.GT: np.greater,
-    BinaryFn.GE: np.greater_equal,
+    BinaryFn.GE: np.greater_equal, BinaryFn.FLOOR_DIVIDE: np.floor_divide, BinaryFn.REMAINDER: np.remainder,
+    BinaryFn.BITWISE_AND: np.bitwise_and, BinaryFn.BITWISE_OR: np.bitwise_or, BinaryFn.BITWISE_XOR: np.bitwise_xor,
 }
+INTEGER_ONLY = {UnaryFn.BITWISE_NOT, BinaryFn.BITWISE_AND, BinaryFn.BITWISE_OR, BinaryFn.BITWISE_XOR}
 
 
 def test_vocabulary_tables_cover_the_shared_names():
@@ -172,11 +174,11 @@ def test_every_unary_binary_and_reduce_name_runs_on_a_strided_layout(backend):
     x[0, 0], y[0, 0] = 1.0, 1.0  # an equal pair for the comparisons
     a, la = put(backend, x)
     b, lb = put(backend, y)
-    for fn in UnaryFn:
+    for fn in set(UnaryFn) - INTEGER_ONLY:
         expected = UNARY_REFERENCE[fn](x)
         np.testing.assert_allclose(get(backend, backend.unary(fn.value, a, la), x.shape), expected, rtol=1e-5,
                                    err_msg=fn.value)
-    for fn in BinaryFn:
+    for fn in set(BinaryFn) - INTEGER_ONLY:
         got = backend.to_numpy(backend.binary(fn.value, a, la, b, lb), Layout(x.shape))
         expected = BINARY_REFERENCE[fn](x.astype(np.float32), y.astype(np.float32))
         if fn.value in COMPARISONS:
@@ -189,6 +191,41 @@ def test_every_unary_binary_and_reduce_name_runs_on_a_strided_layout(backend):
         got = backend.to_numpy(backend.reduce(fn.value, a, la, axes), Layout((3, 1)))
         expected = {"sum": np.sum, "max": np.max, "min": np.min, "argmax": np.argmax}[fn.value](x, axis=1)
         np.testing.assert_allclose(got.reshape(-1), expected, rtol=1e-5, err_msg=fn.value)
+
+
+INTEGER_NAMES = sorted(INTEGER_ONLY | {BinaryFn.FLOOR_DIVIDE, BinaryFn.REMAINDER}, key=lambda f: f.value)
+
+
+@pytest.mark.parametrize("dtype", [deers.i64, deers.u8, deers.bool_], ids=str)
+def test_integer_names_run_on_a_strided_layout(backend, dtype):
+    """The bitwise names, // and % on integer and bool buffers (array with array, with a number,
+    and the number first) against NumPy. i64 includes the most negative value // -1, which wraps
+    (a C division would trap). bool's // and % are left out: the ops refuse them, as PyTorch does."""
+    rng = np.random.default_rng(0)
+    low, high = {"i64": (-20, 20), "u8": (0, 256), "bool": (0, 2)}[dtype.name]
+    x = rng.integers(low, high, (3, 4)).astype(dtype.numpy)
+    y = rng.integers(low, high, (3, 4)).astype(dtype.numpy)
+    y[y == 0] = 1  # divisors are nonzero
+    if dtype.name == "i64":
+        x[0, 0], y[0, 0], y[0, 1] = np.iinfo(np.int64).min, -1, -7
+    number = y[1, 2].item()
+    (a, la), (b, lb) = put(backend, x, dtype, pad=high - 1), put(backend, y, dtype, pad=high - 1)
+    read = lambda buf: backend.to_numpy(buf, Layout(x.shape))  # noqa: E731
+    with np.errstate(over="ignore"):
+        for fn in INTEGER_NAMES:
+            if dtype.name == "bool" and fn in (BinaryFn.FLOOR_DIVIDE, BinaryFn.REMAINDER):
+                continue
+            if isinstance(fn, UnaryFn):
+                cases = [(backend.unary(fn.value, a, la), UNARY_REFERENCE[fn](x))]
+            else:
+                ref, typed = BINARY_REFERENCE[fn], dtype.numpy.type(number)
+                cases = [(backend.binary(fn.value, a, la, b, lb), ref(x, y)),
+                         (backend.scalar(fn.value, a, la, number), ref(x, typed)),
+                         (backend.scalar(fn.value, b, lb, number, reverse=True), ref(typed, y))]
+            for got, expected in cases:
+                got = read(got)
+                assert got.dtype == dtype.numpy, fn.value
+                np.testing.assert_array_equal(got, expected, err_msg=f"{fn.value} {dtype.name}")
 
 
 # ---- 14. softmax, causal softmax and the backward --------------------------------------------------------

@@ -33,6 +33,8 @@ METHODS = {
     "copy_ broadcast": (lambda x: x.copy_(_like(x, BASE[:, :1])), lambda a: np.broadcast_to(BASE[:, :1], a.shape)),
     "clamp_": (lambda x: x.clamp_(-0.5, 0.5), lambda a: np.clip(a, -0.5, 0.5)),
     "clamp_ min": (lambda x: x.clamp_(min=0.0), lambda a: np.maximum(a, 0.0)),
+    "floor_divide_": (lambda x: x.floor_divide_(0.3), lambda a: np.floor_divide(a, np.float32(0.3))),
+    "remainder_": (lambda x: x.remainder_(-0.7), lambda a: np.remainder(a, np.float32(-0.7))),
 }
 
 
@@ -99,6 +101,31 @@ def test_augmented_assignment_matches_torch(op):
     expected = {"iadd": BASE + BASE[0] + 2, "isub": BASE - BASE[0] - 2, "imul": BASE * (BASE[0] + 2),
                 "itruediv": BASE / (BASE[0] + 2)}[op]
     np.testing.assert_allclose(x.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_integer_augmented_assignment_is_in_place_like_torch(device):
+    """//=, %=, &=, |=, ^= keep the tensor's identity and buffer (a Var too, under no_grad)."""
+    values = [13, -7, 6, 255]
+    for op in ("__ifloordiv__", "__imod__", "__iand__", "__ior__", "__ixor__"):
+        x, t = deers.tensor(values, device=device), torch.tensor(values) if torch is not None else None
+        storage = x.data.storage_id()
+        assert getattr(x, op)(3) is x and x.data.storage_id() == storage, op
+        expected = {"__ifloordiv__": [v // 3 for v in values], "__imod__": [v % 3 for v in values],
+                    "__iand__": [v & 3 for v in values], "__ior__": [v | 3 for v in values],
+                    "__ixor__": [v ^ 3 for v in values]}[op]
+        assert x.numpy().tolist() == expected, op
+        if t is not None:
+            assert getattr(t, op)(3).tolist() == expected, op
+    mask = deers.tensor([True, False, True], device=device)
+    mask &= deers.tensor([True, True, False], device=device)
+    assert mask.numpy().tolist() == [True, False, False]
+    with pytest.raises(DTypeError, match="cannot be written in place"):
+        deers.tensor([1, 2], device=device).floor_divide_(0.5)  # f32 into i64, as PyTorch refuses
+    w = Var(deers.tensor([5.0, -5.0], device=device))
+    with deers.no_grad():
+        w //= 2.0
+    assert isinstance(w, Var) and w.numpy().tolist() == [2.0, -3.0]
 
 
 def test_augmented_assignment_inside_a_recorded_graph_is_out_of_place_with_the_right_gradient():

@@ -5,7 +5,7 @@ import pytest
 
 import deers
 from deers.backend import COMPARISONS, BinaryFn, ReduceFn, UnaryFn
-from deers.ops import binary, compare, convert, reduce, unary
+from deers.ops import binary, bitwise, compare, convert, reduce, unary
 from test_ops import BINARY, UNARY
 
 # Backend primitives the core ops compose instead of wrapping (x * x, 1 / sqrt(x)) or do not use.
@@ -56,6 +56,11 @@ def test_min_and_max_are_two_classes_and_so_are_maximum_and_minimum():
     ("to i64", lambda x: x.to_dtype(deers.i64), convert.Cast),
     ("long", lambda x: x.long(), convert.Cast),
     ("to bool", lambda x: x.to_dtype(deers.bool_), convert.Cast),
+    ("and masks", lambda x: (x > 0) & (x < 0.5), bitwise.BitwiseAnd),
+    ("or int", lambda x: x.long() | 3, bitwise.BitwiseOr),
+    ("xor reflected", lambda x: True ^ (x > 0), bitwise.BitwiseXor),
+    ("not", lambda x: ~(x > 0), bitwise.BitwiseNot),
+    ("logical_and", lambda x: x.logical_and(x - 0.5), bitwise.BitwiseAnd),
 ])
 def test_ops_without_a_gradient_run_through_apply_and_are_not_recorded(monkeypatch, name, fn, op_class):
     ran = []
@@ -106,3 +111,12 @@ def test_float_only_ops_say_so_in_their_class():
         "exp", "log", "sqrt", "sin", "cos", "tanh", "sigmoid"}
     # issue 13: integer operands promote instead of raising; true division computes in the default float
     assert binary.Div.float_result and not binary.Pow.float_result and not binary.Mul.float_result
+
+
+def test_bitwise_ops_are_one_class_each_beside_the_arithmetic_ones():
+    x, y = deers.tensor([6, -3]), deers.tensor([3, 5])
+    assert all(issubclass(cls, binary.BinaryOp) and not cls.differentiable
+               for cls in (bitwise.BitwiseAnd, bitwise.BitwiseOr, bitwise.BitwiseXor))
+    assert issubclass(bitwise.BitwiseNot, unary.UnaryOp) and not bitwise.BitwiseNot.differentiable
+    assert binary.FloorDivide.differentiable and binary.Remainder.differentiable  # // has a zero gradient
+    assert (x // y).numpy().tolist() == [2, -1] and (x % y).numpy().tolist() == [0, 2]

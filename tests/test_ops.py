@@ -34,13 +34,24 @@ UNARY = {
     "sign": (lambda x: x.sign(), np.sign, False),
     "square": (lambda x: x.square(), np.square, False),
     "unary minus": (lambda x: -x, np.negative, False),
+    "bitwise_not": (lambda x: ~x, np.invert, False),
 }
+INTEGER_ROWS = ("bitwise_not", "bitwise_and", "bitwise_or", "bitwise_xor", "floor_divide int", "remainder int")
+
+
+def integers(*shape: int, seed: int = 0, nonzero: bool = False) -> np.ndarray:
+    """Reproducible int64 test data in [-8, 8) (nonzero: without 0, for divisors)."""
+    values = np.random.default_rng(seed).integers(-8, 8, shape)
+    return np.where(values == 0, 3, values) if nonzero else values
 
 
 @pytest.mark.parametrize("name", sorted(UNARY))
 def test_unary(name):
     fn, reference, positive = UNARY[name]
-    x = rand(3, 4, low=0.2, high=2.0) if positive else rand(3, 4, low=-2.0, high=2.0)
+    if name in INTEGER_ROWS:
+        x = integers(3, 4)
+    else:
+        x = rand(3, 4, low=0.2, high=2.0) if positive else rand(3, 4, low=-2.0, high=2.0)
     check_op(fn, x, reference=reference)
 
 
@@ -62,6 +73,15 @@ BINARY = {
     "div method": (lambda a, b: a.div(b), np.divide),
     "maximum": (lambda a, b: a.maximum(b), np.maximum),
     "minimum": (lambda a, b: a.minimum(b), np.minimum),
+    "floor_divide": (lambda a, b: a // b, np.floor_divide),  # floats: no derivative (as PyTorch)
+    "remainder": (lambda a, b: a % b, np.remainder),  # d/da = 1, d/db = -floor(a / b)
+    "floor_divide int": (lambda a, b: a // b, np.floor_divide),
+    "remainder int": (lambda a, b: a % b, np.remainder),
+    "floor_divide method": (lambda a, b: a.floor_divide(b), np.floor_divide),
+    "remainder method": (lambda a, b: a.remainder(b), np.remainder),
+    "bitwise_and": (lambda a, b: a & b, np.bitwise_and),
+    "bitwise_or": (lambda a, b: a | b, np.bitwise_or),
+    "bitwise_xor": (lambda a, b: a ^ b, np.bitwise_xor),
 }
 SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)), ((4,), (2, 3, 4))]
 
@@ -70,8 +90,29 @@ SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)
 @pytest.mark.parametrize("shapes", SHAPES, ids=str)
 def test_binary(name, shapes):
     fn, reference = BINARY[name]
-    a, b = rand(*shapes[0], seed=1, low=0.5, high=2.0), rand(*shapes[1], seed=2, low=0.5, high=2.0)
-    check_op(fn, a, b, reference=reference)
+    if name in INTEGER_ROWS:  # signed operands: // and % round toward -inf, with the divisor's sign
+        a, b = integers(*shapes[0], seed=1), integers(*shapes[1], seed=2, nonzero=True)
+    elif name.startswith(("floor_divide", "remainder")):  # both signs of a and of b
+        a, b = rand(*shapes[0], seed=1, low=-4.0, high=4.0), rand(*shapes[1], seed=2, low=0.5, high=2.0)
+        b = np.where(np.random.default_rng(3).random(b.shape) < 0.5, -b, b)
+    else:
+        a, b = rand(*shapes[0], seed=1, low=0.5, high=2.0), rand(*shapes[1], seed=2, low=0.5, high=2.0)
+    check_op(fn, a, b, reference=reference, grad=not name.startswith("floor_divide"))
+
+
+def test_floor_divide_has_no_derivative_like_pytorch():
+    a, b = deers.tensor([5.5, -5.5]).attach(), deers.tensor([2.0, 2.0])
+    out = a // b
+    assert out.requires_grad  # recorded, as in PyTorch, so that a backward through it is refused
+    with pytest.raises(RuntimeError, match=r"floor_divide: has no derivative, as in PyTorch \(operands \(2,\)"):
+        (out + a).sum().backward()
+    if torch is not None:
+        with pytest.raises(RuntimeError, match="floor_divide is not implemented"):
+            t = torch.tensor([5.5, -5.5], requires_grad=True)
+            (t // 2.0 + t).sum().backward()
+    with deers.no_grad():
+        assert not (a // b).requires_grad
+    assert (a.detach() // b).numpy().tolist() == [2.0, -3.0]
 
 
 def test_maximum_minimum_module_functions():

@@ -21,15 +21,18 @@ TORCH = {"bool": torch.bool, "u8": torch.uint8, "i64": torch.int64, "f16": torch
          "f32": torch.float32, "f64": torch.float64}
 VALUES = {"bool": [True, False, True], "u8": [1, 2, 3], "i64": [3, -2, 1]}
 FLOAT_VALUES = [1.5, -2.0, 0.25]  # exact in every float type
+DIVISOR_VALUES = {"bool": [True, True, True], "u8": [2, 3, 1], "i64": [-2, 3, 2], "float": [0.5, -1.5, 2.0]}
 
 
-def _values(dtype: deers.DType) -> list:
+def _values(dtype: deers.DType, divisor: bool = False) -> list:
+    if divisor:  # no zeros: integer division by zero is an error of its own
+        return DIVISOR_VALUES.get(dtype.name, DIVISOR_VALUES["float"])
     return VALUES.get(dtype.name, FLOAT_VALUES)
 
 
-def _pair(dtype, form: str, device: str):
+def _pair(dtype, form: str, device: str, divisor: bool = False):
     """The same operand in Deers and torch: a (3,) tensor, a 0-d tensor, or a Python number."""
-    values = _values(dtype)
+    values = _values(dtype, divisor)
     if form == "tensor":
         array = np.array(values, dtype=np.float64)
         return deers.tensor(array, device=device).to_dtype(dtype) if dtype.name != "bool" else \
@@ -75,7 +78,13 @@ BINARY = {
     "maximum": lambda x, y: x.maximum(y),
     "eq": lambda x, y: x == y,
     "lt": lambda x, y: x < y,
+    "floor_divide": lambda x, y: x // y,
+    "remainder": lambda x, y: x % y,
+    "and": lambda x, y: x & y,
+    "or": lambda x, y: x | y,
+    "xor": lambda x, y: x ^ y,
 }
+DIVISIONS = ("div", "floor_divide", "remainder")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -88,7 +97,7 @@ def test_binary_ops_give_torchs_dtype_and_values_for_every_pair(op, forms, devic
         if forms[1] == "number" and b is not DTYPES[0] and b.name not in ("i64", "f32"):
             continue  # a number only comes as bool, int or float: one dtype per kind is enough
         x, tx = _pair(a, forms[0], device)
-        y, ty = _pair(b, forms[1], device)
+        y, ty = _pair(b, forms[1], device, divisor=op in DIVISIONS)
         if op == "maximum" and not isinstance(ty, torch.Tensor):
             continue  # torch.maximum takes tensors only (Deers' maximum(number) is clamp)
         try:
@@ -159,24 +168,102 @@ def test_gradients_flow_back_in_each_operands_dtype():
     np.testing.assert_array_equal(grads[b].numpy(), [1.0, 2.0])
 
 
-LOGICAL = {"and": lambda x, y: x & y, "or": lambda x, y: x | y, "xor": lambda x, y: x ^ y,
-           "and number": lambda x, y: x & True, "or reflected": lambda x, y: False | x, "not": lambda x, y: ~x}
+REFLECTED = {"7 // x": lambda x: 7 // x, "-7 % x": lambda x: -7 % x, "2.5 // x": lambda x: 2.5 // x,
+             "5.5 % x": lambda x: 5.5 % x, "3 & x": lambda x: 3 & x, "True | x": lambda x: True | x,
+             "6 ^ x": lambda x: 6 ^ x, "~x": lambda x: ~x}
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", sorted(LOGICAL))
-def test_logical_ops_on_bool_masks_match_torch(op, device):
-    a, b = [True, False, True, False], [True, True, False, False]
-    out = LOGICAL[op](deers.tensor(a, device=device), deers.tensor(b, device=device))
-    expected = LOGICAL[op](torch.tensor(a), torch.tensor(b))
-    assert out.dtype is deers.bool_ and out.numpy().tolist() == expected.tolist()
+@pytest.mark.parametrize("op", sorted(REFLECTED))
+def test_the_number_first_forms_and_not_give_torchs_dtype_and_values(op, device):
+    fn = REFLECTED[op]
+    for dtype in DTYPES:
+        _skip_unsupported(device, dtype)
+        x, tx = _pair(dtype, "tensor", device, divisor=True)
+        try:
+            expected = fn(tx)
+        except (RuntimeError, TypeError):  # torch refuses (~ of a float, // of bools)
+            with pytest.raises(DTypeError):
+                fn(x)
+            continue
+        out = fn(x)
+        assert TORCH[out.dtype.name] == expected.dtype, (op, dtype)
+        np.testing.assert_allclose(out.numpy().astype(np.float64), expected.double().numpy(),
+                                   rtol=1e-2 if out.dtype.is_half else 1e-6, err_msg=f"{op} {dtype}")
 
 
-def test_logical_ops_on_integers_say_they_need_bool_masks():
-    with pytest.raises(DTypeError, match=r"and: Deers has these for bool tensors only, got shape \(2,\) i64"):
-        deers.tensor([1, 2]) & deers.tensor([3, 4])
-    with pytest.raises(DTypeError, match="not: "):
-        ~deers.tensor([1, 2])
+@pytest.mark.parametrize("device", DEVICES)
+def test_floor_divide_and_remainder_round_like_python(device):
+    """-7 // 2 is -4 and -7 % 2 is 1: the quotient rounds down and the remainder has the divisor's
+    sign (C would truncate: -3 and -1); floats give the same, and 1 // 0.1 is 9 (not floor(10.0))
+    except on mps, where MLX rounds the quotient first."""
+    a, b = [7, -7, 7, -7, 0, 6], [2, 2, -2, -2, 3, -3]
+    x, y = deers.tensor(a, device=device), deers.tensor(b, device=device)
+    assert (x // y).numpy().tolist() == [p // q for p, q in zip(a, b)] == (torch.tensor(a) // torch.tensor(b)).tolist()
+    assert (x % y).numpy().tolist() == [p % q for p, q in zip(a, b)]
+    fx, fy = x.to_dtype(deers.f32), y.to_dtype(deers.f32)
+    assert (fx // fy).numpy().tolist() == [float(p // q) for p, q in zip(a, b)]
+    assert (fx % fy).numpy().tolist() == [float(p % q) for p, q in zip(a, b)]
+    if device != "mps":  # MLX computes floor(1 / 0.1) = floor(10.0): the quotient is rounded first
+        assert (deers.tensor([1.0], device=device) // 0.1).item() == torch.tensor([1.0]).floor_divide(0.1).item() == 9.0
+    inf_nan = (deers.tensor([1.0, -1.0, 0.0], device=device) // 0.0).numpy()
+    np.testing.assert_array_equal(inf_nan, (torch.tensor([1.0, -1.0, 0.0]) // 0.0).numpy())  # inf, -inf, nan
+    assert np.isnan((deers.tensor([1.0], device=device) % 0.0).item())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_integer_division_by_zero_raises_like_pytorchs_cpu(device):
+    """cpu and mps raise (mps reads the divisor on the host); cuda gives an unspecified value, as
+    PyTorch's CUDA does."""
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        torch.tensor([1, 2]) // torch.tensor([0, 1])
+    for fn in (lambda x: x // deers.tensor([0, 1], device=device), lambda x: x % deers.tensor([1, 0], device=device),
+               lambda x: x // 0, lambda x: x % 0, lambda x: 5 // (x - 1), lambda x: x.to_dtype(deers.u8) % 0):
+        with pytest.raises(ZeroDivisionError, match="integer division by zero"):
+            fn(deers.tensor([1, 2], device=device)).numpy()
+
+
+def test_remainder_has_pytorchs_gradient():
+    a, b = deers.tensor([5.5, -5.5, 3.0]).attach(), deers.tensor([2.0, 2.0, -4.0]).attach()
+    ta, tb = torch.tensor([5.5, -5.5, 3.0], requires_grad=True), torch.tensor([2.0, 2.0, -4.0], requires_grad=True)
+    grads = (a % b * 3.0).sum().backward()
+    (ta % tb * 3.0).sum().backward()
+    np.testing.assert_array_equal(grads[a].numpy(), ta.grad.numpy())  # 1
+    np.testing.assert_array_equal(grads[b].numpy(), tb.grad.numpy())  # -floor(a / b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bitwise_ops_on_integers_and_masks(device):
+    x, y = deers.tensor([12, -3, 0, 255], device=device), deers.tensor([10, 5, -1, 1], device=device)
+    tx, ty = torch.tensor([12, -3, 0, 255]), torch.tensor([10, 5, -1, 1])
+
+    def u8(t):
+        return t.to(torch.uint8) if isinstance(t, torch.Tensor) else t.to_dtype(deers.u8)
+
+    for fn in (lambda p, q: p & q, lambda p, q: p | q, lambda p, q: p ^ q, lambda p, q: ~p,
+               lambda p, q: u8(p) & 7, lambda p, q: ~u8(p), lambda p, q: u8(p) ^ q):
+        out, expected = fn(x, y), fn(tx, ty)
+        assert TORCH[out.dtype.name] == expected.dtype and out.numpy().tolist() == expected.tolist()
+    m = deers.tensor([True, False, True, False], device=device)
+    n = deers.tensor([True, True, False, False], device=device)
+    assert (m & n).numpy().tolist() == [True, False, False, False] and (m & n).dtype is deers.bool_
+    assert (m | n).numpy().tolist() == [True, True, True, False]
+    assert (m ^ n).numpy().tolist() == [False, True, True, False]
+    assert (~m).numpy().tolist() == [False, True, False, True] and (~m).dtype is deers.bool_
+    assert (False | m).numpy().tolist() == [True, False, True, False] and (m & 1).dtype is deers.i64  # as torch
+    assert x.logical_and(y).numpy().tolist() == [True, True, False, True] and x.logical_not().numpy().tolist() == [
+        False, False, True, False]
+
+
+def test_bitwise_ops_on_floats_name_the_op_and_operands():
+    with pytest.raises(DTypeError, match=r"bitwise_and: needs integer or bool operands, got shape \(2,\) f32"):
+        deers.tensor([1.0, 2.0]) & deers.tensor([3, 4])
+    with pytest.raises(DTypeError, match=r"bitwise_or: .* the Python number 0.5"):
+        deers.tensor([1, 2]) | 0.5
+    with pytest.raises(DTypeError, match="bitwise_not: "):
+        ~deers.tensor([1.0])
+    with pytest.raises(TypeError, match="bitwise_xor: expected a Tensor or a Python number, got str"):
+        deers.tensor([1]) ^ "1"
 
 
 # ---- the same on the CUDA backend (its kernels emulated on the CPU, or a real GPU when present) ----------
@@ -191,6 +278,11 @@ def test_promotion_on_cuda(cuda):
     for op in ("add", "mul", "div", "eq"):
         test_binary_ops_give_torchs_dtype_and_values_for_every_pair(op, ("tensor", "tensor"), "cuda")
         test_binary_ops_give_torchs_dtype_and_values_for_every_pair(op, ("tensor", "number"), "cuda")
+    for op in ("floor_divide", "remainder", "and", "xor"):
+        test_binary_ops_give_torchs_dtype_and_values_for_every_pair(op, ("tensor", "tensor"), "cuda")
+        test_binary_ops_give_torchs_dtype_and_values_for_every_pair(op, ("tensor", "number"), "cuda")
     test_where_and_clamp_promote_like_torch("cuda")
-    for op in sorted(LOGICAL):
-        test_logical_ops_on_bool_masks_match_torch(op, "cuda")
+    for op in sorted(REFLECTED):
+        test_the_number_first_forms_and_not_give_torchs_dtype_and_values(op, "cuda")
+    test_floor_divide_and_remainder_round_like_python("cuda")
+    test_bitwise_ops_on_integers_and_masks("cuda")

@@ -25,6 +25,9 @@ Duties every backend keeps (the NDArray layer relies on them):
   point (`synchronize`, `to_numpy`), before any host read sees the output.
 - gather accepts an index smaller than the input along the other dims (as torch.gather).
 - reduce("sum") of integer or bool data returns int64; f16/bf16 compute in f32 and round once.
+- Integer floor_divide / remainder never trap: the most negative i64 // -1 wraps. A zero integer
+  divisor raises ZeroDivisionError on the CPU and MLX backends (as PyTorch's CPU); CUDA gives an
+  unspecified value instead (as PyTorch's CUDA).
 - `name` is unique per device ("cpu", "mps", "cuda:0", "cuda:1"): random-number states are
   saved and restored by it.
 - Asynchronous backends (CUDA, MLX) may return before the work is done; `to_numpy` waits.
@@ -60,6 +63,7 @@ class UnaryFn(str, Enum):
     RELU = "relu"
     ABS = "abs"
     SIGN = "sign"
+    BITWISE_NOT = "bitwise_not"  # integers and bool only (bool: logical not)
 
 
 class BinaryFn(str, Enum):
@@ -72,6 +76,11 @@ class BinaryFn(str, Enum):
     POW = "pow"
     MAXIMUM = "maximum"
     MINIMUM = "minimum"
+    FLOOR_DIVIDE = "floor_divide"  # floor(a / b), Python's //
+    REMAINDER = "remainder"  # a - floor(a / b) * b: the divisor's sign, Python's %
+    BITWISE_AND = "bitwise_and"  # integers and bool only, like the other bitwise names
+    BITWISE_OR = "bitwise_or"
+    BITWISE_XOR = "bitwise_xor"
     EQ = "eq"
     NE = "ne"
     LT = "lt"
@@ -119,10 +128,12 @@ class Backend(Protocol):
     def rand(self, numel: int, dtype: DType) -> Any: ...
     def randint(self, numel: int, low: int, high: int) -> Any: ...
 
-    # 4. y = f(a) for f in UnaryFn
+    # 4. y = f(a) for f in UnaryFn; bitwise_not on integers (two's complement ~a) and bool (not a)
     def unary(self, name: str, a: Any, la: Layout, out: Any = None) -> Any: ...
 
-    # 5. y = f(a, b) for f in BinaryFn; la and lb have one shape (already broadcast); comparisons -> bool
+    # 5. y = f(a, b) for f in BinaryFn; la and lb have one shape (already broadcast); comparisons -> bool;
+    #    floor_divide / remainder round the quotient down (Python's // and %: the remainder has b's
+    #    sign) on integers and floats; bitwise_and / _or / _xor on integers and bool only
     def binary(self, name: str, a: Any, la: Layout, b: Any, lb: Layout, out: Any = None) -> Any: ...
 
     # 6. y = f(a, value) (reverse: f(value, a)) with a Python number, in a's dtype

@@ -19,11 +19,13 @@ from . import COMPARISONS, cpu_kernels
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
-    "tanh": np.tanh, "abs": np.abs, "sign": np.sign,
+    "tanh": np.tanh, "abs": np.abs, "sign": np.sign, "bitwise_not": np.invert,  # np.invert(bool) is not
 }
 _BINARY = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
     "maximum": np.maximum, "minimum": np.minimum,
+    "floor_divide": np.floor_divide, "remainder": np.remainder,  # both round down, like Python's // and %
+    "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or, "bitwise_xor": np.bitwise_xor,
     "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
 }
 
@@ -56,6 +58,13 @@ def _scatter_add(shape: tuple[int, ...], dtype: DType, dim: int, index: np.ndarr
     res = np.zeros(prod(shape), dtype.numpy)
     np.add.at(res, np.broadcast_to(positions, source.shape).reshape(-1), np.ascontiguousarray(source).reshape(-1))
     return res
+
+
+def _check_divisor(name: str, divisor, dtype: np.dtype) -> None:
+    """Integer floor_divide / remainder by zero raise ZeroDivisionError, as Python and PyTorch's CPU
+    backend do (NumPy would quietly give 0)."""
+    if name in ("floor_divide", "remainder") and dtype.kind in "iub" and not np.all(divisor):
+        raise ZeroDivisionError(f"{name}: integer division by zero ({dtype.name} operands)")
 
 
 def _quiet(method):
@@ -135,7 +144,9 @@ class CPUBackend:
     def binary(self, name: str, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout,
                out: np.ndarray | None = None) -> np.ndarray:
         res = np.empty(la.numel, bool if name in COMPARISONS else a.dtype) if out is None else out
-        _BINARY[name](_view(a, la), _view(b, lb), out=res.reshape(la.shape))
+        x, y = _view(a, la), _view(b, lb)
+        _check_divisor(name, y, a.dtype)
+        _BINARY[name](x, y, out=res.reshape(la.shape))
         return res
 
     @_quiet
@@ -144,6 +155,7 @@ class CPUBackend:
         res = np.empty(la.numel, bool if name in COMPARISONS else a.dtype) if out is None else out
         x = _view(a, la)
         value = a.dtype.type(value) if name not in COMPARISONS else value
+        _check_divisor(name, x if reverse else value, a.dtype)
         if reverse:
             _BINARY[name](value, x, out=res.reshape(la.shape))
         else:

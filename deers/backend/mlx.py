@@ -43,10 +43,13 @@ _MX_DTYPES = {
 _UNARY = {
     "neg": mx.negative, "exp": mx.exp, "log": mx.log, "sqrt": mx.sqrt, "sin": mx.sin,
     "cos": mx.cos, "tanh": mx.tanh, "sigmoid": mx.sigmoid, "abs": mx.abs, "sign": mx.sign,
+    "bitwise_not": mx.bitwise_invert,
 }
 _BINARY = {
     "add": mx.add, "sub": mx.subtract, "mul": mx.multiply, "div": mx.divide, "pow": mx.power,
     "maximum": mx.maximum, "minimum": mx.minimum,
+    "floor_divide": mx.floor_divide, "remainder": mx.remainder,  # through _divide (integer checks)
+    "bitwise_and": mx.bitwise_and, "bitwise_or": mx.bitwise_or, "bitwise_xor": mx.bitwise_xor,
     "eq": mx.equal, "ne": mx.not_equal, "lt": mx.less, "le": mx.less_equal, "gt": mx.greater,
     "ge": mx.greater_equal,
 }
@@ -91,6 +94,27 @@ def _into(res: mx.array, out: mx.array | None) -> mx.array:
         return _flat(res)
     out[:] = _flat(res).astype(out.dtype)
     return out
+
+
+_DIVISIONS = ("floor_divide", "remainder")
+
+
+def _divide(name: str, a: mx.array, b: mx.array) -> mx.array:
+    """a // b or a % b (name "floor_divide" / "remainder"). Integers: a zero divisor raises
+    ZeroDivisionError, as on the CPU backend (a host read of b, like the index checks), and b = -1
+    is done as a negation, because MLX's own integer division traps (SIGFPE) on the most negative
+    i64 // -1. Floats are MLX's floor(a / b), which rounds the quotient first (1 // 0.1 is 10 here,
+    9 on cpu and cuda, as in Python)."""
+    divide = _BINARY[name]
+    if not mx.issubdtype(a.dtype, mx.integer) and a.dtype != mx.bool_:
+        return divide(a, b)
+    if not mx.all(b != 0).item():
+        raise ZeroDivisionError(f"{name}: integer division by zero ({a.dtype} operands)")
+    if not mx.issubdtype(a.dtype, mx.signedinteger):
+        return divide(a, b)
+    minus_one = b == -1
+    quotient_or_remainder = divide(a, mx.where(minus_one, mx.array(1, a.dtype), b))  # x % 1 == x % -1 == 0
+    return mx.where(minus_one, -a, quotient_or_remainder) if name == "floor_divide" else quotient_or_remainder
 
 
 def _checked_index(index: mx.array, size: int, op: str) -> mx.array:
@@ -194,7 +218,8 @@ class MLXBackend:
 
     def binary(self, name: str, a: mx.array, la: Layout, b: mx.array, lb: Layout,
                out: mx.array | None = None) -> mx.array:
-        return _into(_BINARY[name](_view(a, la), _view(b, lb)), out)
+        x, y = _view(a, la), _view(b, lb)
+        return _into(_divide(name, x, y) if name in _DIVISIONS else _BINARY[name](x, y), out)
 
     def scalar(self, name: str, a: mx.array, la: Layout, value, reverse: bool = False,
                out: mx.array | None = None) -> mx.array:
@@ -202,7 +227,8 @@ class MLXBackend:
         # arithmetic keeps the array's dtype (value converted, as NumPy's a.dtype.type(value));
         # comparisons see the exact Python number
         other = value if name in COMPARISONS else mx.array(value, dtype=x.dtype)
-        res = _BINARY[name](other, x) if reverse else _BINARY[name](x, other)
+        first, second = (other, x) if reverse else (x, other)
+        res = _divide(name, first, second) if name in _DIVISIONS else _BINARY[name](first, second)
         return _into(res, out)
 
     def where(self, c: mx.array, lc: Layout, a: mx.array, la: Layout, b: mx.array, lb: Layout) -> mx.array:

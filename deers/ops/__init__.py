@@ -2,8 +2,10 @@
 
 unary.py     y = f(x): one class per primitive of deers.backend.UnaryFn (Exp, Log, Relu, ...);
              square and rsqrt written from them
-binary.py    y = f(a, b) with broadcasting: Add, Sub, Mul, Div, Pow, Maximum, Minimum; clamp
-compare.py   masks: comparisons (no gradient), where, masked_fill; &, |, ^, ~ on bool masks
+binary.py    y = f(a, b) with broadcasting: Add, Sub, Mul, Div, Pow, FloorDivide (//), Remainder (%),
+             Maximum, Minimum; clamp
+compare.py   masks: comparisons (no gradient), where, masked_fill
+bitwise.py   &, |, ^, ~ on integers and bool (no gradient); logical_and/or/xor/not written from them
 operands.py  PyTorch's type promotion (result_type), device checks, broadcasting, Python numbers as
              0-d constants
 inplace.py   add_, mul_, ..., copy_, x[key] = value, w -= ...: written into the tensor's own buffer;

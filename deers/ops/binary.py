@@ -1,5 +1,7 @@
 """Binary arithmetic ops: y = f(a, b) element-wise with broadcasting, one class per primitive of
-`deers.backend.BinaryFn` (the comparisons are in compare.py).
+`deers.backend.BinaryFn` (the comparisons are in compare.py, &, |, ^ in bitwise.py): + - * / **,
+maximum, minimum, and // and % with Python's rounding (the quotient rounded down, the remainder
+with the divisor's sign).
 
 Either operand may be a Python number: it becomes a 0-d constant (operands.py), so `2 - x` is
 the Sub op with the constant first and no op has a scalar special case. Both operands are first
@@ -95,6 +97,41 @@ class Pow(BinaryOp):
         return da, db
 
 
+class FloorDivide(BinaryOp):
+    """floor(a / b), Python's // (torch.floor_divide): integers stay integers (7 // -2 is -4),
+    floats round the quotient down (7.5 // 2.0 is 3.0).
+
+    Not differentiable, as in PyTorch: it is recorded like any op on tensors that require grad,
+    but a backward that reaches it raises (PyTorch: "derivative for aten::floor_divide is not
+    implemented") rather than quietly handing out the zeros of a piecewise-constant function."""
+
+    fn = BinaryFn.FLOOR_DIVIDE
+
+    def forward(self, a, b):
+        self.shapes = (a.shape, b.shape, a.dtype.name)
+        return a.binary(self.fn, b)
+
+    def backward(self, g):
+        a_shape, b_shape, dtype = self.shapes
+        raise RuntimeError(f"floor_divide: has no derivative, as in PyTorch (operands {a_shape} and {b_shape} "
+                           f"{dtype}); compute it on .detach()ed operands or under deers.no_grad() when no "
+                           "gradient should flow through it")
+
+
+class Remainder(BinaryOp):
+    """a - floor(a / b) b, Python's % (torch.remainder, not fmod): the result has b's sign
+    (-7 % 3 is 2, 7 % -3 is -2)."""
+
+    fn = BinaryFn.REMAINDER
+
+    def forward(self, a, b):
+        self.a, self.b = (a, b) if self.needs(1) else (None, None)  # only db reads them
+        return a.binary(self.fn, b)
+
+    def backward(self, g):  # d(a - floor(a/b) b) = (1, -floor(a/b)), floor being constant almost everywhere
+        return g, (-(g * self.a.binary(BinaryFn.FLOOR_DIVIDE, self.b)) if self.needs(1) else None)
+
+
 class _Extreme(BinaryOp):
     """max(a, b) or min(a, b): the winning operand gets the gradient; ties split it evenly."""
 
@@ -124,6 +161,9 @@ def binary(op: "type[BinaryOp]", a: Tensor, b, reverse: bool = False) -> Tensor:
     if op is Sub and (_is_bool(a) or _is_bool(b)):
         raise DTypeError(f"sub: subtraction with a bool operand is not supported ({describe(a)}), as in PyTorch; "
                          "for masks use x ^ y or ~x, or cast to an integer type")
+    if op in (FloorDivide, Remainder) and _is_bool(a) and _is_bool(b):
+        raise DTypeError(f"{op.fn.value}: not defined for two bool operands ({describe(a)}), as in PyTorch; "
+                         "cast to an integer type")
     a, b = operands(op.fn.value, a, b, op.float_result)
     return apply(op(), b, a) if reverse else apply(op(), a, b)
 
@@ -165,6 +205,26 @@ def pow(a: Tensor, exponent) -> Tensor:
 def rpow(a: Tensor, base) -> Tensor:
     """base ** a."""
     return binary(Pow, a, base, reverse=True)
+
+
+def floor_divide(a: Tensor, b) -> Tensor:
+    """a // b, rounding the quotient down (b a Tensor or a Python number)."""
+    return binary(FloorDivide, a, b)
+
+
+def rfloor_divide(a: Tensor, value) -> Tensor:
+    """value // a."""
+    return binary(FloorDivide, a, value, reverse=True)
+
+
+def remainder(a: Tensor, b) -> Tensor:
+    """a % b, with the divisor's sign (b a Tensor or a Python number)."""
+    return binary(Remainder, a, b)
+
+
+def rremainder(a: Tensor, value) -> Tensor:
+    """value % a."""
+    return binary(Remainder, a, value, reverse=True)
 
 
 def maximum(a: Tensor, b) -> Tensor:

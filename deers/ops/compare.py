@@ -1,5 +1,5 @@
-"""Masks: comparisons make bool tensors, where and masked_fill select by them, and &, |, ^, ~
-combine bool masks (written from where and the comparisons).
+"""Masks: comparisons make bool tensors, and where and masked_fill select by them (&, |, ^, ~
+combine masks: bitwise.py).
 
 A comparison has no gradient (`differentiable = False`: `apply` never records it). Against a
 Python number it runs the backend's scalar comparison, which compares exactly across types (an
@@ -8,16 +8,14 @@ rounded to some dtype.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..array import NDArray
 from ..autograd import Op
 from ..backend import COMPARISONS, BinaryFn
 from ..dtype import bool_
-from ..errors import DeviceError, DTypeError, ShapeError, describe
+from ..errors import DeviceError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor, apply
-from .operands import as_operand, broadcast_pair, check_number, constant, grad_broadcast, result_type
+from .operands import as_operand, broadcast_pair, check_number, grad_broadcast, result_type
 
 
 class Compare(Op):
@@ -85,41 +83,3 @@ def where(condition: Tensor, a, b) -> Tensor:
 def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
     """x with `value` wherever mask is true (mask broadcasts against x)."""
     return where(mask, value, x)
-
-
-# ---- logical ops on bool tensors: &, |, ^, ~ written from where and the comparisons ----------------
-def _logical_operands(name: str, a: Tensor, b) -> tuple[Tensor, Tensor]:
-    """Both operands as bool tensors on one device (a Python bool becomes a constant)."""
-    if isinstance(b, (bool, np.bool_)):
-        b = constant(bool(b), a)
-    for x in (a, b):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name}: expected a bool Tensor or a Python bool, got {type(x).__name__}")
-        if x.dtype is not bool_:
-            raise DTypeError(f"{name}: Deers has these for bool tensors only, got {describe(x)}; bitwise ops on "
-                             "integers need a backend primitive it does not have (compare to get masks)")
-    return broadcast_pair(name, a, b)
-
-
-def logical_and(a: Tensor, b) -> Tensor:
-    """a & b for bool tensors: where(a, b, False)."""
-    a, b = _logical_operands("and", a, b)
-    return where(a, b, False)
-
-
-def logical_or(a: Tensor, b) -> Tensor:
-    """a | b for bool tensors: where(a, True, b)."""
-    a, b = _logical_operands("or", a, b)
-    return where(a, True, b)
-
-
-def logical_xor(a: Tensor, b) -> Tensor:
-    """a ^ b for bool tensors: a != b."""
-    a, b = _logical_operands("xor", a, b)
-    return compare(BinaryFn.NE, a, b)
-
-
-def logical_not(a: Tensor) -> Tensor:
-    """~a for a bool tensor: a == False."""
-    _logical_operands("not", a, False)
-    return compare(BinaryFn.EQ, a, False)

@@ -1,5 +1,6 @@
-"""In-place updates with PyTorch's rules: add_, sub_, mul_, div_, zero_, fill_, copy_, clamp_,
-augmented assignment (`w -= lr * g`) and item assignment (`x[idx] = value`).
+"""In-place updates with PyTorch's rules: add_, sub_, mul_, div_, floor_divide_, remainder_,
+bitwise_and_/_or_/_xor_, zero_, fill_, copy_, clamp_, augmented assignment (`w -= lr * g`,
+`x //= 2`, `mask &= other`) and item assignment (`x[idx] = value`).
 
 An in-place op computes its result with the ordinary out-of-place op (so promotion, broadcasting
 and every backend work as usual) and writes it into the tensor's own view with `NDArray.assign`:
@@ -24,7 +25,7 @@ from ..dtype import can_cast, i64
 from ..errors import DeviceError, DTypeError, InPlaceError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor
-from . import binary
+from . import binary, bitwise
 from .shape import getitem
 
 # ---- the version counter: storage id -> number of in-place writes --------------------------------
@@ -146,6 +147,26 @@ def div_(x: Tensor, other) -> Tensor:
     return inplace("div_", x, binary.div, other)
 
 
+def floor_divide_(x: Tensor, other) -> Tensor:
+    return inplace("floor_divide_", x, binary.floor_divide, other)
+
+
+def remainder_(x: Tensor, other) -> Tensor:
+    return inplace("remainder_", x, binary.remainder, other)
+
+
+def bitwise_and_(x: Tensor, other) -> Tensor:
+    return inplace("bitwise_and_", x, bitwise.bitwise_and, other)
+
+
+def bitwise_or_(x: Tensor, other) -> Tensor:
+    return inplace("bitwise_or_", x, bitwise.bitwise_or, other)
+
+
+def bitwise_xor_(x: Tensor, other) -> Tensor:
+    return inplace("bitwise_xor_", x, bitwise.bitwise_xor, other)
+
+
 def clamp_(x: Tensor, min=None, max=None) -> Tensor:
     return inplace("clamp_", x, binary.clamp, min, max)
 
@@ -232,6 +253,15 @@ def augmented(name: str, x: Tensor, other) -> Tensor:
     gives, the out-of-place result (x = x + other), since Deers does not record in-place ops. A leaf
     that requires grad under grad mode raises, as in PyTorch."""
     needs_graph = grad_mode.enabled and (x.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
+    out_of_place, in_place = AUGMENTED[name]
     if needs_graph and not (x.is_leaf and x.requires_grad):
-        return {"add_": binary.add, "sub_": binary.sub, "mul_": binary.mul, "div_": binary.div}[name](x, other)
-    return {"add_": add_, "sub_": sub_, "mul_": mul_, "div_": div_}[name](x, other)
+        return out_of_place(x, other)
+    return in_place(x, other)
+
+
+AUGMENTED = {  # the in-place method of each augmented assignment, and its out-of-place op
+    "add_": (binary.add, add_), "sub_": (binary.sub, sub_), "mul_": (binary.mul, mul_), "div_": (binary.div, div_),
+    "floor_divide_": (binary.floor_divide, floor_divide_), "remainder_": (binary.remainder, remainder_),
+    "bitwise_and_": (bitwise.bitwise_and, bitwise_and_), "bitwise_or_": (bitwise.bitwise_or, bitwise_or_),
+    "bitwise_xor_": (bitwise.bitwise_xor, bitwise_xor_),
+}

@@ -142,6 +142,8 @@ class CUDABackend(FusedKernels):
     # 4-8. element-wise -------------------------------------------------------------------------
     def unary(self, name: str, a, la: Layout, out=None):
         sfx = plan.suffix(a.dtype)
+        if name == "bitwise_not" and sfx == "bool":  # not b is b ^ true (the bool kernels compute in int)
+            return self.scalar("bitwise_xor", a, la, True, out=out)
         code = plan.unary_code(name, sfx)
         res = self.rt.empty(la.numel, a.dtype) if out is None else out
         meta = plan.elementwise_meta(la.shape, [(la.offset, la.strides)])

@@ -129,6 +129,12 @@ DEV float m_pow(float x, float y) { return powf(x, y); }
 DEV double m_pow(double x, double y) { return pow(x, y); }
 DEV float m_abs(float x) { return fabsf(x); }
 DEV double m_abs(double x) { return fabs(x); }
+DEV float m_fmod(float x, float y) { return fmodf(x, y); }
+DEV double m_fmod(double x, double y) { return fmod(x, y); }
+DEV float m_floor(float x) { return floorf(x); }
+DEV double m_floor(double x) { return floor(x); }
+DEV float m_copysign(float x, float y) { return copysignf(x, y); }
+DEV double m_copysign(double x, double y) { return copysign(x, y); }
 DEV float neg_inf(float) { return -f32_inf(); }
 DEV double neg_inf(double) { return -f64_inf(); }
 DEV long long neg_inf(long long) { return -9223372036854775807LL - 1; }

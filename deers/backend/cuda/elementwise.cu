@@ -18,6 +18,7 @@
 #define UNARY_RELU 9
 #define UNARY_ABS 10
 #define UNARY_SIGN 11
+#define UNARY_BITWISE_NOT 12
 
 #define BINARY_ADD 0
 #define BINARY_SUB 1
@@ -26,6 +27,11 @@
 #define BINARY_POW 4
 #define BINARY_MAXIMUM 5
 #define BINARY_MINIMUM 6
+#define BINARY_FLOOR_DIVIDE 7
+#define BINARY_REMAINDER 8
+#define BINARY_BITWISE_AND 9
+#define BINARY_BITWISE_OR 10
+#define BINARY_BITWISE_XOR 11
 
 #define COMPARE_EQ 0
 #define COMPARE_NE 1
@@ -60,8 +66,44 @@ template <typename A> DEV A unary_int(int op, A x) {
         case UNARY_RELU: return x > 0 ? x : 0;
         case UNARY_ABS: return x < 0 ? -x : x;
         case UNARY_SIGN: return (A)((x > 0) - (x < 0));
+        case UNARY_BITWISE_NOT: return ~x;  // u8 computes in int: the store keeps the low 8 bits
     }
     return x;
+}
+
+// Python's // and % on floats (as PyTorch): the quotient from fmod, so that a = q b + r exactly
+// where floor(a / b) would round the division first (1 // 0.1 is 9, floor(1 / 0.1) is 10);
+// the remainder has b's sign. Division by 0 gives IEEE's a / b (inf or nan) and fmod's nan.
+template <typename A> DEV A floor_divide_float(A a, A b) {
+    if (b == (A)0) return a / b;
+    A mod = m_fmod(a, b);
+    A q = (a - mod) / b;
+    if (mod != (A)0 && ((b < (A)0) != (mod < (A)0))) q -= (A)1;
+    if (q == (A)0) return m_copysign((A)0, a / b);
+    A floored = m_floor(q);
+    return q - floored > (A)0.5 ? floored + (A)1 : floored;  // q is an integer up to rounding
+}
+
+template <typename A> DEV A remainder_float(A a, A b) {
+    A mod = m_fmod(a, b);
+    return (mod != (A)0 && ((b < (A)0) != (mod < (A)0))) ? mod + b : mod;
+}
+
+// Python's // and % on integers: C truncates toward 0, so a quotient with a nonzero remainder of
+// the other sign steps down by one. Division by 0 is undefined (the CPU backend raises
+// ZeroDivisionError; PyTorch's CUDA gives no error either): 0 here, never a trap. b = -1 is
+// done as a negation, so the most negative i64 wraps instead of trapping.
+template <typename A> DEV A floor_divide_int(A a, A b) {
+    if (b == 0) return 0;
+    if (b == -1) return (A)(0ULL - (unsigned long long)a);
+    A q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+template <typename A> DEV A remainder_int(A a, A b) {
+    if (b == 0 || b == -1) return 0;
+    A r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
 
 template <typename A> DEV A binary_float(int op, A a, A b) {
@@ -73,6 +115,8 @@ template <typename A> DEV A binary_float(int op, A a, A b) {
         case BINARY_POW: return m_pow(a, b);
         case BINARY_MAXIMUM: return nan_max(a, b);
         case BINARY_MINIMUM: return nan_min(a, b);
+        case BINARY_FLOOR_DIVIDE: return floor_divide_float(a, b);
+        case BINARY_REMAINDER: return remainder_float(a, b);
     }
     return a;
 }
@@ -84,6 +128,11 @@ template <typename A> DEV A binary_int(int op, A a, A b) {
         case BINARY_MUL: return a * b;
         case BINARY_MAXIMUM: return a > b ? a : b;
         case BINARY_MINIMUM: return a < b ? a : b;
+        case BINARY_FLOOR_DIVIDE: return floor_divide_int(a, b);
+        case BINARY_REMAINDER: return remainder_int(a, b);
+        case BINARY_BITWISE_AND: return a & b;
+        case BINARY_BITWISE_OR: return a | b;
+        case BINARY_BITWISE_XOR: return a ^ b;
     }
     return a;
 }
@@ -111,7 +160,8 @@ template <typename A> DEV bool compare(int op, A a, A b) {
         }                                                                                               \
     }
 
-// out[i] = f(a[i]) for the integer unary ops (neg, relu, abs, sign, square).
+// out[i] = f(a[i]) for the integer unary ops (neg, relu, abs, sign, bitwise_not; bool's not: the host
+// runs it as a ^ true).
 #define UNARY_INT_KERNEL(T, SUFFIX)                                                                     \
     extern "C" __global__ void unary_##SUFFIX(int op, long long n, T* out, const T* a,                  \
                                               const long long* meta) {                                  \
@@ -122,7 +172,7 @@ template <typename A> DEV bool compare(int op, A a, A b) {
         }                                                                                               \
     }
 
-// out[i] = a[i] OP b[i] with OP in add sub mul div pow maximum minimum (BODY: float or int).
+// out[i] = a[i] OP b[i] for the BINARY_* ops (BODY: binary_float or binary_int).
 #define BINARY_KERNEL(T, SUFFIX, BODY)                                                                  \
     extern "C" __global__ void binary_##SUFFIX(int op, long long n, T* out, const T* a, const T* b,     \
                                                const long long* meta) {                                 \

@@ -102,10 +102,14 @@ def all_kernel_names() -> list[str]:
 
 # ---- op codes (the #defines of elementwise.cu and common.cuh) --------------------------------------
 UNARY_OPS = {"neg": 0, "exp": 1, "log": 2, "sqrt": 3, "sin": 5, "cos": 6, "tanh": 7,
-             "sigmoid": 8, "relu": 9, "abs": 10, "sign": 11}  # the codes of elementwise.cu's UNARY_* defines
-INT_UNARY_OPS = ("neg", "relu", "abs", "sign")
-BINARY_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "pow": 4, "maximum": 5, "minimum": 6}
-INT_BINARY_OPS = ("add", "sub", "mul", "maximum", "minimum")
+             "sigmoid": 8, "relu": 9, "abs": 10, "sign": 11,
+             "bitwise_not": 12}  # the codes of elementwise.cu's UNARY_* defines
+INT_UNARY_OPS = ("neg", "relu", "abs", "sign", "bitwise_not")
+BINARY_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "pow": 4, "maximum": 5, "minimum": 6,
+              "floor_divide": 7, "remainder": 8, "bitwise_and": 9, "bitwise_or": 10, "bitwise_xor": 11}
+INT_BINARY_OPS = ("add", "sub", "mul", "maximum", "minimum", "floor_divide", "remainder",
+                  "bitwise_and", "bitwise_or", "bitwise_xor")
+INT_ONLY_OPS = ("bitwise_not", "bitwise_and", "bitwise_or", "bitwise_xor")  # no float case in the kernels
 # the comparisons of deers.backend.COMPARISONS (keyed by the shared names), coded as common.cuh's COMPARE_*
 COMPARE_OPS = {f.value: code for code, f in enumerate((BinaryFn.EQ, BinaryFn.NE, BinaryFn.LT, BinaryFn.LE,
                                                         BinaryFn.GT, BinaryFn.GE))}
@@ -114,20 +118,26 @@ REDUCE_OPS = {"sum": 0, "max": 1, "min": 2}
 
 
 def unary_code(name: str, sfx: str) -> int:
-    """The op code of a unary op, checking the dtype has it (integers: neg relu abs sign square)."""
+    """The op code of a unary op, checking the dtype has it (integers: neg relu abs sign bitwise_not;
+    floats: all but bitwise_not)."""
     if name not in UNARY_OPS:
         raise ValueError(f"unknown unary op {name!r}")
     if sfx not in FLOATS and name not in INT_UNARY_OPS:
         raise TypeError(f"cuda: unary {name} needs a floating-point dtype, got {sfx}")
+    if sfx in FLOATS and name in INT_ONLY_OPS:
+        raise TypeError(f"cuda: {name} needs an integer or bool dtype, got {sfx}")
     return UNARY_OPS[name]
 
 
 def binary_code(name: str, sfx: str) -> int:
-    """The op code of an arithmetic binary op (integers: add sub mul maximum minimum)."""
+    """The op code of an arithmetic binary op (integers: all but div and pow; floats: all but the
+    bitwise ones)."""
     if name not in BINARY_OPS:
         raise ValueError(f"unknown binary op {name!r}")
     if sfx not in FLOATS and name not in INT_BINARY_OPS:
         raise TypeError(f"cuda: {name} needs a floating-point dtype, got {sfx}")
+    if sfx in FLOATS and name in INT_ONLY_OPS:
+        raise TypeError(f"cuda: {name} needs an integer or bool dtype, got {sfx}")
     return BINARY_OPS[name]
 
 
