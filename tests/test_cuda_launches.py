@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+import deers
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import cuda_launches  # noqa: E402
 
@@ -25,6 +27,8 @@ BOUNDS = {("headline", "f32"): 610, ("headline", "bf16"): 695, ("gpt2-124m", "f3
 
 @pytest.mark.parametrize("config,dtype", list(BOUNDS), ids=lambda v: str(v))
 def test_a_training_step_makes_no_sync_and_a_bounded_number_of_launches(config, dtype):
+    if dtype == "bf16" and not deers.bf16.available:
+        pytest.skip("bf16 needs the optional package ml_dtypes (pip install 'deers[bf16]')")
     runtime, seconds = cuda_launches.count_step(config, dtype, steps=2)
     launches, gemms, syncs = (sum(c.values()) for c in (runtime.launches, runtime.gemms, runtime.syncs))
     assert syncs == 0, f"{config} {dtype}: the step waits for the device: {dict(runtime.syncs)}"
