@@ -183,8 +183,12 @@ class Grads:
         self._store.pop(id(tensor), None)
 
 
-def topo_sort(root) -> list:
-    """Tensors that `root` depends on and that require grad, inputs before outputs."""
+def topo_sort(root, every_input: bool = False) -> list:
+    """Tensors that `root` depends on and that require grad, inputs before outputs.
+
+    every_input: also the inputs that need no gradient (data, constants), each node's first input
+    walked first (deers.viz draws the whole graph in that order).
+    """
     order: list = []
     visited: set[int] = set()
     stack = [(root, False)]
@@ -197,8 +201,8 @@ def topo_sort(root) -> list:
             continue
         visited.add(id(node))
         stack.append((node, True))
-        for parent in node._inputs:
-            if parent.requires_grad and id(parent) not in visited:
+        for parent in (reversed(node._inputs) if every_input else node._inputs):
+            if (every_input or parent.requires_grad) and id(parent) not in visited:
                 stack.append((parent, False))
     return order
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .autograd import _FreedOp
+from .autograd import _FreedOp, topo_sort
 
 RENDERED = ("svg", "png", "pdf")
 
@@ -55,7 +55,7 @@ def graph_nodes(root, params: "Iterable | Mapping | None" = None) -> list[GraphN
         raise RuntimeError("draw_graph: backward already freed this graph; draw it before backward, "
                            "or run backward(retain_graph=True)")
     names = _param_names(params)
-    order = _walk(root)
+    order = topo_sort(root, every_input=True)  # every tensor behind root, inputs first
     index = {id(t): i for i, t in enumerate(order)}
     nodes: list[GraphNode] = []
     param_path: dict[int, str] = {}  # node index -> module path of the parameter it is (or views)
@@ -165,26 +165,6 @@ def write(text: str, path: "str | Path") -> None:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def _walk(root) -> list:
-    """Every tensor behind root (recorded ops and their inputs, leaves included), inputs first."""
-    order: list = []
-    visited: set[int] = set()
-    stack = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if children_done:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for parent in reversed(node._inputs):  # reversed: the first input is walked (numbered) first
-            if id(parent) not in visited:
-                stack.append((parent, False))
-    return order
-
-
 def _param_names(params) -> dict[int, str]:
     if params is None:
         return {}

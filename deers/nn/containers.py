@@ -94,28 +94,16 @@ class Sequential(ModuleList):
         return x
 
 
-class ModuleDict(Module):
-    """Modules by name, in insertion order: `heads["q"]`; parameters named "q.weight", ..."""
+class _NamedItems(Module):
+    """What ModuleDict and ParameterDict share: a dict `_items` of named entries read like a
+    mapping (`d[key]`, `key in d`, `len`, iteration over keys, keys/values/items, `del d[key]`)."""
 
-    def __init__(self, modules: "Mapping[str, Module] | Iterable[tuple[str, Module]] | None" = None):
-        super().__init__()
-        self._items: dict[str, Module] = {}
-        if modules is not None:
-            self.update(modules)
+    _items: dict
 
     def _fields(self) -> Iterator[tuple[str, Any]]:
         return iter(self._items.items())
 
-    def update(self, modules: "Mapping[str, Module] | Iterable[tuple[str, Module]]") -> None:
-        pairs = modules.items() if isinstance(modules, Mapping) else modules
-        for key, module in pairs:
-            self[key] = module
-
-    def __setitem__(self, key: str, module: Module) -> None:
-        owner = type(self).__name__
-        self._items[_check_key(owner, key)] = _as_module(owner, module)
-
-    def __getitem__(self, key: str) -> Module:
+    def __getitem__(self, key: str) -> Any:
         return self._items[key]
 
     def __delitem__(self, key: str) -> None:
@@ -138,6 +126,26 @@ class ModuleDict(Module):
 
     def items(self):
         return self._items.items()
+
+
+class ModuleDict(_NamedItems):
+    """Modules by name, in insertion order: `heads["q"]`; parameters named "q.weight", ..."""
+
+    def __init__(self, modules: "Mapping[str, Module] | Iterable[tuple[str, Module]] | None" = None):
+        super().__init__()
+        self._items: dict[str, Module] = {}
+        if modules is not None:
+            self.update(modules)
+
+    def update(self, modules: "Mapping[str, Module] | Iterable[tuple[str, Module]]") -> None:
+        pairs = modules.items() if isinstance(modules, Mapping) else modules
+        for key, module in pairs:
+            self[key] = module
+
+    def __setitem__(self, key: str, module: Module) -> None:
+        owner = type(self).__name__
+        self._items[_check_key(owner, key)] = _as_module(owner, module)
+
 
 
 class ParameterList(Module):
@@ -178,7 +186,7 @@ class ParameterList(Module):
         return ", ".join(f"({i}): {describe(v)}" for i, v in enumerate(self._items))
 
 
-class ParameterDict(Module):
+class ParameterDict(_NamedItems):
     """Vars by name, in insertion order; parameters named by their keys."""
 
     def __init__(self, values: "Mapping[str, Var | Tensor] | None" = None):
@@ -187,30 +195,7 @@ class ParameterDict(Module):
         for key, value in (values or {}).items():
             self[key] = value
 
-    def _fields(self) -> Iterator[tuple[str, Any]]:
-        return iter(self._items.items())
-
     def __setitem__(self, key: str, value: "Var | Tensor") -> None:
         owner = type(self).__name__
         self._items[_check_key(owner, key)] = _as_var(owner, value)
 
-    def __getitem__(self, key: str) -> Var:
-        return self._items[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def keys(self):
-        return self._items.keys()
-
-    def values(self):
-        return self._items.values()
-
-    def items(self):
-        return self._items.items()
