@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from deers.backend.cuda import plan
+from deers.backend.cuda import gemm, plan
 from deers.dtype import is_half_numpy
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deers", "backend", "cuda")
@@ -123,7 +123,7 @@ class HostRuntime:
         path, self.kernels = build_library()
         self.lib = ctypes.CDLL(path)
         self.launches: list[str] = []  # kernel names in launch order, for tests to inspect
-        self.gemms: list = []  # the cuBLAS calls (gemm.Gemm), in order
+        self.gemms: list = []  # the cuBLAS calls (gemm.Gemm or gemm.BatchedGemm), in order
         self.allow_tf32_seen: list[bool] = []
 
     # ---- memory -----------------------------------------------------------------------------------
@@ -179,6 +179,47 @@ class HostRuntime:
             raise AssertionError(f"gemm: ldc {call.ldc} < {m}")
         c = self._strided(out, 0, (batch, m, n), (call.stride_c, 1, call.ldc), "C")
         c[...] = np.matmul(first, second).astype(out.dtype)
+
+    def gemm_batched(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool) -> None:
+        """cublas<S|D>gemmBatched as cuBLAS defines it: the runtime's pointer arrays (built by
+        gemm.pointer_table from the buffers' addresses and uploaded through `meta`, as CupyRuntime
+        does) name each entry's matrix; every pointer must be aligned and lie in the buffer of its
+        role, each matrix is read column-major through its op and ld with every element
+        bounds-checked, and no two C entries may overlap. Only the dtypes CuPy has the call for."""
+        if sfx not in gemm.POINTER_ARRAY_DTYPES:
+            raise AssertionError(f"gemm_batched: CuPy's cuBLAS binding has no pointer-array GEMM for {sfx}")
+        self.allow_tf32_seen.append(allow_tf32)
+        self.gemms.append(call)
+        m, n, k, batch = call.m, call.n, call.k, call.batch
+        wide = np.float64 if sfx == "f64" else np.float32
+        table = self.meta(gemm.pointer_table(call, a.ctypes.data, b.ctypes.data, out.ctypes.data, a.itemsize))
+        if table.size != 3 * batch:
+            raise AssertionError(f"gemm_batched: {table.size} pointers for 3 arrays of {batch}")
+
+        def entry(buf: np.ndarray, address: int, op: int, ld: int, rows: int, cols: int, what: str) -> np.ndarray:
+            """op(X) (rows, cols) of the column-major matrix X at `address`, which must lie in buf."""
+            delta = int(address) - buf.ctypes.data
+            if delta % buf.itemsize:
+                raise AssertionError(f"gemm_batched {what}: pointer {address:#x} is not {buf.itemsize}-byte aligned")
+            stored_rows = rows if op == 0 else cols
+            if ld < max(1, stored_rows):
+                raise AssertionError(f"gemm_batched {what}: ld {ld} < {stored_rows} rows")
+            strides = (1, ld) if op == 0 else (ld, 1)
+            return self._strided(buf, delta // buf.itemsize, (rows, cols), strides, what)
+
+        first = np.stack([entry(b, table[i], call.first.op, call.first.ld, m, k, f"first (B) entry {i}")
+                          for i in range(batch)]).astype(wide)
+        second = np.stack([entry(a, table[batch + i], call.second.op, call.second.ld, k, n, f"second (A) entry {i}")
+                           for i in range(batch)]).astype(wide)
+        product = np.matmul(first, second).astype(out.dtype)
+        written = np.zeros(out.size, np.int64)
+        for i in range(batch):
+            c = entry(out, table[2 * batch + i], 0, call.ldc, m, n, f"C entry {i}")
+            c[...] = product[i]
+            np.add.at(written, (int(table[2 * batch + i]) - out.ctypes.data) // out.itemsize
+                      + np.add.outer(np.arange(m), np.arange(n) * call.ldc).reshape(-1), 1)
+        if (written > 1).any():
+            raise AssertionError("gemm_batched: C entries overlap (cuBLAS leaves such results undefined)")
 
     @staticmethod
     def _strided(buf: np.ndarray, offset: int, shape, strides, what: str) -> np.ndarray:

@@ -330,7 +330,8 @@ def test_gemm_broadcast_batch_is_stride_0_and_an_inexpressible_operand_is_the_on
     if isinstance(cuda.rt, HostRuntime):
         assert cuda.rt.launches[before:] == [] and cuda.rt.gemms[-1].first.batch_stride == 0
     # v of a GPT block: (B, nh, T, hd) inside the (B, T, 3 D) qkv buffer; its batch dims do not
-    # collapse to one stride, so it alone is copied (one copy kernel), then one GEMM
+    # collapse to one stride: f32 reads it through pointer arrays (cublasSgemmBatched, no kernel);
+    # f16, which CuPy has no pointer-array GEMM for, copies it alone (one copy kernel), then one GEMM
     B, nh, T, hd = 2, 3, 4, 5
     qkv = rng.standard_normal((B, T, 3 * nh * hd)).astype(np.float32)
     v_layout = Layout((B, T, 3 * nh * hd)).narrow(2, 2 * nh * hd, nh * hd)
@@ -338,11 +339,14 @@ def test_gemm_broadcast_batch_is_stride_0_and_an_inexpressible_operand_is_the_on
     v_layout = v_layout.permute((0, 2, 1, 3))  # (B, nh, T, hd)
     att = rng.standard_normal((B, nh, T, T)).astype(np.float32)
     v = qkv[:, :, 2 * nh * hd:].reshape(B, T, nh, hd).transpose(0, 2, 1, 3)
-    before = len(cuda.rt.launches) if isinstance(cuda.rt, HostRuntime) else 0
-    got = cuda.matmul(_up(cuda, att, deers.f32), Layout(att.shape), _up(cuda, qkv, deers.f32), v_layout)
-    np.testing.assert_allclose(_down(cuda, got).reshape(B, nh, T, hd), att @ v, rtol=1e-5, atol=1e-5)
-    if isinstance(cuda.rt, HostRuntime):
-        assert cuda.rt.launches[before:] == ["copy_f32_f32"]
+    for dtype, copies in ((deers.f32, []), (deers.f16, ["copy_f16_f16"])):
+        before = len(cuda.rt.launches) if isinstance(cuda.rt, HostRuntime) else 0
+        got = cuda.matmul(_up(cuda, att, dtype), Layout(att.shape), _up(cuda, qkv, dtype), v_layout)
+        expected = att.astype(dtype.numpy).astype(np.float64) @ v.astype(dtype.numpy).astype(np.float64)
+        _close(_down(cuda, got).reshape(B, nh, T, hd), expected, dtype)
+        if isinstance(cuda.rt, HostRuntime):
+            assert cuda.rt.launches[before:] == copies
+            assert type(cuda.rt.gemms[-1]).__name__ == ("BatchedGemm" if dtype is deers.f32 else "Gemm")
 
 def test_clip_grad_norm_keeps_the_norm_on_the_device(cuda, monkeypatch):
     from deers.optim import clip_grad_norm

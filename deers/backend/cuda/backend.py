@@ -245,10 +245,12 @@ class CUDABackend(FusedKernels):
 
     # 10. matmul --------------------------------------------------------------------------------
     def matmul(self, a, la: Layout, b, lb: Layout):
-        """Float GEMMs go straight to cublasGemmStridedBatchedEx (gemm.py) reading both operands
-        through their layouts: transposed views as transpose flags, broadcast batches as stride 0;
-        only an operand cuBLAS cannot express is copied. f16/bf16 multiply on tensor cores and
-        accumulate in f32; f32 uses TF32 when `set_allow_tf32(True)`, for every GEMM alike."""
+        """Float GEMMs go straight to cuBLAS (gemm.py) reading both operands through their layouts:
+        transposed views as transpose flags, broadcast batches as stride 0, in one
+        cublasGemmStridedBatchedEx; batch dims that do not collapse to one stride (f32/f64) as one
+        pointer-array cublas<S|D>gemmBatched; only an operand neither can express is copied.
+        f16/bf16 multiply on tensor cores and accumulate in f32; f32 uses TF32 when
+        `set_allow_tf32(True)`, for every GEMM alike."""
         out_shape = la.shape[:-1] + (lb.shape[-1],)
         out = self.rt.empty(math.prod(out_shape), a.dtype)
         if out.size == 0:
@@ -264,7 +266,11 @@ class CUDABackend(FusedKernels):
         if la.shape[-1] == 0:  # k = 0: a sum of nothing
             self._fill(out, 0)
             return out
-        call = gemm.plan_gemm(la.shape, la.strides, la.offset, lb.shape, lb.strides, lb.offset)
+        pointer_arrays = sfx in gemm.POINTER_ARRAY_DTYPES
+        call = gemm.plan_gemm(la.shape, la.strides, la.offset, lb.shape, lb.strides, lb.offset, pointer_arrays)
+        if isinstance(call, gemm.BatchedGemm):
+            self.rt.gemm_batched(call, a, b, out, sfx, MatmulSettings.allow_tf32)
+            return out
         if not isinstance(call, gemm.Gemm):  # copy only the operand(s) cuBLAS cannot read as they are
             copy_a, copy_b = call
             if copy_a:

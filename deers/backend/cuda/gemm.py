@@ -1,4 +1,4 @@
-"""Layouts -> one cuBLAS strided-batched GEMM call, in plain Python (no CuPy needed).
+"""Layouts -> one cuBLAS GEMM call (strided-batched, or batched with pointer arrays), in plain Python.
 
 Deers arrays are row-major; cuBLAS is column-major. A row-major C (m, n) = A (m, k) @ B (k, n) is
 the column-major product Cᵀ (n, m) = Bᵀ (n, k) · Aᵀ (k, m), so the call passes B first and A
@@ -9,19 +9,30 @@ second, each with the cuBLAS op that turns its memory into the transpose cuBLAS 
 - one with unit row stride (a transposed view, column stride L) is the column-major X (r, c)
   with leading dimension L: op T.
 
-The batch dims of an operand must advance by one stride per batch entry (stride 0 for a broadcast
-operand: every entry reads the same matrix). An operand whose layout cuBLAS cannot express
-(neither stride 1, or batch dims that do not collapse to one stride, such as the v view of a GPT's
-qkv buffer) is reported, and the backend copies only that operand. C is written contiguous.
+The batch dims of both operands advance by one stride per batch entry (stride 0 for a broadcast
+operand: every entry reads the same matrix): one cublasGemmStridedBatchedEx (`Gemm`). When an
+operand's matrices are readable but its batch dims do not collapse to one stride (the v view of a
+GPT's qkv buffer, (B, nh, T, hd) with batch strides (T 3D, hd); a gradient arriving through
+y.transpose(1, 2).reshape(B, T, D), batch strides (T D, hd)), the call can instead take one
+pointer per batch entry (`BatchedGemm`: cublas<S|D>gemmBatched, the per-entry offsets here, the
+pointers made by the runtime) where the runtime has that call for the dtype (`POINTER_ARRAY_DTYPES`).
+Otherwise, and for a matrix with neither stride 1, the operand is reported and the backend copies
+only that operand. C is written contiguous.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 OP_N, OP_T = 0, 1  # cublasOperation_t
 INT32_MAX = (1 << 31) - 1
+# dtypes with a pointer-array batched GEMM in CuPy's public cuBLAS binding (cupy_backends.cuda.libs
+# .cublas, CuPy 14): sgemmBatched and dgemmBatched. It has no gemmBatchedEx, so f16/bf16 operands
+# whose batch dims do not collapse are still copied.
+POINTER_ARRAY_DTYPES = frozenset({"f32", "f64"})
+POINTER_ARRAY_MAX_BATCH = 4096  # bounds the host work and the cached pointer arrays; a larger batch is copied
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,31 @@ class Gemm:
     second: Operand
     ldc: int
     stride_c: int
+
+
+@dataclass(frozen=True)
+class Entries:
+    """How cuBLAS reads one operand of a pointer-array call: op, leading dimension, and the offset
+    (elements into the operand's buffer) of each batch entry's matrix."""
+
+    op: int
+    ld: int
+    offsets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BatchedGemm:
+    """One cublas<S|D>gemmBatched call (column-major, M x N results), operands and roles as in
+    `Gemm`; C entry i is the contiguous (m, n) matrix at `c_offsets[i]` of the output (ldc = n)."""
+
+    m: int
+    n: int
+    k: int
+    batch: int
+    first: Entries
+    second: Entries
+    ldc: int
+    c_offsets: tuple[int, ...]
 
 
 def _matrix(rows: int, cols: int, row_stride: int, col_stride: int) -> tuple[int, int] | None:
@@ -86,15 +122,49 @@ def _operand(shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> O
     return Operand(matrix[0], matrix[1], batch_stride, offset)
 
 
+def _entries(shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> Entries | None:
+    """The operand read matrix by matrix: the offset of every batch entry, in row-major batch order."""
+    matrix = _matrix(shape[-2], shape[-1], strides[-2], strides[-1])
+    if matrix is None or matrix[1] > INT32_MAX:
+        return None
+    steps = [range(0, size * stride, stride) if stride else [0] * size
+             for size, stride in zip(shape[:-2], strides[:-2])]
+    return Entries(matrix[0], matrix[1], tuple(offset + sum(step) for step in itertools.product(*steps)))
+
+
 @lru_cache(maxsize=4096)
 def plan_gemm(a_shape: tuple[int, ...], a_strides: tuple[int, ...], a_offset: int,
-              b_shape: tuple[int, ...], b_strides: tuple[int, ...], b_offset: int) -> Gemm | tuple[bool, bool]:
+              b_shape: tuple[int, ...], b_strides: tuple[int, ...], b_offset: int,
+              pointer_arrays: bool = False) -> Gemm | BatchedGemm | tuple[bool, bool]:
     """The cuBLAS call for (..., m, k) @ (..., k, n) with equal (already broadcast) batch dims, or
-    (copy a?, copy b?): which operands must be made contiguous first."""
+    (copy a?, copy b?): which operands must be made contiguous first.
+
+    One strided-batched call whenever both operands' batch dims collapse (the faster call); with
+    `pointer_arrays` (the runtime has cublas<t>gemmBatched for the dtype), a `BatchedGemm` when
+    they do not but every matrix is readable, so nothing is copied."""
     *batch, m, k = a_shape
     n = b_shape[-1]
     a = _operand(a_shape, a_strides, a_offset)
     b = _operand(b_shape, b_strides, b_offset)
-    if a is None or b is None or max(m, n, k) > INT32_MAX:
+    if max(m, n, k) > INT32_MAX:
         return a is None, b is None
-    return Gemm(m=n, n=m, k=k, batch=math.prod(batch), first=b, second=a, ldc=max(1, n), stride_c=m * n)
+    if a is not None and b is not None:
+        return Gemm(m=n, n=m, k=k, batch=math.prod(batch), first=b, second=a, ldc=max(1, n), stride_c=m * n)
+    if pointer_arrays and math.prod(batch) <= POINTER_ARRAY_MAX_BATCH:
+        a_entries = _entries(a_shape, a_strides, a_offset)
+        b_entries = _entries(b_shape, b_strides, b_offset)
+        if a_entries is not None and b_entries is not None:
+            count = math.prod(batch)
+            return BatchedGemm(m=n, n=m, k=k, batch=count, first=b_entries, second=a_entries, ldc=max(1, n),
+                               c_offsets=tuple(range(0, count * m * n, m * n)))
+    return a is None, b is None
+
+
+@lru_cache(maxsize=1024)
+def pointer_table(call: BatchedGemm, a_address: int, b_address: int, out_address: int,
+                  itemsize: int) -> tuple[int, ...]:
+    """The three device pointer arrays of a `BatchedGemm`, back to back: cuBLAS's A entries (in
+    Deers' b), its B entries (in a), then C's (in out), from the buffers' base addresses (bytes)."""
+    return (tuple(b_address + offset * itemsize for offset in call.first.offsets)
+            + tuple(a_address + offset * itemsize for offset in call.second.offsets)
+            + tuple(out_address + offset * itemsize for offset in call.c_offsets))

@@ -1,5 +1,6 @@
 """Everything the CUDA backend asks of CuPy: device memory, host transfer, strided views, cuBLAS
-GEMMs (cublasGemmStridedBatchedEx on CuPy's own handle, public CuPy modules only), and the
+GEMMs (cublasGemmStridedBatchedEx, or cublas<S|D>gemmBatched with pointer arrays, on CuPy's own
+handle, public CuPy modules only), and the
 hand-written kernels of this folder's .cu files (compiled by NVRTC through `cupy.RawModule` on
 first use, then cached on disk by CuPy).
 
@@ -17,7 +18,7 @@ import numpy as np
 from cupy.cuda import cublas
 
 from ...errors import BackendUnavailable
-from .gemm import Gemm
+from .gemm import BatchedGemm, Gemm, pointer_table
 from .plan import Kernel
 
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -27,6 +28,7 @@ CUDA_TYPE = {"f16": 2, "bf16": 14, "f32": 0, "f64": 1}  # CUDA_R_16F, CUDA_R_16B
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 GEMM_DEFAULT = -1  # cublasGemmAlgo_t: cuBLAS picks (tensor cores where the types allow)
 POINTER_MODE_HOST = 0
+DEFAULT_MATH, TF32_TENSOR_OP_MATH = 0, 3  # cublasMath_t (cublas_api.h); the low bits are the mode
 
 
 def compile_options() -> tuple[str, ...]:
@@ -113,6 +115,39 @@ class CupyRuntime:
                 a.data.ptr + second.offset * item, data_type, second.ld, second.batch_stride,
                 self._zero[scalar].ctypes.data, out.data.ptr, data_type, call.ldc, call.stride_c,
                 call.batch, compute, GEMM_DEFAULT)
+
+    def gemm_batched(self, call: BatchedGemm, a: cupy.ndarray, b: cupy.ndarray, out: cupy.ndarray, sfx: str,
+                     allow_tf32: bool) -> None:
+        """out (contiguous) = a @ b as planned by gemm.plan_gemm for operands whose batch dims do not
+        collapse: one cublasSgemmBatched / cublasDgemmBatched (CuPy's public binding has no
+        gemmBatchedEx, so only f32 and f64 come here) with one device pointer per batch entry.
+
+        The three pointer arrays are one int64 array of `meta`'s cache, keyed by the pointers: a
+        hit (every training step after the first, as CuPy's pool hands back the same addresses)
+        costs no transfer; a miss costs one small host-to-device copy of 24 bytes per entry (CuPy
+        stages it through pinned memory and does not wait for the device) and one cache entry.
+        TF32 is the handle's math mode for the duration of the call, then restored."""
+        item = a.itemsize
+        with self.device:
+            pointers = self.meta(pointer_table(call, a.data.ptr, b.data.ptr, out.data.ptr, item))
+            first, second, c = (pointers.data.ptr + 8 * call.batch * i for i in range(3))
+            handle = cupy.cuda.device.get_cublas_handle()
+            cublas.setPointerMode(handle, POINTER_MODE_HOST)
+            args = (handle, call.first.op, call.second.op, call.m, call.n, call.k)
+            if sfx == "f64":
+                cublas.dgemmBatched(*args, self._one[np.float64].ctypes.data, first, call.first.ld, second,
+                                    call.second.ld, self._zero[np.float64].ctypes.data, c, call.ldc, call.batch)
+                return
+            mode = cublas.getMathMode(handle)
+            want = TF32_TENSOR_OP_MATH if allow_tf32 else DEFAULT_MATH
+            if (mode & 0xF) != want:
+                cublas.setMathMode(handle, (mode & ~0xF) | want)
+            try:
+                cublas.sgemmBatched(*args, self._one[np.float32].ctypes.data, first, call.first.ld, second,
+                                    call.second.ld, self._zero[np.float32].ctypes.data, c, call.ldc, call.batch)
+            finally:
+                if (mode & 0xF) != want:
+                    cublas.setMathMode(handle, mode)
 
     def matmul(self, x: cupy.ndarray, y: cupy.ndarray, out: cupy.ndarray) -> None:
         """out = x @ y for integer arrays (cuBLAS has no integer GEMM): CuPy's own matmul."""
