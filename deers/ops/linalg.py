@@ -9,20 +9,42 @@ from .shape import broadcast_to, reshape
 
 
 class MatMul(Op):
-    """(..., m, k) @ (..., k, n) with equal batch dims (broadcast beforehand)."""
+    """(..., m, k) @ (..., k, n) with equal batch dims (broadcast beforehand).
+
+    Each input's gradient is made in the memory order of that input: for a transposed view
+    (a Linear's x @ W.T) the GEMM computes the transpose of the gradient, the same cost, so the
+    transpose's backward hands the weight a dense gradient instead of one that must be copied.
+    """
 
     name = "matmul"
 
     def forward(self, a, b):
         self.a = a if self.needs(1) else None  # dB reads A
         self.b = b if self.needs(0) else None  # dA reads B
+        self.a_transposed = self.needs(0) and _column_major(a)
+        self.b_transposed = self.needs(1) and _column_major(b)
         return a.matmul(b)
 
-    def backward(self, g):  # dA = G B^T, dB = A^T G
+    def backward(self, g):  # dA = G B^T = (B G^T)^T, dB = A^T G = (G^T A)^T
         a, b = self.a, self.b
-        da = g.matmul(b.transpose(b.ndim - 1, b.ndim - 2)) if b is not None else None
-        db = a.transpose(a.ndim - 1, a.ndim - 2).matmul(g) if a is not None else None
+        da = db = None
+        if b is not None:
+            da = _t(b.matmul(_t(g))) if self.a_transposed else g.matmul(_t(b))
+        if a is not None:
+            db = _t(_t(g).matmul(a)) if self.b_transposed else _t(a).matmul(g)
         return da, db
+
+
+def _t(x):
+    """The matrices of x transposed (a view): (..., m, n) -> (..., n, m)."""
+    return x.transpose(x.ndim - 1, x.ndim - 2)
+
+
+def _column_major(x) -> bool:
+    """Whether x's matrices (the last two dims) lie column by column in memory, as W.T does."""
+    rows, cols = x.shape[-2:]
+    row_stride, col_stride = x.layout.strides[-2:]
+    return rows > 1 and cols > 1 and row_stride == 1 and col_stride >= rows
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:

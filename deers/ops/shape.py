@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..array import NDArray
-from ..autograd import Op
+from ..autograd import Op, Region
 from ..dtype import i64, promote_types
 from ..errors import DeviceError, ShapeError, describe
 from ..layout import Layout, infer_shape, normalize_dim
@@ -120,22 +120,22 @@ def unsqueeze(x: Tensor, dim: int) -> Tensor:
 
 
 class View(Op):
-    """A strided sub-view (narrow, slicing, integer indexing) given as a layout function."""
+    """A strided sub-view (narrow, slicing, integer indexing) given as a layout function;
+    `span` (dim, start, stop) when it is a narrow."""
 
     name = "view"
 
-    def __init__(self, make_layout):
+    def __init__(self, make_layout, span: "tuple[int, int, int] | None" = None):
         self.make_layout = make_layout
+        self.span = span
 
     def forward(self, a):
         self.input = (a.shape, a.dtype, a.device)
         return a.as_layout(self.make_layout(a.layout))
 
-    def backward(self, g):  # the gradient lands in the same view of a zero array
+    def backward(self, g):  # the gradient lands in the same view of a zero array (the engine writes it)
         shape, dtype, device = self.input
-        zeros = NDArray.full(shape, 0, dtype, device)
-        zeros.as_layout(self.make_layout(zeros.layout)).assign(g)
-        return (zeros,)
+        return (Region(g, shape, dtype, device, self.make_layout, self.span),)
 
 
 def require_dims(x: Tensor, op: str) -> None:
@@ -152,7 +152,7 @@ def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
         start += x.shape[d]
     if start < 0 or length < 0 or start + length > x.shape[d]:
         raise IndexError(f"narrow: [{start}, {start + length}) is out of range for dim {d} of {describe(x)}")
-    return apply(View(lambda layout: layout.narrow(d, start, length)), x)
+    return apply(View(lambda layout: layout.narrow(d, start, length), (d, start, start + length)), x)
 
 
 def getitem(x: Tensor, key) -> Tensor:
