@@ -9,14 +9,14 @@ deers/fused), optimizers and collectives write everything they compute with thes
 from __future__ import annotations
 
 from math import prod
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .backend import COMPARISONS, backend_for, loaded_backends, seed_all
 from .device import Device, as_device
 from .dtype import DType, bool_, f32, f64, i64
-from .errors import ShapeError
+from .errors import DeviceError, ShapeError
 from .layout import Layout, broadcast_shapes
 from .memory import track as _track_memory
 from .memory import untrack as _untrack_memory
@@ -86,7 +86,7 @@ class NDArray:
         return NDArray(self.buffer, layout, self.dtype, self.device, self.backend)
 
     def synchronize(self) -> None:
-        """Wait until the device has finished the work queued so far (item 19; timing, profiling)."""
+        """Wait until the device has finished the work queued so far (item 21; timing, profiling)."""
         self.backend.synchronize()
 
     # ---- metadata ----------------------------------------------------------------------------
@@ -300,15 +300,17 @@ class NDArray:
                                        self.layout)
         return self._new(res, tuple(shape))
 
-    # ---- fused primitives (items 14-18) ----------------------------------------------------------
-    def softmax(self, log: bool = False, causal: bool = False) -> "NDArray":
-        """(log-)softmax over the last dim; causal: (..., T, S) scores where row t sees s <= t + S - T."""
-        return self._new(self.backend.softmax(self.buffer, self.layout, log, causal), self.shape)
+    # ---- fused primitives (items 14-20) ----------------------------------------------------------
+    def softmax(self, log: bool = False, causal: bool = False, scale: float = 1.0) -> "NDArray":
+        """(log-)softmax of scale * self over the last dim; causal: (..., T, S) scores where row t
+        sees s <= t + S - T."""
+        return self._new(self.backend.softmax(self.buffer, self.layout, log, causal, scale), self.shape)
 
-    def softmax_backward(self, g: "NDArray", log: bool = False, causal: bool = False) -> "NDArray":
-        """For y = self = (log-)softmax(x) (causal: the masked one): dx from dy = g."""
-        return self._new(self.backend.softmax_backward(self.buffer, self.layout, g.buffer, g.layout, log, causal),
-                         self.shape)
+    def softmax_backward(self, g: "NDArray", log: bool = False, causal: bool = False,
+                         scale: float = 1.0) -> "NDArray":
+        """For y = self = (log-)softmax(scale * x) (causal: the masked one): dx from dy = g."""
+        return self._new(self.backend.softmax_backward(self.buffer, self.layout, g.buffer, g.layout, log, causal,
+                                                       scale), self.shape)
 
     def cross_entropy(self, targets: "NDArray", ignore_index: int, label_smoothing: float = 0.0,
                       overwrite_logits: bool = False) -> tuple["NDArray", "NDArray", "NDArray"]:
@@ -341,11 +343,50 @@ class NDArray:
         return self._new(self.backend.rope(self.buffer, self.layout, cos.buffer, cos.layout, sin.buffer, sin.layout,
                                            inverse), self.shape)
 
-    def adamw_step_(self, grad: "NDArray", exp_avg: "NDArray", exp_avg_sq: "NDArray", lr: float, beta1: float,
-                    beta2: float, eps: float, weight_decay: float, step: int) -> None:
-        """One AdamW update of self (a dense parameter) and its two moment arrays, in place."""
-        self.backend.adamw_step(self.buffer, self.layout, grad.buffer, grad.layout, exp_avg.buffer, exp_avg.layout,
-                                exp_avg_sq.buffer, exp_avg_sq.layout, lr, beta1, beta2, eps, weight_decay, step)
+    @staticmethod
+    def adamw_steps_(params: "Sequence[NDArray]", grads: "Sequence[NDArray]", exp_avgs: "Sequence[NDArray]",
+                     exp_avg_sqs: "Sequence[NDArray]", lr: float, beta1: float, beta2: float, eps: float,
+                     weight_decay: float, step: int) -> None:
+        """One AdamW update of many dense parameters and their moments, in place: one backend call
+        per (device, parameter dtype, moment dtype) group, so a GPU does each group in one launch."""
+        groups: dict = {}  # (device, param dtype, moment dtype) -> indices into params
+        for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+            if not (p.device == g.device == m.device == v.device):
+                raise DeviceError(f"adamw_step: parameter on {p.device}, grad on {g.device}, moments on "
+                                  f"{m.device} and {v.device}")
+            if p.shape != g.shape or p.shape != m.shape or p.shape != v.shape:
+                raise ShapeError(f"adamw_step: parameter {p.shape}, grad {g.shape}, moments {m.shape} and {v.shape}")
+            if g.dtype is not p.dtype:  # a gradient kept in another dtype: update in the parameter's
+                g = g.cast(p.dtype)
+            groups.setdefault((p.device, p.dtype, m.dtype), []).append((p, g, m, v))
+        for members in groups.values():
+            backend = members[0][0].backend
+            pairs = [[(a.buffer, a.layout) for a in column] for column in zip(*members)]
+            backend.adamw_step(*pairs, lr, beta1, beta2, eps, weight_decay, step)
+
+    @staticmethod
+    def sum_of_squares(arrays: "Sequence[NDArray]") -> "NDArray":
+        """sum(x^2) over every element of every array (all on one device), as a 0-d f32 array (f64
+        when one of them is f64): the squared global norm of gradient clipping, in one call."""
+        first = arrays[0]
+        for a in arrays:
+            if a.device != first.device:
+                raise DeviceError(f"sum_of_squares: arrays on {first.device} and {a.device}")
+        acc = f64 if any(a.dtype is f64 for a in arrays) else f32
+        return first._new(first.backend.sum_of_squares([(a.buffer, a.layout) for a in arrays]), (), acc)
+
+    @staticmethod
+    def scale_(arrays: "Sequence[NDArray]", factor: "NDArray") -> None:
+        """Multiply every (dense) array in place by the 0-d f32/f64 `factor`, on the device, in one call."""
+        for a in arrays:
+            if a.device != factor.device:
+                raise DeviceError(f"scale_: array on {a.device}, factor on {factor.device}")
+            if not a.is_dense():
+                raise ValueError(f"scale_: arrays must be dense (own their whole buffer), got {a.layout}")
+        if factor.numel != 1 or factor.dtype not in (f32, f64):
+            raise ValueError(f"scale_: factor must be one f32/f64 number, got {factor.shape} {factor.dtype}")
+        if arrays:
+            factor.backend.scale_([(a.buffer, a.layout) for a in arrays], factor.dense().buffer)
 
     # ---- operators (used by backward formulas) -------------------------------------------------
     def _op(self, name: str, other, reverse: bool = False) -> "NDArray":

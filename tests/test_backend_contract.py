@@ -1,7 +1,7 @@
 """Every backend satisfies the numbered contract of deers.backend, checked on the backends alone
 (no NDArray, no Tensor): each item is a method with the Protocol's parameters in order, `name`
 is unique per device, the shared vocabulary (UnaryFn, BinaryFn, ReduceFn) runs everywhere, and
-each fused primitive (items 14-18) matches a NumPy reference on non-contiguous operands.
+each fused primitive (items 14-20) matches a NumPy reference on non-contiguous operands.
 
 Backends: the CPU one always; MLX when `mlx` imports; CUDA through the emulator
 (tests/cuda_emulator.py: the real CUDABackend with its kernels compiled by g++) when g++ is there,
@@ -88,7 +88,8 @@ def dtype_of(backend, buf) -> np.dtype:
 
 # ---- the contract's shape -----------------------------------------------------------------------------
 def test_contract_lists_every_numbered_item():
-    assert {"empty", "to_numpy", "softmax", "cross_entropy", "rope", "adamw_step", "synchronize"} <= set(CONTRACT)
+    assert {"empty", "to_numpy", "softmax", "cross_entropy", "rope", "adamw_step", "sum_of_squares", "scale_",
+            "synchronize"} <= set(CONTRACT)
     assert len(CONTRACT) == len(set(CONTRACT))
 
 
@@ -255,6 +256,23 @@ def test_softmax_matches_the_masked_reference(backend, shape, causal, log):
 
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("causal", [False, True], ids=["dense", "causal"])
+def test_softmax_scales_its_input_in_the_same_call(backend, causal, log):
+    rng = np.random.default_rng(3)
+    x, g = rng.standard_normal((2, 3, 9, 11)), rng.standard_normal((2, 3, 9, 11))
+    scale = 0.37
+    a, la = put(backend, x)
+    y = backend.softmax(a, la, log, causal=causal, scale=scale)
+    expected = softmax_reference(x * scale, log, causal)
+    np.testing.assert_allclose(get(backend, y, x.shape), expected, atol=1e-5, rtol=1e-5)
+    gb, lg = put(backend, g)
+    unscaled = get(backend, backend.softmax_backward(y, Layout(x.shape), gb, lg, log, causal=causal), x.shape)
+    scaled = get(backend, backend.softmax_backward(y, Layout(x.shape), gb, lg, log, causal=causal, scale=scale),
+                 x.shape)
+    np.testing.assert_allclose(scaled, scale * unscaled, atol=1e-6, rtol=1e-5)  # d(scale x)/dx = scale
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_softmax_backward_reads_both_layouts(backend, log):
     rng = np.random.default_rng(1)
     x, g = rng.standard_normal((2, 4, 6)), rng.standard_normal((2, 4, 6))
@@ -378,25 +396,62 @@ def test_rope_and_its_inverse_the_transpose(backend):
 
 
 # ---- 18. AdamW --------------------------------------------------------------------------------------------
-def test_adamw_step_in_place_with_a_strided_gradient(backend):
+ADAMW_SHAPES = [(4, 5), (0,), (3,), (70, 65)]  # several parameters in one call, an empty one among them
+
+
+def test_adamw_step_updates_many_parameters_in_one_call(backend):
     rng = np.random.default_rng(7)
-    p, m = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
-    v = np.abs(rng.standard_normal((4, 5)))
-    grads = [rng.standard_normal((4, 5)) for _ in range(3)]
-    dense = Layout((4, 5))
-    bufs = [backend.from_numpy(a.astype(np.float32), F32) for a in (p, m, v)]
+    ps = [rng.standard_normal(s) for s in ADAMW_SHAPES]
+    ms = [rng.standard_normal(s) for s in ADAMW_SHAPES]
+    vs = [np.abs(rng.standard_normal(s)) for s in ADAMW_SHAPES]
+    bufs = [[backend.from_numpy(a.astype(np.float32), F32) for a in column] for column in (ps, ms, vs)]
+    dense = [Layout(s) for s in ADAMW_SHAPES]
     lr, b1, b2, eps, wd = 1e-2, 0.9, 0.95, 1e-8, 0.1
-    for step, g in enumerate(grads, start=1):
-        gb, lg = put(backend, g)
-        backend.adamw_step(bufs[0], dense, gb, lg, bufs[1], dense, bufs[2], dense, lr, b1, b2, eps, wd, step)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        p = p * (1 - lr * wd) - lr / (1 - b1 ** step) * m / (np.sqrt(v / (1 - b2 ** step)) + eps)
-    for buf, expected in zip(bufs, (p, m, v)):
-        np.testing.assert_allclose(get(backend, buf, (4, 5)), expected, atol=1e-5, rtol=1e-5)
+    for step in (1, 2, 3):
+        grads = [rng.standard_normal(s) for s in ADAMW_SHAPES]
+        strided = [put(backend, g) for g in grads]  # non-contiguous gradients
+        pairs = [list(zip(column, dense)) for column in bufs]
+        backend.adamw_step(pairs[0], strided, pairs[1], pairs[2], lr, b1, b2, eps, wd, step)
+        for i, g in enumerate(grads):
+            ms[i] = b1 * ms[i] + (1 - b1) * g
+            vs[i] = b2 * vs[i] + (1 - b2) * g * g
+            ps[i] = ps[i] * (1 - lr * wd) - lr / (1 - b1 ** step) * ms[i] / (np.sqrt(vs[i] / (1 - b2 ** step)) + eps)
+    for column, expected in zip(bufs, (ps, ms, vs)):
+        for buf, shape, want in zip(column, ADAMW_SHAPES, expected):
+            np.testing.assert_allclose(get(backend, buf, shape), want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="adamw_step: param must be dense"):
-        backend.adamw_step(bufs[0], dense.permute((1, 0)), gb, lg, bufs[1], dense, bufs[2], dense,
-                           lr, b1, b2, eps, wd, 4)
+        p0, m0, v0 = ((column[0], dense[0]) for column in bufs)
+        backend.adamw_step([(p0[0], dense[0].permute((1, 0)))], [strided[0]], [m0], [v0], lr, b1, b2, eps, wd, 4)
+
+
+# ---- 19-20. sum of squares and in-place scaling over many arrays ---------------------------------------
+@pytest.mark.parametrize("dtype", [deers.f32, deers.f64], ids=lambda d: d.name)
+def test_sum_of_squares_covers_every_array_and_layout(backend, dtype):
+    if dtype is deers.f64 and backend.kind == "mlx":
+        pytest.skip("MLX has no f64 on the GPU")
+    rng = np.random.default_rng(8)
+    arrays = [rng.standard_normal(s) for s in [(4, 5), (0,), (1,), (3000, 3)]]
+    operands = [put(backend, a, dtype) for a in arrays]  # strided views
+    out = backend.sum_of_squares(operands)
+    expected = sum(float((a ** 2).sum()) for a in arrays)
+    assert dtype_of(backend, out) == dtype.numpy
+    got = get(backend, out, ())
+    np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype is deers.f32 else 1e-12)
+    again = get(backend, backend.sum_of_squares(operands), ())
+    assert again.tobytes() == got.tobytes()  # no atomics: the same bits every run
+    assert get(backend, backend.sum_of_squares([]), ()) == 0
+
+
+def test_scale_multiplies_every_array_in_place(backend):
+    rng = np.random.default_rng(9)
+    arrays = [rng.standard_normal(s) for s in [(4, 5), (0,), (5000,)]]
+    bufs = [backend.from_numpy(a.astype(np.float32), F32) for a in arrays]
+    factor = backend.from_numpy(np.array([0.25], np.float32), F32)
+    backend.scale_([(b, Layout(a.shape)) for b, a in zip(bufs, arrays)], factor)
+    for buf, a in zip(bufs, arrays):
+        np.testing.assert_allclose(get(backend, buf, a.shape), a * 0.25, rtol=1e-6)
+    with pytest.raises(ValueError, match="scale_: array must be dense"):
+        backend.scale_([(bufs[0], Layout((4, 5)).permute((1, 0)))], factor)
 
 
 # ---- 11-12, 15. indices are checked, never wrapped --------------------------------------------------

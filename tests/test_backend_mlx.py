@@ -222,8 +222,8 @@ def test_adamw_step_updates_buffers_in_place_like_the_cpu_backend():
     earlier_result = mps[0] * 1.0  # computed (lazily) before the update: must keep the old values
     dense = Layout((50,))
     for step in (1, 2, 3):
-        backend_for("cpu").adamw_step(*(x for a in cpu for x in (a, dense)), 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
-        backend.adamw_step(*(x for a in mps for x in (a, dense)), 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        backend_for("cpu").adamw_step(*([(a, dense)] for a in cpu), 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        backend.adamw_step(*([(a, dense)] for a in mps), 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
     assert mps[0] is before
     for got, expected in zip(mps, cpu):
         np.testing.assert_allclose(np.array(got), expected, atol=1e-6, rtol=1e-5)

@@ -107,7 +107,7 @@ def test_adamw_update_matches_its_reference(step):
     results = []
     for update in (adamw_update, adamw_update_reference):
         param, grad, m, v = (NDArray.from_numpy(a, deers.f64, "cpu") for a in arrays)
-        update(param, grad.transpose(0, 1).transpose(0, 1), m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        update([param], [grad.transpose(0, 1).transpose(0, 1)], [m], [v], 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
         results.append([a.numpy() for a in (param, m, v)])
     for fused, reference in zip(*results):
         np.testing.assert_allclose(fused, reference, rtol=1e-12, atol=1e-14)

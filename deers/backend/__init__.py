@@ -38,7 +38,7 @@ without CuPy or MLX. `backend_for(device)` returns the one backend instance of a
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -166,12 +166,15 @@ class Backend(Protocol):
     def copy(self, src: Any, lsrc: Layout, dst: Any, ldst: Layout) -> None: ...
 
     # ---- fused primitives: each could be written from 1-13; one kernel each for speed/memory ----
-    # 14. (log-)softmax over the last dim. causal: la is (..., T, S) attention scores and query row
-    #     t sees key columns s <= t + S - T only; the others get probability exactly 0 (log: -inf)
-    #     and need not be read. softmax_backward: y (g - sum(g y)) / g - exp(y) sum(g) for log;
-    #     causal: the hidden entries get gradient 0 and their g is not summed (needed for log)
-    def softmax(self, a: Any, la: Layout, log: bool, causal: bool = False) -> Any: ...
-    def softmax_backward(self, y: Any, ly: Layout, g: Any, lg: Layout, log: bool, causal: bool = False) -> Any: ...
+    # 14. (log-)softmax over the last dim of scale * a (attention passes 1/sqrt(head_dim), so the
+    #     scaling costs no pass of its own). causal: la is (..., T, S) attention scores and query
+    #     row t sees key columns s <= t + S - T only; the others get probability exactly 0 (log:
+    #     -inf) and need not be read. softmax_backward gives d/da: scale y (g - sum(g y)), or
+    #     scale (g - exp(y) sum(g)) for log; causal: the hidden entries get gradient 0 and their g
+    #     is not summed (needed for log)
+    def softmax(self, a: Any, la: Layout, log: bool, causal: bool = False, scale: float = 1.0) -> Any: ...
+    def softmax_backward(self, y: Any, ly: Layout, g: Any, lg: Layout, log: bool, causal: bool = False,
+                         scale: float = 1.0) -> Any: ...
 
     # 15. cross-entropy of logits (N, C) against i64 targets (N,), rows with ignore_index skipped:
     #     returns (loss_sum, count, grad) — loss_sum a 1-element buffer (f64 for f64 logits, else
@@ -195,13 +198,25 @@ class Backend(Protocol):
     def rope(self, x: Any, lx: Layout, cos: Any, lcos: Layout, sin: Any, lsin: Layout,
              inverse: bool = False) -> Any: ...
 
-    # 18. one AdamW step, in place on param, m and v (all dense: offset 0, contiguous, covering
-    #     their buffers); grad any layout of param's shape
-    def adamw_step(self, param: Any, lparam: Layout, grad: Any, lgrad: Layout, m: Any, lm: Layout,
-                   v: Any, lv: Layout, lr: float, beta1: float, beta2: float, eps: float,
-                   weight_decay: float, step: int) -> None: ...
+    # 18. one AdamW step of many parameters at once (a GPU does them all in one launch), in place
+    #     on each params[i], exp_avgs[i] and exp_avg_sqs[i] (all dense: offset 0, contiguous,
+    #     covering their buffers); grads[i] any layout of params[i]'s shape. One call has one
+    #     parameter dtype (its grads' too) and one moment dtype, and one step count
+    def adamw_step(self, params: Sequence[tuple[Any, Layout]], grads: Sequence[tuple[Any, Layout]],
+                   exp_avgs: Sequence[tuple[Any, Layout]], exp_avg_sqs: Sequence[tuple[Any, Layout]], lr: float,
+                   beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None: ...
 
-    # 19. wait for queued work (a no-op on synchronous backends)
+    # 19. sum over all elements of all arrays of x^2 (gradient clipping's global norm): a 1-element
+    #     buffer, f64 when any array is f64, else f32 (f16/bf16 are squared and summed in f32);
+    #     the same inputs give the same bits on every run (no atomics in the sum)
+    def sum_of_squares(self, arrays: Sequence[tuple[Any, Layout]]) -> Any: ...
+
+    # 20. multiply every array in place by the one number in `factor` (a 1-element f32/f64
+    #     buffer on this device, never read on the host); arrays dense, any float dtype (f16/bf16:
+    #     multiplied in f32, rounded once)
+    def scale_(self, arrays: Sequence[tuple[Any, Layout]], factor: Any) -> None: ...
+
+    # 21. wait for queued work (a no-op on synchronous backends)
     def synchronize(self) -> None: ...
 
 

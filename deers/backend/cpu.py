@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from math import prod
+from typing import Sequence
 
 import numpy as np
 
@@ -234,9 +235,10 @@ class CPUBackend:
 
     # 14-18. fused primitives -----------------------------------------------------------------
     @_quiet
-    def softmax(self, a: np.ndarray, la: Layout, log: bool, causal: bool = False) -> np.ndarray:
-        """Over the last dim of any layout; causal: la is (..., T, S) and row t sees s <= t + S - T
-        (cpu_kernels.causal_softmax skips what no row sees). f16 / bf16 computed in f32, rounded once."""
+    def softmax(self, a: np.ndarray, la: Layout, log: bool, causal: bool = False, scale: float = 1.0) -> np.ndarray:
+        """Of scale * a over the last dim of any layout; causal: la is (..., T, S) and row t sees
+        s <= t + S - T (cpu_kernels.causal_softmax skips what no row sees). f16 / bf16 computed in
+        f32, rounded once."""
         x = _view(a, la)
         half = is_half_numpy(a.dtype)
         if half:
@@ -244,21 +246,21 @@ class CPUBackend:
         if causal:
             if la.ndim < 2:
                 raise ValueError(f"softmax: causal needs (..., T, S) scores, got shape {la.shape}")
-            res = cpu_kernels.causal_softmax(self.pool, x, log)
+            res = cpu_kernels.causal_softmax(self.pool, x, log, scale)
         else:
             c = la.shape[-1] if la.shape else 1
-            res = cpu_kernels.softmax(self.pool, np.ascontiguousarray(x).reshape(-1, c), log)
+            res = cpu_kernels.softmax(self.pool, np.ascontiguousarray(x).reshape(-1, c), log, scale)
         return (res.astype(a.dtype) if half else res).reshape(-1)
 
     @_quiet
     def softmax_backward(self, y: np.ndarray, ly: Layout, g: np.ndarray, lg: Layout, log: bool,
-                         causal: bool = False) -> np.ndarray:
-        """dx from y = (log-)softmax(x) and dy = g (causal: y came from a causal softmax)."""
+                         causal: bool = False, scale: float = 1.0) -> np.ndarray:
+        """dx from y = (log-)softmax(scale * x) and dy = g (causal: y came from a causal softmax)."""
         c = ly.shape[-1] if ly.shape else 1
         compute = np.float32 if is_half_numpy(y.dtype) else y.dtype  # f16 / bf16: f32, rounded once
         ys = np.ascontiguousarray(_view(y, ly), dtype=compute).reshape(-1, c)
         gs = np.ascontiguousarray(_view(g, lg), dtype=compute).reshape(-1, c)
-        res = cpu_kernels.softmax_backward(self.pool, ys, gs, log, causal)
+        res = cpu_kernels.softmax_backward(self.pool, ys, gs, log, causal, scale)
         return res.astype(y.dtype, copy=False).reshape(-1)
 
     @_quiet
@@ -310,16 +312,40 @@ class CPUBackend:
         return cpu_kernels.rope(xv, c, s, inverse).astype(x.dtype, copy=False).reshape(-1)
 
     @_quiet
-    def adamw_step(self, param: np.ndarray, lparam: Layout, grad: np.ndarray, lgrad: Layout, m: np.ndarray,
-                   lm: Layout, v: np.ndarray, lv: Layout, lr: float, beta1: float, beta2: float, eps: float,
-                   weight_decay: float, step: int) -> None:
-        """In place on the dense param, m and v; grad may be any layout of param's shape."""
-        for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
-            _check_dense(buf, layout, what)
-        g = np.ascontiguousarray(_view(grad, lgrad)).reshape(-1)  # no copy when grad is dense
-        cpu_kernels.adamw_step(self.pool, param, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+    def adamw_step(self, params: Sequence[tuple[np.ndarray, Layout]], grads: Sequence[tuple[np.ndarray, Layout]],
+                   exp_avgs: Sequence[tuple[np.ndarray, Layout]], exp_avg_sqs: Sequence[tuple[np.ndarray, Layout]],
+                   lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
+        """In place on each dense param, m and v; a grad may be any layout of its param's shape."""
+        for (param, lparam), (grad, lgrad), (m, lm), (v, lv) in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+            for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
+                _check_dense(buf, layout, what)
+            g = np.ascontiguousarray(_view(grad, lgrad)).reshape(-1)  # no copy when grad is dense
+            cpu_kernels.adamw_step(self.pool, param, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
 
-    # 19. synchronize ---------------------------------------------------------------------------
+    # 19-20. gradient clipping over many arrays ------------------------------------------------------
+    @_quiet
+    def sum_of_squares(self, arrays: Sequence[tuple[np.ndarray, Layout]]) -> np.ndarray:
+        """sum(x^2) over all arrays: each array's dot with itself (f16/bf16 widened to f32), added in
+        order, in f32 (f64 when any array is f64)."""
+        acc = np.float64 if any(buf.dtype == np.float64 for buf, _ in arrays) else np.float32
+        total = acc(0)
+        for buf, layout in arrays:
+            x = np.ascontiguousarray(_view(buf, layout), dtype=np.float32 if is_half_numpy(buf.dtype) else None)
+            flat = x.reshape(-1).astype(acc, copy=False)
+            total += np.dot(flat, flat)
+        return np.array([total], acc)
+
+    @_quiet
+    def scale_(self, arrays: Sequence[tuple[np.ndarray, Layout]], factor: np.ndarray) -> None:
+        """Each dense array *= factor[0], in place (f16/bf16 in f32, rounded once)."""
+        for buf, layout in arrays:
+            _check_dense(buf, layout, "array", "scale_")
+            if is_half_numpy(buf.dtype):
+                buf[...] = (buf.astype(np.float32) * np.float32(factor[0])).astype(buf.dtype)
+            else:
+                buf *= buf.dtype.type(factor[0])
+
+    # 21. synchronize ---------------------------------------------------------------------------
     def synchronize(self) -> None:
         """NumPy is synchronous: nothing is ever queued."""
 
@@ -331,8 +357,8 @@ def _check_rope(lx: Layout, lcos: Layout, lsin: Layout) -> None:
                          f"{lx.shape[-2:]}, got {lcos.shape} and {lsin.shape}")
 
 
-def _check_dense(buf: np.ndarray, layout: Layout, what: str) -> None:
-    """adamw_step updates whole buffers in place: each must be read by a dense layout covering it."""
+def _check_dense(buf: np.ndarray, layout: Layout, what: str, op: str = "adamw_step") -> None:
+    """adamw_step and scale_ update whole buffers in place: each must be read by a dense layout covering it."""
     if layout.offset != 0 or not layout.is_contiguous() or layout.numel != buf.size:
-        raise ValueError(f"adamw_step: {what} must be dense (offset 0, contiguous, covering its buffer of "
+        raise ValueError(f"{op}: {what} must be dense (offset 0, contiguous, covering its buffer of "
                          f"{buf.size} elements), got {layout}")

@@ -136,8 +136,8 @@ def adamw_step(pool: RowPool, param: np.ndarray, grad: np.ndarray, m: np.ndarray
     pool.run(param.size, chunk, min_per_thread=1 << 16)
 
 
-def softmax(pool: RowPool, x: np.ndarray, log: bool) -> np.ndarray:
-    """(log-)softmax over the last dim of a 2-D array (rows, C), in row blocks over the threads."""
+def softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.ndarray:
+    """(log-)softmax over the last dim of scale * x, x a 2-D array (rows, C), in row blocks over the threads."""
     rows_total, c = x.shape
     out = np.empty_like(x)
     block = max(1, ROW_BLOCK_BYTES // max(c * x.itemsize, 1))
@@ -145,6 +145,9 @@ def softmax(pool: RowPool, x: np.ndarray, log: bool) -> np.ndarray:
     def rows(start: int, stop: int) -> None:
         for r0 in range(start, stop, block):
             xs, o = x[r0:min(r0 + block, stop)], out[r0:min(r0 + block, stop)]
+            if scale != 1.0:
+                np.multiply(xs, x.dtype.type(scale), out=o)
+                xs = o
             np.subtract(xs, xs.max(axis=1, keepdims=True), out=o)
             if log:  # x - max - log(sum(exp(x - max)))
                 o -= np.log(np.exp(o).sum(axis=1, keepdims=True))
@@ -156,9 +159,9 @@ def softmax(pool: RowPool, x: np.ndarray, log: bool) -> np.ndarray:
     return out
 
 
-def causal_softmax(pool: RowPool, x: np.ndarray, log: bool) -> np.ndarray:
-    """(log-)softmax over the last dim of attention scores x (..., T, S) (any strides), where query
-    row t sees key columns s <= t + S - T only; the others get exactly 0 (log: -inf).
+def causal_softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.ndarray:
+    """(log-)softmax over the last dim of scale * x, x attention scores (..., T, S) (any strides),
+    where query row t sees key columns s <= t + S - T only; the others get exactly 0 (log: -inf).
 
     Rows go in blocks of CAUSAL_ROW_BLOCK; a block reads and exponentiates only the columns its
     last row can see, so about half of a causal square is never touched, and the triangle inside
@@ -180,7 +183,8 @@ def causal_softmax(pool: RowPool, x: np.ndarray, log: bool) -> np.ndarray:
         # the triangle inside the block: 0 where visible, -inf where row r0 + i may not look
         mask = np.where(cols <= np.arange(r0, r1)[:, None] + offset, 0.0, -np.inf).astype(x.dtype)
         o = out[..., r0:r1, :width]
-        np.add(x[..., r0:r1, :width], mask, out=o)
+        np.multiply(x[..., r0:r1, :width], x.dtype.type(scale), out=o)
+        o += mask
         o -= o.max(axis=-1, keepdims=True)
         if log:  # z - max - log(sum(exp(z - max)))
             o -= np.log(np.exp(o).sum(axis=-1, keepdims=True))
@@ -200,12 +204,13 @@ def causal_softmax(pool: RowPool, x: np.ndarray, log: bool) -> np.ndarray:
     return out
 
 
-def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool, causal: bool = False) -> np.ndarray:
-    """Gradient through (log-)softmax over the last dim of 2-D arrays, from its output y.
+def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool, causal: bool = False,
+                     scale: float = 1.0) -> np.ndarray:
+    """Gradient through y = (log-)softmax(scale * x) over the last dim of 2-D arrays, from its output y.
 
-    softmax: dx = y (g - sum(g y)) (masked entries have y = 0, so causal needs nothing more);
-    log_softmax: dx = g - exp(y) sum(g); causal: masked entries (y = -inf) get no gradient and
-    their g is left out of the sum.
+    softmax: dx = scale y (g - sum(g y)) (masked entries have y = 0, so causal needs nothing more);
+    log_softmax: dx = scale (g - exp(y) sum(g)); causal: masked entries (y = -inf) get no
+    gradient and their g is left out of the sum.
     """
     rows_total, c = y.shape
     out = np.empty_like(y)
@@ -226,6 +231,8 @@ def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool, cau
                 total = o.sum(axis=1, keepdims=True)
                 np.subtract(gs, total, out=o)
                 o *= ys
+            if scale != 1.0:
+                o *= y.dtype.type(scale)
 
     pool.run(rows_total, rows, min_per_thread=max(1, (1 << 16) // max(c, 1)))
     return out

@@ -27,6 +27,7 @@ device (allocation, host transfer, cast, random).
 from __future__ import annotations
 
 from math import prod
+from typing import Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -311,10 +312,12 @@ class MLXBackend:
         dst[_flat(positions)] = _flat(values)
 
     # 14-18. fused primitives (composed from MLX ops, which MLX fuses itself) -------------------
-    def softmax(self, a: mx.array, la: Layout, log: bool, causal: bool = False) -> mx.array:
-        """Over the last dim; f16 / bf16 computed in f32 and rounded once. causal: la is (..., T, S)
-        and row t sees s <= t + S - T (masked with -inf first; a row that sees nothing is all 0)."""
+    def softmax(self, a: mx.array, la: Layout, log: bool, causal: bool = False, scale: float = 1.0) -> mx.array:
+        """Of scale * a over the last dim; f16 / bf16 computed in f32 and rounded once. causal: la is
+        (..., T, S) and row t sees s <= t + S - T (masked with -inf first; a row that sees nothing is all 0)."""
         x = _view(a, la)
+        if scale != 1.0:  # lazy: MLX fuses it into the softmax's own evaluation
+            x = x * mx.array(scale, x.dtype)
         visible = _causal_mask(la.shape, "softmax") if causal else None
         if visible is not None:
             x = mx.where(visible, x, mx.array(-float("inf"), x.dtype))
@@ -328,8 +331,8 @@ class MLXBackend:
         return _flat(res)
 
     def softmax_backward(self, y: mx.array, ly: Layout, g: mx.array, lg: Layout, log: bool,
-                         causal: bool = False) -> mx.array:
-        """dx from y = (log-)softmax(x) and dy = g, in f32 for f16 / bf16."""
+                         causal: bool = False, scale: float = 1.0) -> mx.array:
+        """dx from y = (log-)softmax(scale * x) and dy = g, in f32 for f16 / bf16."""
         dtype = y.dtype
         yv, gv = _wide(_view(y, ly)), _wide(_view(g, lg))
         if log:  # d/dx log_softmax: g - softmax * sum(g); causal: masked entries get and give nothing
@@ -339,6 +342,8 @@ class MLXBackend:
             res = gv - mx.exp(yv) * mx.sum(gv, axis=-1, keepdims=True)
         else:  # d/dx softmax: y * (g - sum(g * y)); masked entries have y = 0
             res = yv * (gv - mx.sum(gv * yv, axis=-1, keepdims=True))
+        if scale != 1.0:
+            res = res * scale
         return _flat(res.astype(dtype))
 
     def cross_entropy(self, logits: mx.array, llogits: Layout, targets: mx.array, ltargets: Layout,
@@ -417,27 +422,52 @@ class MLXBackend:
         res = wide * c - rotated * s if inverse else wide * c + rotated * s
         return _flat(res.astype(xv.dtype))
 
-    def adamw_step(self, param: mx.array, lparam: Layout, grad: mx.array, lgrad: Layout, m: mx.array, lm: Layout,
-                   v: mx.array, lv: Layout, lr: float, beta1: float, beta2: float, eps: float,
-                   weight_decay: float, step: int) -> None:
-        """Update the dense param, m and v in place (slice assignment rebinds each buffer's data),
-        then evaluate them, so every training step ends with concrete buffers and a fresh graph."""
-        for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
-            if layout.offset != 0 or not layout.is_contiguous() or layout.numel != buf.size:
-                raise ValueError(f"adamw_step: {what} must be dense (offset 0, contiguous, covering its buffer "
-                                 f"of {buf.size} elements), got {layout}")
-        g = _flat(_view(grad, lgrad))
+    def adamw_step(self, params: Sequence[tuple[mx.array, Layout]], grads: Sequence[tuple[mx.array, Layout]],
+                   exp_avgs: Sequence[tuple[mx.array, Layout]], exp_avg_sqs: Sequence[tuple[mx.array, Layout]],
+                   lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
+        """Update each dense param, m and v in place (slice assignment rebinds each buffer's data),
+        then evaluate them all at once, so every training step ends with concrete buffers and a
+        fresh graph."""
         update = mlx_kernels.adamw_metal if on_gpu() else mlx_kernels.adamw_reference
-        new_param, new_m, new_v = update(param, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
-        param[:] = new_param
-        m[:] = new_m
-        v[:] = new_v
-        mx.eval(param, m, v)
+        written = []
+        for (param, lparam), (grad, lgrad), (m, lm), (v, lv) in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+            for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
+                _check_dense(buf, layout, what, "adamw_step")
+            g = _flat(_view(grad, lgrad))
+            new_param, new_m, new_v = update(param, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+            param[:] = new_param
+            m[:] = new_m
+            v[:] = new_v
+            written += [param, m, v]
+        mx.eval(*written)
 
-    # 19. synchronize ---------------------------------------------------------------------------
+    # 19-20. gradient clipping over many arrays ------------------------------------------------------
+    def sum_of_squares(self, arrays: Sequence[tuple[mx.array, Layout]]) -> mx.array:
+        """sum(x^2) over all arrays, in f32 (f64 when any array is f64; f16/bf16 squared in f32), lazy."""
+        acc = mx.float64 if any(buf.dtype == mx.float64 for buf, _ in arrays) else mx.float32
+        total = mx.zeros((1,), acc)
+        for buf, layout in arrays:
+            x = _view(buf, layout).astype(acc)
+            total = total + mx.sum(x * x)
+        return total
+
+    def scale_(self, arrays: Sequence[tuple[mx.array, Layout]], factor: mx.array) -> None:
+        """Each dense array *= factor (lazy; f16/bf16 multiplied in f32 and rounded once)."""
+        for buf, layout in arrays:
+            _check_dense(buf, layout, "array", "scale_")
+            buf[:] = (_wide(buf) * factor.astype(mx.float32 if buf.dtype != mx.float64 else mx.float64)).astype(buf.dtype)
+
+    # 21. synchronize ---------------------------------------------------------------------------
     def synchronize(self) -> None:
         """Wait for queued work: lazily recorded arrays are computed when read, not here."""
         mx.synchronize()
+
+
+def _check_dense(buf: mx.array, layout: Layout, what: str, op: str) -> None:
+    """adamw_step and scale_ update whole buffers in place: each must be read by a dense layout covering it."""
+    if layout.offset != 0 or not layout.is_contiguous() or layout.numel != buf.size:
+        raise ValueError(f"{op}: {what} must be dense (offset 0, contiguous, covering its buffer "
+                         f"of {buf.size} elements), got {layout}")
 
 
 def _causal_mask(shape: tuple[int, ...], op: str) -> mx.array:

@@ -72,14 +72,12 @@ class CausalSoftmax(Op):
         self.scale = scale
 
     def forward(self, scores):
-        z = scores if self.scale == 1.0 else scores * self.scale  # (..., T, S)
-        self.out = z.softmax(causal=True)
+        self.out = scores.softmax(causal=True, scale=self.scale)  # (..., T, S); the scale costs no pass
         return self.out
 
     def backward(self, g):
-        # d softmax(z) = y (g - sum(g y)), dz/dscores = scale; masked entries have y = 0, so they get 0
-        gz = self.out.softmax_backward(g, causal=True)
-        return (gz if self.scale == 1.0 else gz * self.scale,)
+        # y = softmax(scale * s): ds = scale y (g - sum(g y)); masked entries have y = 0, so they get 0
+        return (self.out.softmax_backward(g, causal=True, scale=self.scale),)
 
 
 def causal_softmax(scores: Tensor, scale: float = 1.0) -> Tensor:

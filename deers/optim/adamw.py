@@ -6,8 +6,9 @@ Per parameter and step t (bias-corrected moments, decay applied to the weights d
     m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
     p = p - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
 
-Each update is one fused call (deers/fused/adamw.py: the backend's `adamw_step`, contract item 18)
-on the parameter, its gradient and its two moments, so a GPU backend does it in one kernel.
+A whole parameter group is one fused call (deers/fused/adamw.py: the backend's multi-tensor
+`adamw_step`, contract item 18) on the parameters, their gradients and their moments, so a GPU
+backend updates every parameter of the group in one kernel launch.
 """
 from __future__ import annotations
 
@@ -35,15 +36,23 @@ class AdamW(Optimizer):
         super().__init__(params, dict(lr=float(lr), betas=(float(beta1), float(beta2)), eps=float(eps),
                                       weight_decay=float(weight_decay)))
 
-    def _update(self, param: Var, grad: NDArray, group: dict[str, Any], state: dict[str, Any]) -> None:
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = zeros_like_param(param)
-            state["exp_avg_sq"] = zeros_like_param(param)
-        state["step"] += 1
+    def _update_group(self, group: dict[str, Any], updates: list[tuple[Var, NDArray, dict[str, Any]]]) -> None:
+        by_step: dict[int, list] = {}  # parameters at the same step count share one fused call
+        for param, grad, state in updates:
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = zeros_like_param(param)
+                state["exp_avg_sq"] = zeros_like_param(param)
+            state["step"] += 1
+            by_step.setdefault(state["step"], []).append((param.data, grad, state["exp_avg"], state["exp_avg_sq"]))
         beta1, beta2 = group["betas"]
-        adamw_update(param.data, grad, state["exp_avg"], state["exp_avg_sq"], group["lr"], beta1, beta2,
-                     group["eps"], group["weight_decay"], state["step"])
+        for step, members in by_step.items():
+            params, grads, exp_avgs, exp_avg_sqs = (list(column) for column in zip(*members))
+            adamw_update(params, grads, exp_avgs, exp_avg_sqs, group["lr"], beta1, beta2, group["eps"],
+                         group["weight_decay"], step)
+
+    def _update(self, param: Var, grad: NDArray, group: dict[str, Any], state: dict[str, Any]) -> None:
+        self._update_group(group, [(param, grad, state)])
 
 
 class AdamWConfig:

@@ -19,6 +19,10 @@ def clip_grad_norm(params: Iterable[Var], grads: Grads, max_norm: float, eps: fl
     then become non-finite too, as in PyTorch). On one device nothing is read back to the host:
     the norm and the factor stay on the device (`float(norm)` reads it when wanted). Sums of
     squares are f32 (f64 when a gradient is f64); f16/bf16 gradients are squared in f32.
+
+    Per device the work is a handful of backend calls whatever the number of parameters: one
+    sum of squares over all gradients (contract item 19), four scalar ops on the 0-d norm, and
+    one in-place scale of all gradients (item 20) — on a GPU, each one launch.
     """
     if hasattr(params, "parameters") and callable(params.parameters):
         params = params.parameters()
@@ -26,28 +30,23 @@ def clip_grad_norm(params: Iterable[Var], grads: Grads, max_norm: float, eps: fl
     present = [(p, g) for p, g in present if g is not None]
     if not present:
         return Tensor(NDArray.full((), 0.0, f32, "cpu"))
-    acc = f64 if any(g.dtype is f64 for _, g in present) else f32
-    per_device: dict = {}  # device -> running sum of squares on that device
-    for _, g in present:
-        wide = g.cast(acc) if g.dtype is not acc else g  # f16 / bf16: square and sum in f32
-        square_sum = (wide * wide).sum()  # 0-d
-        per_device[g.device] = square_sum if g.device not in per_device else per_device[g.device] + square_sum
-    if len(per_device) > 1:  # several devices: combine on the host (one read per device)
-        host = math.sqrt(sum(float(s.numpy()) for s in per_device.values()))
-        total = NDArray.full((), host, acc, "cpu")
-        factors = {device: min(1.0, max_norm / (host + eps)) for device in per_device}
-    else:
-        (device, square_sum), = per_device.items()
-        total = square_sum.sqrt()
-        factor = (total + eps).scalar("div", max_norm, reverse=True).scalar("minimum", 1.0)  # min(1, m / (t + eps))
-        factors = {device: factor}
-    cast: dict = {}  # (device, dtype) -> the factor in the gradients' dtype, cast once
+    per_device: dict = {}  # device -> that device's gradients
     for p, g in present:
-        factor = factors[g.device]
-        if not isinstance(factor, NDArray):  # several devices: a host number
-            grads.set_array(p, g * factor)
-            continue
-        if factor.dtype is not g.dtype:
-            factor = cast.setdefault((g.device, g.dtype), factor.cast(g.dtype))
-        g.mul_(factor)  # in place: gradients are the optimizer's to scale (no fresh buffer per parameter)
+        if not g.is_dense():  # the engine hands out dense gradients; a user's may not be
+            g = g.copy()
+            grads.set_array(p, g)
+        per_device.setdefault(g.device, []).append(g)
+    square_sums = {device: NDArray.sum_of_squares(gs) for device, gs in per_device.items()}  # 0-d each
+    if len(per_device) > 1:  # several devices: combine on the host (one read per device)
+        acc = f64 if any(s.dtype is f64 for s in square_sums.values()) else f32
+        host = math.sqrt(sum(float(s.numpy()) for s in square_sums.values()))
+        total = NDArray.full((), host, acc, "cpu")
+        factor = min(1.0, max_norm / (host + eps))
+        for device, gs in per_device.items():
+            NDArray.scale_(gs, NDArray.full((), factor, acc, device))
+        return Tensor(total)
+    (device, gs), = per_device.items()
+    total = square_sums[device].sqrt()
+    factor = (total + eps).scalar("div", max_norm, reverse=True).scalar("minimum", 1.0)  # min(1, m / (t + eps))
+    NDArray.scale_(gs, factor)  # in place: gradients are the optimizer's to scale
     return Tensor(total)

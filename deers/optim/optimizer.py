@@ -24,7 +24,8 @@ from ..tensor import Tensor, Var
 
 
 class Optimizer:
-    """Base class: subclasses set `defaults` and implement `_update(param, grad, group, state)`."""
+    """Base class: subclasses set `defaults` and implement `_update(param, grad, group, state)`, or
+    `_update_group(group, updates)` to update a whole group at once (AdamW: one fused call)."""
 
     def __init__(self, params: "Iterable[Var] | Iterable[dict]", defaults: dict[str, Any]):
         self.defaults = dict(defaults)
@@ -44,13 +45,16 @@ class Optimizer:
         with no_grad():
             index = 0
             for group in self.groups:
+                updates = []  # (param, grad, state) of the group's parameters that have a gradient
                 for p in group["params"]:
                     grad = grads.array(p)
                     if grad is not None:
                         state = self.state[index]
                         _follow(p, state)
-                        self._update(p, _grad_for(p, grad), group, state)
+                        updates.append((p, _grad_for(p, grad), state))
                     index += 1
+                if updates:
+                    self._update_group(group, updates)
 
     def step(self, grads: Grads) -> None:
         """Alias of `step_with_grads`."""
@@ -58,6 +62,11 @@ class Optimizer:
 
     def _update(self, param: Var, grad: NDArray, group: dict[str, Any], state: dict[str, Any]) -> None:
         raise NotImplementedError(type(self).__name__)
+
+    def _update_group(self, group: dict[str, Any], updates: list[tuple[Var, NDArray, dict[str, Any]]]) -> None:
+        """Update the (param, grad, state) triples of one group; by default one `_update` each."""
+        for param, grad, state in updates:
+            self._update(param, grad, group, state)
 
     # ---- learning rate -----------------------------------------------------------------------------
     @property

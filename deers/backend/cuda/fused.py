@@ -1,4 +1,4 @@
-"""The fused primitives of the CUDA backend (contract items 14-18), one kernel each.
+"""The fused primitives of the CUDA backend (contract items 14-20), one kernel each.
 
 A base class of CUDABackend (backend.py), split off only to keep files short: its methods use the
 backend's runtime `self.rt` and helpers. Each method computes in float (double for f64) and
@@ -26,17 +26,18 @@ def _rows(layout: Layout) -> tuple[int, int]:
 
 
 class FusedKernels:
-    """softmax, cross_entropy, rmsnorm, rope and adamw_step on the GPU (contract items 14-18).
+    """softmax, cross_entropy, rmsnorm, rope, adamw_step, sum_of_squares and scale_ on the GPU (items 14-20).
 
     Every operand comes as (buffer, layout); the kernels that read rows contiguously get their
     operands through `self._flat`, which copies only when the layout is not already dense.
     """
 
     # 14. softmax -------------------------------------------------------------------------------
-    def softmax(self, a, la: Layout, log: bool, causal: bool = False):
-        """(log-)softmax over the last dim of any layout. causal: `la` is (..., T, S) attention
-        scores and query row t only sees key positions s <= t + S - T (the rest get probability 0,
-        log -inf, and are never read; a row that sees nothing is all 0)."""
+    def softmax(self, a, la: Layout, log: bool, causal: bool = False, scale: float = 1.0):
+        """(log-)softmax of scale * a over the last dim of any layout (the scale in the same launch).
+        causal: `la` is (..., T, S) attention scores and query row t only sees key positions
+        s <= t + S - T (the rest get probability 0, log -inf, and are never read; a row that sees
+        nothing is all 0)."""
         if causal and la.ndim < 2:
             raise ValueError(f"softmax: causal needs (..., T, S) scores, got shape {la.shape}")
         rows, cols = _rows(la)
@@ -46,11 +47,12 @@ class FusedKernels:
             grid, block = plan.row_launch(rows, cols, cap=1024)
             causal_rows = np.int64(la.shape[-2] if causal else 0)
             self.rt.launch(plan.kernel("softmax", plan.suffix(a.dtype)), grid, block,
-                           (np.int64(rows), np.int64(cols), out, a, self.rt.meta(meta), np.int32(log), causal_rows))
+                           (np.int64(rows), np.int64(cols), out, a, self.rt.meta(meta), np.int32(log), causal_rows,
+                            np.float64(scale)))
         return out
 
-    def softmax_backward(self, y, ly: Layout, g, lg: Layout, log: bool, causal: bool = False):
-        """softmax: y (g - sum(g y)); log_softmax: g - exp(y) sum(g). causal: y came from a causal
+    def softmax_backward(self, y, ly: Layout, g, lg: Layout, log: bool, causal: bool = False, scale: float = 1.0):
+        """softmax: scale y (g - sum(g y)); log_softmax: scale (g - exp(y) sum(g)). causal: y came from a causal
         softmax; masked entries get no gradient and their g is left out of the sum."""
         if causal and ly.ndim < 2:
             raise ValueError(f"softmax_backward: causal needs (..., T, S) scores, got shape {ly.shape}")
@@ -61,7 +63,7 @@ class FusedKernels:
             grid, block = plan.row_launch(rows, cols, cap=1024)
             causal_rows = np.int64(ly.shape[-2] if causal else 0)
             self.rt.launch(plan.kernel("softmax_backward", plan.suffix(y.dtype)), grid, block,
-                           (np.int64(rows), np.int64(cols), out, y, g, np.int32(log), causal_rows))
+                           (np.int64(rows), np.int64(cols), out, y, g, np.int32(log), causal_rows, np.float64(scale)))
         return out
 
     # 15. cross-entropy -------------------------------------------------------------------------
@@ -147,21 +149,79 @@ class FusedKernels:
                                sin, np.int32(inverse)))
         return out
 
-    # 18. AdamW ---------------------------------------------------------------------------------
-    def adamw_step(self, param, lparam: Layout, grad, lgrad: Layout, m, lm: Layout, v, lv: Layout, lr: float,
-                   beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
-        """In place on the dense param, m and v (param/grad of one dtype, m/v of one dtype); grad may
-        be any layout of param's shape (compacted first)."""
-        for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
-            if layout.offset != 0 or not layout.is_contiguous() or layout.numel != buf.size:
-                raise ValueError(f"adamw_step: {what} must be dense (offset 0, contiguous, covering its buffer "
-                                 f"of {buf.size} elements), got {layout}")
-        if grad.dtype != param.dtype or v.dtype != m.dtype:
-            raise TypeError(f"adamw_step: grad ({grad.dtype}) must match param ({param.dtype}) and "
-                            f"v ({v.dtype}) must match m ({m.dtype})")
-        k = plan.kernel("adamw", plan.suffix(param.dtype), plan.suffix(m.dtype))
-        grad = self._flat(grad, lgrad)
-        f64 = np.float64
-        self._elementwise(k, param.size, (np.int64(param.size), param, grad, m, v, f64(lr), f64(beta1), f64(beta2),
-                                          f64(eps), f64(weight_decay), f64(1.0 - beta1 ** step),
-                                          f64(1.0 - beta2 ** step)))
+    # 18-20. multi-tensor: AdamW and gradient clipping over many arrays in one launch --------------
+    def adamw_step(self, params, grads, exp_avgs, exp_avg_sqs, lr: float, beta1: float, beta2: float, eps: float,
+                   weight_decay: float, step: int) -> None:
+        """One launch for every (param, grad, m, v): in place on the dense params and moments (one
+        param/grad dtype, one moment dtype per call); a grad of another layout is compacted first."""
+        flat_grads = []
+        for (param, lparam), (grad, lgrad), (m, lm), (v, lv) in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+            for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
+                _check_dense("adamw_step", buf, layout, what)
+            if grad.dtype != param.dtype or v.dtype != m.dtype:
+                raise TypeError(f"adamw_step: grad ({grad.dtype}) must match param ({param.dtype}) and "
+                                f"v ({v.dtype}) must match m ({m.dtype})")
+            flat_grads.append(self._flat(grad, lgrad))  # kept alive until the launch is queued
+        if not params:
+            return
+        buffers = [[p for p, _ in params], flat_grads, [m for m, _ in exp_avgs], [v for v, _ in exp_avg_sqs]]
+        dtypes = {(p.dtype, m.dtype) for p, m in zip(buffers[0], buffers[2])}
+        if len(dtypes) != 1:
+            raise TypeError(f"adamw_step: one call takes one parameter dtype and one moment dtype, got {dtypes}")
+        k = plan.kernel("adamw", plan.suffix(buffers[0][0].dtype), plan.suffix(buffers[2][0].dtype))
+        table, total = self._table(buffers)
+        if total:
+            f64 = np.float64
+            grid, block = plan.multi_tensor_launch(total)
+            self.rt.launch(k, grid, block, (table, f64(lr), f64(beta1), f64(beta2), f64(eps), f64(weight_decay),
+                                            f64(1.0 - beta1 ** step), f64(1.0 - beta2 ** step)))
+
+    def sum_of_squares(self, arrays):
+        """sum(x^2) over all arrays into a 1-element f32 buffer (f64 when any array is f64): one
+        partial-sum launch per dtype among the arrays, then one launch adding the partials in a
+        fixed order (bit-identical from run to run)."""
+        acc = np.float64 if any(buf.dtype == np.float64 for buf, _ in arrays) else np.float32
+        by_dtype: dict = {}  # dtype -> flat buffers (compacted when not dense)
+        for buf, layout in arrays:
+            by_dtype.setdefault(buf.dtype, []).append(self._flat(buf, layout))
+        launches = []
+        for dtype, bufs in by_dtype.items():
+            table, total = self._table([bufs])
+            if total:
+                launches.append((dtype, table, plan.multi_tensor_launch(total, plan.MULTI_TENSOR_PARTIALS)))
+        out = self.rt.empty(1, acc)
+        partials = self.rt.empty(max(1, sum(grid[0] for _, _, (grid, _) in launches)), acc)
+        first = 0
+        for dtype, table, (grid, block) in launches:
+            k = plan.kernel("sum_of_squares", plan.suffix(dtype), plan.suffix(acc))
+            self.rt.launch(k, grid, block, (table, partials, np.int64(first)))
+            first += grid[0]
+        self.rt.launch(plan.kernel("sum_partials", plan.suffix(acc)), (1,), (1024,), (np.int64(first), partials, out))
+        return out
+
+    def scale_(self, arrays, factor) -> None:
+        """Every dense array *= factor[0] in place: one launch per dtype among the arrays."""
+        by_dtype: dict = {}
+        for buf, layout in arrays:
+            _check_dense("scale_", buf, layout, "array")
+            by_dtype.setdefault(buf.dtype, []).append(buf)
+        for dtype, bufs in by_dtype.items():
+            table, total = self._table([bufs])
+            if total:
+                grid, block = plan.multi_tensor_launch(total)
+                k = plan.kernel("scale", plan.suffix(dtype), plan.suffix(factor.dtype))
+                self.rt.launch(k, grid, block, (table, factor))
+
+    def _table(self, slots: list[list]) -> tuple[object, int]:
+        """The device table of multi_tensor.cu for arrays given per slot (each slot: one dense
+        buffer per array), and the arrays' total element count. Cached like a layout meta: the
+        addresses repeat from step to step (CuPy's memory pool hands the same blocks back)."""
+        sizes = tuple(buf.size for buf in slots[0])
+        addresses = tuple(tuple(self.rt.address(buf) for buf in slot) for slot in slots)
+        return self.rt.meta(plan.multi_tensor_table(sizes, addresses)), sum(sizes)
+
+
+def _check_dense(op: str, buf, layout: Layout, what: str) -> None:
+    if layout.offset != 0 or not layout.is_contiguous() or layout.numel != buf.size:
+        raise ValueError(f"{op}: {what} must be dense (offset 0, contiguous, covering its buffer "
+                         f"of {buf.size} elements), got {layout}")

@@ -53,8 +53,12 @@ KERNELS: dict[str, tuple[str, tuple[tuple[str, ...], ...]]] = {
     "rope": ("rope.cu", tuple((s,) for s in FLOATS)),
     "index_copy": ("indexing.cu", tuple((s,) for s in ALL)),
     "index_accumulate": ("indexing.cu", (("f32",), ("f64",), ("i64",))),
-    "adamw": ("adamw.cu", (("f32", "f32"), ("f64", "f64"), ("f16", "f16"), ("bf16", "bf16"),
-                           ("f16", "f32"), ("bf16", "f32"))),
+    "adamw": ("multi_tensor.cu", (("f32", "f32"), ("f64", "f64"), ("f16", "f16"), ("bf16", "bf16"),
+                                  ("f16", "f32"), ("bf16", "f32"))),
+    "sum_of_squares": ("multi_tensor.cu", tuple((s, "f32") for s in ("f32", "f16", "bf16"))
+                       + tuple((s, "f64") for s in FLOATS)),
+    "sum_partials": ("multi_tensor.cu", (("f32",), ("f64",))),
+    "scale": ("multi_tensor.cu", tuple((s, f) for f in ("f32", "f64") for s in FLOATS)),
     "random_uniform": ("random.cu", tuple((s,) for s in FLOATS)),
     "random_normal": ("random.cu", tuple((s,) for s in FLOATS)),
     "random_int": ("random.cu", (("i64",),)),
@@ -297,6 +301,24 @@ def dense(shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
 
 # ---- launch sizes ---------------------------------------------------------------------------------
 MAX_BLOCKS = 65536  # grid-stride loops cover the rest
+
+
+MULTI_TENSOR_CHUNK = 4096  # CHUNK of multi_tensor.cu: the elements a block takes at a time
+MULTI_TENSOR_PARTIALS = 1024  # the most blocks of a sum_of_squares launch (one partial sum each)
+
+
+def multi_tensor_table(sizes: tuple[int, ...], addresses: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """The int64 table of multi_tensor.cu: n, the n + 1 start offsets of the arrays in their
+    concatenation, then for each slot (AdamW: param, grad, m, v) the n device addresses."""
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + size)
+    return (len(sizes), *starts, *(address for slot in addresses for address in slot))
+
+
+def multi_tensor_launch(total: int, max_blocks: int = MAX_BLOCKS) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) for a multi-tensor kernel over `total` elements: a block per chunk, block-stride past max_blocks."""
+    return (max(1, min(-(-total // MULTI_TENSOR_CHUNK), max_blocks)),), (256,)
 
 
 @lru_cache(maxsize=4096)

@@ -1,5 +1,5 @@
-// Fused softmax / log-softmax over the last dim, forward and backward (contract item 14), one
-// block per row, computed in float (double for f64). With causal_rows = T > 0 the rows are the
+// Fused softmax / log-softmax of scale * x over the last dim, forward and backward (contract item
+// 14), one block per row, computed in float (double for f64). With causal_rows = T > 0 the rows are the
 // query rows of (..., T, S) attention scores and position s of query row t is masked out when
 // s > t + (S - T): softmax gives it 0 (log-softmax -inf), and the backward gives it no gradient.
 #include "common.cuh"
@@ -11,11 +11,12 @@ DEV long long visible_columns(long long r, long long cols, long long causal_rows
     return ll_min(cols, t + (cols - causal_rows) + 1);
 }
 
-// y = exp(x - max) / sum(exp(x - max)), or log_softmax: y = x - max - log(sum(exp(x - max))).
+// With z = scale x: y = exp(z - max) / sum(exp(z - max)), or log_softmax: y = z - max - log(sum(exp(z - max))).
 template <typename T>
 DEV void softmax_body(long long rows, long long cols, T* out, const T* a, const long long* meta, int log_out,
-                      long long causal_rows) {
+                      long long causal_rows, double scale) {
     typedef typename Acc<T>::type A;
+    const A s = (A)scale;
     __shared__ A scratch[32];
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         long long base = row_base(r, meta);
@@ -24,7 +25,7 @@ DEV void softmax_body(long long rows, long long cols, T* out, const T* a, const 
         A peak = neg_inf(A());
         A total = 0;
         for (long long c = threadIdx.x; c < visible; c += blockDim.x) {
-            A x = load(a[base + col_offset(c, meta)]);
+            A x = s * load(a[base + col_offset(c, meta)]);
             A next = nan_max(peak, x);
             if (next == neg_inf(A())) continue;  // only -inf so far: nothing to add
             total = total * m_exp(peak - next) + m_exp(x - next);
@@ -39,7 +40,7 @@ DEV void softmax_body(long long rows, long long cols, T* out, const T* a, const 
         for (long long c = threadIdx.x; c < cols; c += blockDim.x) {
             A value;
             if (c < visible) {
-                A shifted = load(a[base + col_offset(c, meta)]) - row_peak;
+                A shifted = s * load(a[base + col_offset(c, meta)]) - row_peak;
                 value = log_out ? shifted - log_total : m_exp(shifted) / row_total;
             } else {
                 value = log_out ? neg_inf(A()) : (A)0;
@@ -49,11 +50,12 @@ DEV void softmax_body(long long rows, long long cols, T* out, const T* a, const 
     }
 }
 
-// softmax: dx = y (g - sum(g y)); log_softmax: dx = g - exp(y) sum(g). Masked columns get 0.
+// softmax: dx = scale y (g - sum(g y)); log_softmax: dx = scale (g - exp(y) sum(g)). Masked columns get 0.
 template <typename T>
 DEV void softmax_backward_body(long long rows, long long cols, T* out, const T* y, const T* g, int log_out,
-                               long long causal_rows) {
+                               long long causal_rows, double scale) {
     typedef typename Acc<T>::type A;
+    const A s = (A)scale;
     __shared__ A scratch[32];
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         long long visible = visible_columns(r, cols, causal_rows);
@@ -71,7 +73,7 @@ DEV void softmax_backward_body(long long rows, long long cols, T* out, const T* 
             if (c < visible) {
                 A yc = load(yr[c]);
                 A gc = load(gr[c]);
-                value = log_out ? gc - m_exp(yc) * dot : yc * (gc - dot);
+                value = s * (log_out ? gc - m_exp(yc) * dot : yc * (gc - dot));
             }
             dx[c] = store<T>(value);
         }
@@ -82,14 +84,15 @@ DEV void softmax_backward_body(long long rows, long long cols, T* out, const T* 
     /* out = (log-)softmax of each row, causal mask optional */                                         \
     extern "C" __global__ void MAX_THREADS_1024 softmax_##SUFFIX(long long rows, long long cols, T* out, \
                                                                  const T* a, const long long* meta,    \
-                                                                 int log_out, long long causal_rows) { \
-        softmax_body<T>(rows, cols, out, a, meta, log_out, causal_rows);                                \
+                                                                 int log_out, long long causal_rows,   \
+                                                                 double scale) {                       \
+        softmax_body<T>(rows, cols, out, a, meta, log_out, causal_rows, scale);                         \
     }                                                                                                   \
     /* out = the gradient of (log-)softmax per row */                                                   \
     extern "C" __global__ void MAX_THREADS_1024 softmax_backward_##SUFFIX(                              \
         long long rows, long long cols, T* out, const T* y, const T* g, int log_out,                    \
-        long long causal_rows) {                                                                        \
-        softmax_backward_body<T>(rows, cols, out, y, g, log_out, causal_rows);                          \
+        long long causal_rows, double scale) {                                                          \
+        softmax_backward_body<T>(rows, cols, out, y, g, log_out, causal_rows, scale);                   \
     }
 
 SOFTMAX_KERNELS(f16_t, f16)
