@@ -49,3 +49,13 @@ def test_the_summary_line_has_the_documented_form():
     runtime, seconds = cuda_launches.count_step("tiny", "f32", steps=2)
     line = cuda_launches.summary(runtime, seconds)
     assert line.startswith("launches ") and ", gemms " in line and ", syncs 0, host us/op " in line
+
+
+def test_a_bf16_step_runs_every_gemm_in_bf16_the_lm_head_included():
+    if not deers.bf16.available:
+        pytest.skip("bf16 needs the optional package ml_dtypes (pip install 'deers[bf16]')")
+    runtime, _ = cuda_launches.count_step("headline", "bf16", steps=1)
+    dtypes = {key.split()[0] for key in runtime.gemms}
+    assert dtypes == {"bf16"}, dict(runtime.gemms)  # tensor cores, f32 accumulation; no f32 copy of the lm_head
+    vocab = cuda_launches.CONFIGS["headline"][0]
+    assert any(f"m {vocab} " in key or f"n {vocab} " in key for key in runtime.gemms)

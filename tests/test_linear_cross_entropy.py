@@ -100,3 +100,27 @@ def test_cpu_kernel_may_write_the_gradient_over_the_logits():
     assert np.shares_memory(grad, buffer)
     assert (float(loss[0]), int(count[0])) == pytest.approx((float(fresh[0][0]), int(fresh[1][0])))
     np.testing.assert_allclose(grad, fresh[2], atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 8])
+def test_bf16_inputs_keep_16_bit_gemms_and_give_an_f32_loss(chunk_rows):
+    """GPT.loss in bf16 hands the lm_head weight over as it is (no f32 copy): the loss is f32, the
+    gradients bf16, and both are close to the f32 computation on the same (bf16-rounded) values;
+    with several chunks dW is summed in f32 and rounded once."""
+    if not deers.bf16.available:
+        pytest.skip("bf16 needs ml_dtypes (pip install ml_dtypes)")
+    rng = np.random.default_rng(5)
+    x16 = Var(deers.tensor(rng.standard_normal((32, 16)), dtype=deers.bf16))
+    w16 = Var(deers.tensor(rng.standard_normal((40, 16)) * 0.3, dtype=deers.bf16))
+    t = deers.tensor(rng.integers(0, 40, (32,)))
+    loss = linear_cross_entropy(x16, w16, t, chunk_rows=chunk_rows)
+    assert loss.dtype is deers.f32
+    grads = (loss * 2.0).backward()  # a non-unit incoming gradient, cast to bf16 for the saved ones
+    x32 = Var(deers.tensor(x16.numpy().astype(np.float32)))
+    w32 = Var(deers.tensor(w16.numpy().astype(np.float32)))
+    loss32 = linear_cross_entropy(x32, w32, t)
+    grads32 = (loss32 * 2.0).backward()
+    np.testing.assert_allclose(loss.numpy(), loss32.numpy(), rtol=1e-2)
+    for a16, a32 in ((x16, x32), (w16, w32)):
+        assert grads[a16].dtype is deers.bf16
+        np.testing.assert_allclose(grads[a16].numpy().astype(np.float32), grads32[a32].numpy(), atol=2e-3, rtol=3e-2)

@@ -7,11 +7,16 @@ and immediately turns dlogits into the chunk's dx = dlogits @ W and its share of
 Only dx (N, D) and dW (V, D) are kept for backward, which hands them out (`Op.hand_out`). The
 FLOPs are those of the unfused path (forward GEMM + two backward GEMMs); only the order changes.
 Without grad (evaluation, no_grad) only the loss is computed. Nothing is read back to the host.
+
+f16/bf16 inputs stay in their dtype for the GEMMs (on a GPU: tensor cores, f32 accumulation),
+the cross-entropy kernel reads the 16-bit logits in f32, and the loss is f32 (as PyTorch's
+autocast computes cross-entropy); with several chunks dW is summed in f32 and rounded once.
 """
 from __future__ import annotations
 
 from ..array import NDArray
-from ..autograd import Op
+from ..autograd import Op, UnitGrad
+from ..dtype import f32
 from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..tensor import Tensor, apply
 from .cross_entropy import cross_entropy_reference
@@ -48,7 +53,9 @@ class LinearCrossEntropy(Op):
             if not (want_dx or want_dw):
                 continue
             if c < n:  # the kernel divided by this chunk's count; the mean is over all rows
-                share = (count.cast(x.dtype) / total.scalar("maximum", 1).cast(x.dtype))  # 0-d
+                wide = f32 if x.dtype.is_half else x.dtype  # f16/bf16: the ratio in f32, rounded once
+                share = count.cast(wide) / total.scalar("maximum", 1).cast(wide)  # 0-d
+                share = share if wide is x.dtype else share.cast(x.dtype)
                 g_x = x_chunk * share  # (c, D): scaling x is cheaper than scaling (c, V) dlogits
             else:
                 share, g_x = None, x_chunk
@@ -60,12 +67,19 @@ class LinearCrossEntropy(Op):
                     dx.narrow(0, start, c).assign(dx_chunk * share)
             if want_dw:
                 dw_chunk = g.transpose(0, 1).matmul(g_x)  # (V, D)
+                if x.dtype.is_half and rows < n:  # f16/bf16: sum the chunks' shares in f32
+                    dw_chunk = dw_chunk.cast(f32)
                 dw = dw_chunk if dw is None else dw.add_(dw_chunk)
-        self.dx, self.dw = dx, dw
-        # mean over counted rows; nan when none counts (0/0), as in PyTorch
-        return (loss_sum / total.cast(loss_sum.dtype)).cast(x.dtype)
+        if dw is not None and dw.dtype is not w.dtype:
+            dw = dw.cast(w.dtype)
+        self.dx, self.dw, self.input_dtype = dx, dw, x.dtype
+        # mean over counted rows; nan when none counts (0/0), as in PyTorch; f16/bf16 inputs: f32
+        loss = loss_sum / total.cast(loss_sum.dtype)
+        return loss if x.dtype.is_half else loss.cast(x.dtype)
 
     def backward(self, g: NDArray):  # d loss/dx and d loss/dW were made in forward; scale by dL/dloss
+        if not isinstance(g, UnitGrad) and g.dtype is not self.input_dtype:
+            g = g.cast(self.input_dtype)  # an f32 loss's gradient for f16/bf16 inputs
         return self.hand_out(self.dx, g), self.hand_out(self.dw, g), None
 
 

@@ -188,10 +188,8 @@ class GPT(Module):
         """
         self._check_targets(idx, targets)
         x = self.hidden(idx)  # (B, T, D)
-        weight = self.lm_head.weight
-        if x.dtype.is_half:  # f16 / bf16: the loss in f32
-            x, weight = x.to_dtype(f32), weight.to_dtype(f32)
-        return linear_cross_entropy(x, weight, targets)
+        # f16 / bf16: the lm_head GEMMs stay 16-bit (f32 accumulation), the loss comes out in f32
+        return linear_cross_entropy(x, self.lm_head.weight, targets)
 
     def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         """The final normalized hidden states (B, T, D) that lm_head turns into logits."""
