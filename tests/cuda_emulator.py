@@ -142,6 +142,10 @@ class HostRuntime:
     def download(self, buf: np.ndarray) -> np.ndarray:
         return np.array(buf, copy=True)
 
+    def address(self, buf: np.ndarray) -> int:
+        """A host address stands in for a device address (the emulated kernels run in this process)."""
+        return buf.ctypes.data
+
     def view(self, buf: np.ndarray, shape, strides, offset: int) -> np.ndarray:
         item = buf.itemsize
         return np.ndarray(shape, buf.dtype, buf, offset * item, tuple(s * item for s in strides))

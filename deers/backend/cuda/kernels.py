@@ -84,6 +84,10 @@ class CupyRuntime:
         with self.device:
             return cupy.asnumpy(buf)
 
+    def address(self, buf: cupy.ndarray) -> int:
+        """The device address of a buffer's first element (multi-tensor kernels read arrays by address)."""
+        return buf.data.ptr
+
     def view(self, buf: cupy.ndarray, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> cupy.ndarray:
         """A zero-copy strided view of a flat buffer (strides and offset in elements)."""
         item = buf.itemsize
