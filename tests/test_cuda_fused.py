@@ -122,23 +122,49 @@ def test_copy_writes_into_a_strided_view_and_handles_overlap(cuda):
 
 @pytest.mark.parametrize("pair", plan.KERNELS["adamw"][1], ids="/".join)
 def test_adamw_step_in_place_for_every_dtype_pair(cuda, pair):
+    """Several parameters in one launch, sized to cross the kernel's chunks (4096 elements) and
+    with an empty one, each checked against the CPU backend."""
     if "bf16" in pair and not deers.bf16.available:
         pytest.skip("bf16 needs ml_dtypes (pip install ml_dtypes)")
     p_dtype, m_dtype = (deers.dtype.as_dtype(s) for s in pair)
     rng = np.random.default_rng(0)
-    param, grad, m = (rng.standard_normal(300).astype(p_dtype.numpy) for _ in range(3))
-    v = np.abs(rng.standard_normal(300))
-    bufs = [_up(cuda, param, p_dtype), _up(cuda, grad, p_dtype), _up(cuda, m, m_dtype), _up(cuda, v, m_dtype)]
-    held = bufs[0]
-    ref = [a.astype(np.float64) for a in (param, grad, m.astype(m_dtype.numpy), v.astype(m_dtype.numpy))]
-    dense = Layout((300,))
+    sizes = (300, 0, 5000, 4097)
+    columns, refs = [[], [], [], []], [[], [], [], []]  # param, grad, m, v
+    for size in sizes:
+        param, grad, m = (rng.standard_normal(size).astype(p_dtype.numpy) for _ in range(3))
+        v = np.abs(rng.standard_normal(size))
+        for slot, (a, dtype) in enumerate(((param, p_dtype), (grad, p_dtype), (m, m_dtype), (v, m_dtype))):
+            columns[slot].append(_up(cuda, a, dtype))
+            refs[slot].append(a.astype(dtype.numpy).astype(np.float64))
+    held = list(columns[0])
     for step in (1, 2, 3):
-        CPU.adamw_step(*(x for a in ref for x in (a, dense)), 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
-        cuda.adamw_step(*(x for b in bufs for x in (b, dense)), 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
-    assert bufs[0] is held
+        CPU.adamw_step(*([(a, Layout(a.shape)) for a in column] for column in refs), 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        cuda.adamw_step(*([(b, Layout((b.size,))) for b in column] for column in columns), 1e-2, 0.9, 0.95, 1e-8,
+                        0.1, step)
+    assert all(a is b for a, b in zip(columns[0], held))
+    assert cuda.rt.launches.count(f"adamw_{pair[0]}_{pair[1]}") == 3  # one launch per step for all four
     tolerance = {"f32": 1e-5, "f64": 1e-12}.get(pair[0], 1e-2)
-    for got, expected in zip(bufs, ref):
-        np.testing.assert_allclose(_down(cuda, got), expected, atol=tolerance, rtol=tolerance)
+    for column, ref in zip(columns, refs):
+        for got, expected in zip(column, ref):
+            np.testing.assert_allclose(_down(cuda, got), expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+def test_clipping_primitives_for_every_dtype(cuda, dtype):
+    """sum_of_squares (partials, then one fixed-order sum) and scale_ over arrays crossing chunks."""
+    if dtype is deers.bf16 and not deers.bf16.available:
+        pytest.skip("bf16 needs ml_dtypes (pip install ml_dtypes)")
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal(n).astype(dtype.numpy) for n in (7, 0, 9000)]
+    bufs = [_up(cuda, a, dtype) for a in arrays]
+    pairs = [(b, Layout((b.size,))) for b in bufs]
+    total = cuda.to_numpy(cuda.sum_of_squares(pairs), Layout(()))
+    wide = [a.astype(np.float64) for a in arrays]
+    np.testing.assert_allclose(total, sum((w ** 2).sum() for w in wide), rtol=1e-5)
+    factor = _up(cuda, np.array([0.5]), deers.f32)
+    cuda.scale_(pairs, factor)
+    for buf, w in zip(bufs, wide):
+        np.testing.assert_allclose(_down(cuda, buf), w * 0.5, rtol=1e-2 if dtype.is_half else 1e-6)
 
 
 # ---- fused losses and norms ------------------------------------------------------------------------------
