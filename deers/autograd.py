@@ -25,12 +25,14 @@ class Op:
     an op that is not recorded (no_grad, or no input requires grad) sees all False.
     `graph_retained` (set by the engine before backward) says whether a later backward may run
     through this op again (`retain_graph=True`), so saved state must not be handed out.
+    An op with `takes_region` (a view) may be given a `Region` as out_grad instead of an NDArray.
     """
 
     name = "op"
     differentiable = True  # False: the output never has a gradient (comparisons, argmax, integer casts)
     needs_input_grad: tuple[bool, ...] = ()
     graph_retained = False
+    takes_region = False
 
     def needs(self, i: int) -> bool:
         """Whether input `i` wants a gradient."""
@@ -232,8 +234,9 @@ def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> G
         owned.discard(id(node))
         if grad is None:
             continue
-        if isinstance(grad, list):
-            grad = _write_regions(grad)
+        if isinstance(grad, list):  # one region goes on to a view's backward; otherwise they are written now
+            passes_on = len(grad) == 1 and node._op is not None and node._op.takes_region
+            grad = grad[0] if passes_on else _write_regions(grad)
         if node._op is None:
             if grad.storage_id() in claimed or not grad.is_dense():
                 grad = grad.copy()
@@ -260,15 +263,25 @@ class Region:
 
     `make_layout` maps the layout of the whole array (`shape`) to the region's layout, as the
     view did in forward. `span` (dim, start, stop), when known, says the region is a narrow
-    along one dim, so regions with disjoint spans on the same dim do not overlap.
+    along one dim, so regions with disjoint spans on the same dim do not overlap. A `whole`
+    region covers every element: a reshape's gradient whose layout cannot be reshaped as a
+    view, left for a view before the reshape to write into its window in one copy.
     """
 
-    __slots__ = ("grad", "shape", "dtype", "device", "make_layout", "span")
+    __slots__ = ("grad", "shape", "dtype", "device", "make_layout", "span", "whole")
 
     def __init__(self, grad: NDArray, shape: tuple[int, ...], dtype, device, make_layout,
-                 span: "tuple[int, int, int] | None" = None):
+                 span: "tuple[int, int, int] | None" = None, whole: bool = False):
         self.grad, self.shape, self.dtype, self.device = grad, shape, dtype, device
-        self.make_layout, self.span = make_layout, span
+        self.make_layout, self.span, self.whole = make_layout, span, whole
+
+    def materialize(self) -> NDArray:
+        """This gradient as a dense array of `shape`."""
+        return _write_regions([self])
+
+    def synchronize(self) -> None:
+        """Wait for the device (the profiler times the op that receives a region)."""
+        self.grad.synchronize()
 
     def write(self, out: NDArray, add: bool) -> None:
         """Write (or, where earlier writes may lie, add) grad into this region of `out`, in place."""
@@ -285,7 +298,8 @@ def _write_regions(regions: "list[Region]") -> NDArray:
     A region is assigned when it cannot overlap what is already written (a narrow beside the
     span written so far, along the same dim, as split and q/k/v give), otherwise added."""
     first = regions[0]
-    out = NDArray.full(first.shape, 0, first.dtype, first.device)
+    out = NDArray.empty(first.shape, first.dtype, first.device) if first.whole else \
+        NDArray.full(first.shape, 0, first.dtype, first.device)
     covered = first.span  # a span holding every region written so far; None when unknown
     first.write(out, add=False)
     for region in regions[1:]:
@@ -318,7 +332,7 @@ def _accumulate(pending: dict, owned: "set[int]", key: int, grad: "NDArray | Reg
             else:
                 previous.add_(grad)
         else:
-            pending[key] = previous + (_write_regions([grad]) if isinstance(grad, Region) else grad)
+            pending[key] = previous + (grad.materialize() if isinstance(grad, Region) else grad)
             owned.add(key)
 
 

@@ -84,7 +84,12 @@ class Reshape(Op):
         return a.reshape(self.shape)
 
     def backward(self, g):  # reshape back
-        return (g.reshape(self.input_shape),)
+        layout = g.layout.reshape(self.input_shape)
+        if layout is not None:
+            return (g.as_layout(layout),)
+        # A layout that cannot be reshaped as a view (q from transpose(1, 2)) is copied when the
+        # engine writes it: a view before this reshape (q's narrow of qkv) writes it into its window.
+        return (Region(g, self.input_shape, g.dtype, g.device, lambda whole: whole.reshape(self.shape), whole=True),)
 
 
 def reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -124,6 +129,7 @@ class View(Op):
     `span` (dim, start, stop) when it is a narrow."""
 
     name = "view"
+    takes_region = True
 
     def __init__(self, make_layout, span: "tuple[int, int, int] | None" = None):
         self.make_layout = make_layout
@@ -135,6 +141,12 @@ class View(Op):
 
     def backward(self, g):  # the gradient lands in the same view of a zero array (the engine writes it)
         shape, dtype, device = self.input
+        if isinstance(g, Region):  # a region of this view's output: its layout seen through this view
+            inner, outer = g.make_layout, self.make_layout
+            through = lambda whole: inner(outer(whole))  # noqa: E731
+            if through(Layout(shape)) is not None:
+                return (Region(g.grad, shape, dtype, device, through, self.span),)
+            g = g.materialize()
         return (Region(g, shape, dtype, device, self.make_layout, self.span),)
 
 
