@@ -99,11 +99,15 @@ def gemm_checks() -> None:
         set_allow_tf32(tf32)
         try:
             for kind, (sa, sb) in shapes.items():
-                for layout in ("plain", "transposed", "broadcast"):
+                for layout in ("plain", "transposed", "broadcast") + (("heads",) if kind == "4-D" else ()):
                     a = rng.standard_normal(sa)
                     b = rng.standard_normal(sb)
                     ta = deers.tensor(a, dtype=dtype, device=CUDA)
                     tb = deers.tensor(b, dtype=dtype, device=CUDA)
+                    if layout == "heads":  # B as the GPT's v: heads of a (B0, T, 3 nh hd) buffer, batch
+                        b0, nh, t, hd = sb  # dims that do not collapse (f32: the pointer-array GEMM)
+                        qkv = deers.tensor(rng.standard_normal((b0, t, 3 * nh * hd)), dtype=dtype, device=CUDA)
+                        tb = qkv.narrow(2, 2 * nh * hd, nh * hd).reshape(b0, t, nh, hd).transpose(1, 2)
                     if layout == "transposed":  # B given as a transposed view of (..., n, k)
                         tb = deers.tensor(np.swapaxes(b, -1, -2).copy(), dtype=dtype, device=CUDA).transpose(-1, -2)
                     if layout == "broadcast":  # B shared by every batch entry (stride 0)
@@ -172,6 +176,8 @@ def determinism_checks() -> None:
         "cross_entropy": lambda: deers.loss.cross_entropy(logits, targets).numpy(),
         "long sum": lambda: long.sum().numpy(),
         "rms_norm and its gradients": rms_norm_and_gradients,
+        "sum of squares of many arrays": lambda: NDArray.sum_of_squares(
+            [logits.data, scores.data, x.data, long.data]).numpy(),
     }
     for name, fn in runs.items():
         first, second = fn(), fn()
@@ -179,8 +185,26 @@ def determinism_checks() -> None:
         report(f"run-to-run bits {name}", same, "identical" if same else "differ")
 
 
+def multi_tensor_checks() -> None:
+    """One AdamW launch over many parameters (crossing the kernel's 4,096-element chunks) against
+    the CPU backend, and the clipping scale."""
+    rng = np.random.default_rng(2)
+    sizes = [(3, 5), (0,), (4097,), (300, 70)]
+    columns = [[rng.standard_normal(s).astype(np.float32) for s in sizes] for _ in range(4)]  # p, g, m, v
+    columns[3] = [np.abs(v) for v in columns[3]]
+    results = []
+    for device in ("cpu", CUDA):
+        arrays = [[NDArray.from_numpy(a, deers.f32, device) for a in column] for column in columns]
+        for step in (1, 2, 3):
+            NDArray.adamw_steps_(*arrays, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        NDArray.scale_(arrays[0], NDArray.full((), 0.5, deers.f32, device))
+        results.append(np.concatenate([a.numpy().ravel() for column in arrays for a in column]))
+    err = float(np.max(np.abs(results[0] - results[1]))) if results[0].size else 0.0
+    report("multi-tensor adamw + scale vs cpu", err <= 1e-5, f"max abs difference {err:.2e}")
+
+
 def sweep() -> None:
-    for group in (gemm_checks, atomic_checks, determinism_checks, large_checks):
+    for group in (gemm_checks, multi_tensor_checks, atomic_checks, determinism_checks, large_checks):
         start = time.perf_counter()
         try:
             group()

@@ -181,7 +181,7 @@ class HostRuntime:
         second = read(a, call.second, k, n, "second (A)").astype(wide)
         if call.ldc < max(1, m):
             raise AssertionError(f"gemm: ldc {call.ldc} < {m}")
-        c = self._strided(out, 0, (batch, m, n), (call.stride_c, 1, call.ldc), "C")
+        c = self._strided(out, call.c_offset, (batch, m, n), (call.stride_c, 1, call.ldc), "C")
         c[...] = np.matmul(first, second).astype(out.dtype)
 
     def gemm_batched(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool) -> None:

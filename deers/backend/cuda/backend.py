@@ -247,8 +247,9 @@ class CUDABackend(FusedKernels):
     def matmul(self, a, la: Layout, b, lb: Layout):
         """Float GEMMs go straight to cuBLAS (gemm.py) reading both operands through their layouts:
         transposed views as transpose flags, broadcast batches as stride 0, in one
-        cublasGemmStridedBatchedEx; batch dims that do not collapse to one stride (f32/f64) as one
-        pointer-array cublas<S|D>gemmBatched; only an operand neither can express is copied.
+        cublasGemmStridedBatchedEx; batch dims that do not collapse to one stride as one
+        pointer-array cublas<S|D>gemmBatched (f32/f64) or a few strided-batched calls over the
+        inner batch dims (f16/bf16); only an operand none of these can express is copied.
         f16/bf16 multiply on tensor cores and accumulate in f32; f32 uses TF32 when
         `set_allow_tf32(True)`, for every GEMM alike."""
         out_shape = la.shape[:-1] + (lb.shape[-1],)
@@ -270,6 +271,10 @@ class CUDABackend(FusedKernels):
         call = gemm.plan_gemm(la.shape, la.strides, la.offset, lb.shape, lb.strides, lb.offset, pointer_arrays)
         if isinstance(call, gemm.BatchedGemm):
             self.rt.gemm_batched(call, a, b, out, sfx, MatmulSettings.allow_tf32)
+            return out
+        if isinstance(call, gemm.SplitGemm):  # f16/bf16 batch dims that do not collapse: a few calls
+            for part in call.calls:
+                self.rt.gemm(part, a, b, out, sfx, MatmulSettings.allow_tf32)
             return out
         if not isinstance(call, gemm.Gemm):  # copy only the operand(s) cuBLAS cannot read as they are
             copy_a, copy_b = call
@@ -331,7 +336,7 @@ class CUDABackend(FusedKernels):
             src, lsrc = self.cast(src, lsrc, _dtype_of(src.dtype)), Layout(lsrc.shape)
         self._copy_kernel(src, lsrc, dst, ldst)
 
-    # 19. synchronize ---------------------------------------------------------------------------
+    # 21. synchronize ---------------------------------------------------------------------------
     def synchronize(self) -> None:
         """Wait for every kernel queued on this GPU (for timing); raises a kernel's deferred IndexError."""
         self.rt.synchronize()

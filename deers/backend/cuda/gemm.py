@@ -16,8 +16,12 @@ GPT's qkv buffer, (B, nh, T, hd) with batch strides (T 3D, hd); a gradient arriv
 y.transpose(1, 2).reshape(B, T, D), batch strides (T D, hd)), the call can instead take one
 pointer per batch entry (`BatchedGemm`: cublas<S|D>gemmBatched, the per-entry offsets here, the
 pointers made by the runtime) where the runtime has that call for the dtype (`POINTER_ARRAY_DTYPES`).
-Otherwise, and for a matrix with neither stride 1, the operand is reported and the backend copies
-only that operand. C is written contiguous.
+For the other dtypes (f16/bf16) such a batch is split instead (`SplitGemm`): the outer batch dims
+are looped on the host and the inner ones, which do collapse, are one strided-batched call each
+(the GPT's v: one call per sequence of the batch, each over its heads) — still no copy, and still
+tensor cores. Only a matrix with neither stride 1, or a batch that would need more than
+`SPLIT_MAX_CALLS` calls, is reported, and the backend copies only that operand. C is written
+contiguous.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ INT32_MAX = (1 << 31) - 1
 # whose batch dims do not collapse are still copied.
 POINTER_ARRAY_DTYPES = frozenset({"f32", "f64"})
 POINTER_ARRAY_MAX_BATCH = 4096  # bounds the host work and the cached pointer arrays; a larger batch is copied
+SPLIT_MAX_CALLS = 64  # a non-collapsing f16/bf16 batch split into more strided-batched calls than this is copied
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,8 @@ class Gemm:
     """One cublasGemmStridedBatchedEx call in cuBLAS's own terms (column-major, M x N result).
 
     `first` is Deers' B (cuBLAS's A), `second` Deers' A (cuBLAS's B); M = n, N = m, K = k; C is
-    the contiguous (batch, m, n) output: ldc = n, batch stride m n.
+    the contiguous (batch, m, n) output: ldc = n, batch stride m n, starting `c_offset` elements
+    into the output buffer (not 0 only for the calls of a `SplitGemm`).
     """
 
     m: int
@@ -61,6 +67,15 @@ class Gemm:
     second: Operand
     ldc: int
     stride_c: int
+    c_offset: int = 0
+
+
+@dataclass(frozen=True)
+class SplitGemm:
+    """Several strided-batched calls that together make one batched product: one per entry of the
+    outer batch dims, each over the inner batch dims (which collapse to one stride)."""
+
+    calls: tuple[Gemm, ...]
 
 
 @dataclass(frozen=True)
@@ -135,13 +150,14 @@ def _entries(shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> E
 @lru_cache(maxsize=4096)
 def plan_gemm(a_shape: tuple[int, ...], a_strides: tuple[int, ...], a_offset: int,
               b_shape: tuple[int, ...], b_strides: tuple[int, ...], b_offset: int,
-              pointer_arrays: bool = False) -> Gemm | BatchedGemm | tuple[bool, bool]:
+              pointer_arrays: bool = False) -> Gemm | BatchedGemm | SplitGemm | tuple[bool, bool]:
     """The cuBLAS call for (..., m, k) @ (..., k, n) with equal (already broadcast) batch dims, or
     (copy a?, copy b?): which operands must be made contiguous first.
 
     One strided-batched call whenever both operands' batch dims collapse (the faster call); with
     `pointer_arrays` (the runtime has cublas<t>gemmBatched for the dtype), a `BatchedGemm` when
-    they do not but every matrix is readable, so nothing is copied."""
+    they do not but every matrix is readable, so nothing is copied; without, a `SplitGemm` when
+    the batch splits into a few strided-batched calls."""
     *batch, m, k = a_shape
     n = b_shape[-1]
     a = _operand(a_shape, a_strides, a_offset)
@@ -157,7 +173,38 @@ def plan_gemm(a_shape: tuple[int, ...], a_strides: tuple[int, ...], a_offset: in
             count = math.prod(batch)
             return BatchedGemm(m=n, n=m, k=k, batch=count, first=b_entries, second=a_entries, ldc=max(1, n),
                                c_offsets=tuple(range(0, count * m * n, m * n)))
+    if not pointer_arrays:
+        split = _split(a_shape, a_strides, a_offset, b_shape, b_strides, b_offset)
+        if split is not None:
+            return split
     return a is None, b is None
+
+
+def _split(a_shape: tuple[int, ...], a_strides: tuple[int, ...], a_offset: int, b_shape: tuple[int, ...],
+           b_strides: tuple[int, ...], b_offset: int) -> SplitGemm | None:
+    """The fewest strided-batched calls (at most SPLIT_MAX_CALLS): loop the outer batch dims
+    batch[:p] for the smallest p whose inner dims batch[p:] collapse for both operands."""
+    *batch, m, k = a_shape
+    n = b_shape[-1]
+    for p in range(1, len(batch)):
+        count = math.prod(batch[:p])
+        if count > SPLIT_MAX_CALLS:
+            return None
+        inner_a = _operand(a_shape[p:], a_strides[p:], 0)
+        inner_b = _operand(b_shape[p:], b_strides[p:], 0)
+        if inner_a is None or inner_b is None:
+            continue
+        inner = math.prod(batch[p:])
+        calls = []
+        for entry, index in enumerate(itertools.product(*(range(size) for size in batch[:p]))):
+            a_at = a_offset + sum(i * stride for i, stride in zip(index, a_strides))
+            b_at = b_offset + sum(i * stride for i, stride in zip(index, b_strides))
+            calls.append(Gemm(m=n, n=m, k=k, batch=inner,
+                              first=Operand(inner_b.op, inner_b.ld, inner_b.batch_stride, b_at),
+                              second=Operand(inner_a.op, inner_a.ld, inner_a.batch_stride, a_at),
+                              ldc=max(1, n), stride_c=m * n, c_offset=entry * inner * m * n))
+        return SplitGemm(tuple(calls))
+    return None
 
 
 @lru_cache(maxsize=1024)

@@ -117,7 +117,7 @@ class CupyRuntime:
                 handle, first.op, second.op, call.m, call.n, call.k, self._one[scalar].ctypes.data,
                 b.data.ptr + first.offset * item, data_type, first.ld, first.batch_stride,
                 a.data.ptr + second.offset * item, data_type, second.ld, second.batch_stride,
-                self._zero[scalar].ctypes.data, out.data.ptr, data_type, call.ldc, call.stride_c,
+                self._zero[scalar].ctypes.data, out.data.ptr + call.c_offset * item, data_type, call.ldc, call.stride_c,
                 call.batch, compute, GEMM_DEFAULT)
 
     def gemm_batched(self, call: BatchedGemm, a: cupy.ndarray, b: cupy.ndarray, out: cupy.ndarray, sfx: str,
