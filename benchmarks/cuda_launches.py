@@ -78,11 +78,13 @@ class CountingRuntime:
     def synchronize(self) -> None:
         self.syncs["synchronize"] += 1
 
-    def gemm(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool) -> None:
+    def gemm(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool,
+             accumulate: bool = False) -> None:
         ops = "".join("NT"[o.op] for o in (call.first, call.second))
         self.gemms[f"{sfx} batch {call.batch} m {call.m} n {call.n} k {call.k} ops {ops}"] += 1
 
-    def gemm_batched(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool) -> None:
+    def gemm_batched(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool,
+                     accumulate: bool = False) -> None:
         """A pointer-array GEMM (cublas<S|D>gemmBatched): one cuBLAS call, counted as a GEMM. Its
         pointer arrays come from the runtime's meta cache, an upload only on a miss: not a launch."""
         ops = "".join("NT"[o.op] for o in (call.first, call.second))

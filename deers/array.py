@@ -262,6 +262,16 @@ class NDArray:
         res = self.backend.matmul(self.buffer, self.layout, other.buffer, other.layout)
         return self._new(res, self.shape[:-1] + (other.shape[-1],))
 
+    def addmm_(self, a: "NDArray", b: "NDArray") -> "NDArray":
+        """self += a @ b in place (item 10 with acc: on a GPU the GEMM adds into self, beta = 1);
+        self must be dense and of the product's shape, dtype and device."""
+        shape = a.shape[:-1] + (b.shape[-1],)
+        if self.shape != shape or not self.is_dense() or self.dtype is not a.dtype or self.device != a.device:
+            raise ShapeError(f"addmm_: the accumulator must be dense {shape} {a.dtype} on {a.device}, got "
+                             f"{self.shape} {self.dtype} on {self.device} ({self.layout})")
+        self.backend.matmul(a.buffer, a.layout, b.buffer, b.layout, self.buffer)
+        return self
+
     def add_(self, other: "NDArray") -> "NDArray":
         """self += other in place (item 5 with out= aliasing self); self must be dense."""
         return self._update("add", other)

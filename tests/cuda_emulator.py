@@ -159,11 +159,13 @@ class HostRuntime:
             raise AssertionError(f"float matmul ({x.dtype}) must go through gemm (cuBLAS)")
         np.matmul(x, y, out=out)
 
-    def gemm(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool) -> None:
+    def gemm(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool,
+             accumulate: bool = False) -> None:
         """cublasGemmStridedBatchedEx as cuBLAS defines it, on the flat buffers: each operand read
         column-major through its op, leading dimension, batch stride and offset, C written
-        column-major with ldc; every element read or written must lie inside its buffer and the
-        leading dimensions must be legal, so a wrong plan fails here. f16/bf16 compute in f32."""
+        column-major with ldc (accumulate: beta = 1, C += the product); every element read or
+        written must lie inside its buffer and the leading dimensions must be legal, so a wrong
+        plan fails here. f16/bf16 compute in f32."""
         self.allow_tf32_seen.append(allow_tf32)
         self.gemms.append(call)
         m, n, k, batch = call.m, call.n, call.k, call.batch
@@ -182,9 +184,11 @@ class HostRuntime:
         if call.ldc < max(1, m):
             raise AssertionError(f"gemm: ldc {call.ldc} < {m}")
         c = self._strided(out, call.c_offset, (batch, m, n), (call.stride_c, 1, call.ldc), "C")
-        c[...] = np.matmul(first, second).astype(out.dtype)
+        product = np.matmul(first, second)
+        c[...] = (c.astype(wide) + product if accumulate else product).astype(out.dtype)
 
-    def gemm_batched(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool) -> None:
+    def gemm_batched(self, call, a: np.ndarray, b: np.ndarray, out: np.ndarray, sfx: str, allow_tf32: bool,
+                     accumulate: bool = False) -> None:
         """cublas<S|D>gemmBatched as cuBLAS defines it: the runtime's pointer arrays (built by
         gemm.pointer_table from the buffers' addresses and uploaded through `meta`, as CupyRuntime
         does) name each entry's matrix; every pointer must be aligned and lie in the buffer of its
@@ -215,11 +219,11 @@ class HostRuntime:
                           for i in range(batch)]).astype(wide)
         second = np.stack([entry(a, table[batch + i], call.second.op, call.second.ld, k, n, f"second (A) entry {i}")
                            for i in range(batch)]).astype(wide)
-        product = np.matmul(first, second).astype(out.dtype)
+        product = np.matmul(first, second)
         written = np.zeros(out.size, np.int64)
         for i in range(batch):
             c = entry(out, table[2 * batch + i], 0, call.ldc, m, n, f"C entry {i}")
-            c[...] = product[i]
+            c[...] = (c.astype(wide) + product[i] if accumulate else product[i]).astype(out.dtype)
             np.add.at(written, (int(table[2 * batch + i]) - out.ctypes.data) // out.itemsize
                       + np.add.outer(np.arange(m), np.arange(n) * call.ldc).reshape(-1), 1)
         if (written > 1).any():

@@ -474,3 +474,19 @@ def test_negative_indices_raise_index_error_never_wrap(backend, item):
     with pytest.raises(IndexError, match=item):
         run()
         backend.synchronize()  # a backend may report a kernel's index error when it next waits
+
+
+# ---- 10. matmul accumulating into an existing buffer ----------------------------------------------
+@pytest.mark.parametrize("shapes", [((5, 7), (7, 3)), ((2, 4, 6), (2, 6, 5))], ids=["2-D", "batched"])
+def test_matmul_with_acc_adds_into_it_in_place(backend, shapes):
+    rng = np.random.default_rng(10)
+    (sa, sb) = shapes
+    a, b = rng.standard_normal(sa), rng.standard_normal(sb)
+    start = rng.standard_normal(sa[:-1] + sb[-1:])
+    acc = backend.from_numpy(start.astype(np.float32), F32)
+    (ab, la), (bb, lb) = put(backend, a), put(backend, b)  # strided operands
+    result = backend.matmul(ab, la, bb, lb, acc)
+    assert result is acc
+    np.testing.assert_allclose(get(backend, acc, start.shape), start + a @ b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="matmul: acc must be"):
+        backend.matmul(ab, la, bb, lb, backend.from_numpy(np.zeros(3, np.float32), F32))

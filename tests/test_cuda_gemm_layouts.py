@@ -260,3 +260,26 @@ def test_the_pointer_array_call_honours_tf32_and_f64(cuda):
             got = cuda.to_numpy(out, Layout((B, nh, T, hd)))
             np.testing.assert_allclose(got, att @ v, rtol=1e-5 if dtype is deers.f32 else 1e-12, atol=1e-6)
             assert math.prod(got.shape) == B * nh * T * hd
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+def test_accumulating_gemms_run_with_beta_1_and_launch_nothing(cuda, dtype):
+    """matmul(..., acc) adds the product into acc inside the cuBLAS call (beta = 1) for every call
+    kind: strided-batched, pointer arrays (f32/f64) and split (f16/bf16) — no add kernel."""
+    rng = np.random.default_rng(4)
+    for la, lb in ((Layout((6, 5)), Layout((5, 4))), (Layout((B, nh, T, T)), _v_view())):
+        a = rng.standard_normal(_storage(la)).astype(dtype.numpy)
+        b = rng.standard_normal(_storage(lb)).astype(dtype.numpy)
+        view = lambda data, l: np.lib.stride_tricks.as_strided(  # noqa: E731
+            data[l.offset:], l.shape, tuple(s * data.itemsize for s in l.strides)).astype(np.float64)
+        start = rng.standard_normal(la.shape[:-1] + lb.shape[-1:]).astype(dtype.numpy)
+        acc = cuda.from_numpy(start, dtype)
+        before = len(cuda.rt.launches) if isinstance(cuda.rt, HostRuntime) else 0
+        result = cuda.matmul(cuda.from_numpy(a, dtype), la, cuda.from_numpy(b, dtype), lb, acc)
+        assert result is acc
+        expected = start.astype(np.float64) + view(a, la) @ view(b, lb)
+        got = cuda.to_numpy(acc, Layout(expected.shape)).astype(np.float64)
+        scale = np.abs(view(a, la)) @ np.abs(view(b, lb)) + np.abs(start.astype(np.float64)) + 1e-3
+        assert np.max(np.abs(got - expected) / scale) <= TOL[dtype.name]
+        if isinstance(cuda.rt, HostRuntime):
+            assert cuda.rt.launches[before:] == []

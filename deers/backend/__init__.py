@@ -149,8 +149,11 @@ class Backend(Protocol):
     # 9. f over `axes` for f in ReduceFn, reduced dims kept as size 1 (argmax: one axis, i64)
     def reduce(self, name: str, a: Any, la: Layout, axes: tuple[int, ...]) -> Any: ...
 
-    # 10. batched GEMM (..., m, k) @ (..., k, n); batch dims already broadcast (stride 0 allowed)
-    def matmul(self, a: Any, la: Layout, b: Any, lb: Layout) -> Any: ...
+    # 10. batched GEMM (..., m, k) @ (..., k, n); batch dims already broadcast (stride 0 allowed).
+    #     With acc (a dense buffer of the result's size and a's dtype) the product is added into
+    #     acc in place and acc is returned (cuBLAS beta = 1): a gradient summed over chunks needs
+    #     no temporary and no add pass
+    def matmul(self, a: Any, la: Layout, b: Any, lb: Layout, acc: Any = None) -> Any: ...
 
     # 11. a.index_select(dim, idx) / zeros(shape) with src's slices added at idx along dim
     def index_select(self, a: Any, la: Layout, dim: int, idx: Any, lidx: Layout) -> Any: ...

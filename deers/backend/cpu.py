@@ -193,7 +193,7 @@ class CPUBackend:
 
     # 10. matmul --------------------------------------------------------------------------------
     @_quiet
-    def matmul(self, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout) -> np.ndarray:
+    def matmul(self, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout, acc: np.ndarray | None = None) -> np.ndarray:
         x, y = _view(a, la), _view(b, lb)
         out_shape = la.shape[:-1] + (lb.shape[-1],)
         if is_half_numpy(a.dtype):  # f16 / bf16: NumPy has no half GEMM; compute in f32, round once
@@ -203,6 +203,15 @@ class CPUBackend:
         return res
 
     # 11-12. indexing ---------------------------------------------------------------------------
+        if acc is not None:  # acc += x @ y (f16 / bf16: the sum in f32, rounded once)
+            _check_acc(acc, prod(out_shape), a.dtype)
+            wide = np.float32 if is_half_numpy(a.dtype) else a.dtype
+            product = np.matmul(x.astype(wide, copy=False), y.astype(wide, copy=False)).reshape(-1)
+            if wide == a.dtype:
+                acc += product
+            else:
+                acc[...] = (acc.astype(wide) + product).astype(a.dtype)
+            return acc
     def index_select(self, a: np.ndarray, la: Layout, dim: int, idx: np.ndarray, lidx: Layout) -> np.ndarray:
         index = _view(idx, lidx)
         _check_index(index, la.shape[dim], "index_select")
@@ -361,4 +370,10 @@ def _check_dense(buf: np.ndarray, layout: Layout, what: str, op: str = "adamw_st
     """adamw_step and scale_ update whole buffers in place: each must be read by a dense layout covering it."""
     if layout.offset != 0 or not layout.is_contiguous() or layout.numel != buf.size:
         raise ValueError(f"{op}: {what} must be dense (offset 0, contiguous, covering its buffer of "
+def _check_acc(acc: np.ndarray, numel: int, dtype: np.dtype) -> None:
+    """matmul's acc: a flat buffer of exactly the result's elements, in the operands' dtype."""
+    if acc.size != numel or acc.dtype != dtype:
+        raise ValueError(f"matmul: acc must be a buffer of {numel} {dtype} elements, got {acc.size} {acc.dtype}")
+
+
                          f"{buf.size} elements), got {layout}")

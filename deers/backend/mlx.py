@@ -258,8 +258,15 @@ class MLXBackend:
         return _flat(res)
 
     # 10. matmul --------------------------------------------------------------------------------
-    def matmul(self, a: mx.array, la: Layout, b: mx.array, lb: Layout) -> mx.array:
-        return _flat(mx.matmul(_view(a, la), _view(b, lb)))
+    def matmul(self, a: mx.array, la: Layout, b: mx.array, lb: Layout, acc: mx.array | None = None) -> mx.array:
+        product = _flat(mx.matmul(_view(a, la), _view(b, lb)))
+        if acc is None:
+            return product
+        if acc.size != product.size or acc.dtype != product.dtype:
+            raise ValueError(f"matmul: acc must be a buffer of {product.size} {product.dtype} elements, "
+                             f"got {acc.size} {acc.dtype}")
+        acc[:] = (_wide(acc) + _wide(product)).astype(acc.dtype)  # in place: every view of acc sees it
+        return acc
 
     # 11-12. indexing ---------------------------------------------------------------------------
     def index_select(self, a: mx.array, la: Layout, dim: int, idx: mx.array, lidx: Layout) -> mx.array:

@@ -66,10 +66,13 @@ class LinearCrossEntropy(Op):
                 else:
                     dx.narrow(0, start, c).assign(dx_chunk * share)
             if want_dw:
-                dw_chunk = g.transpose(0, 1).matmul(g_x)  # (V, D)
-                if x.dtype.is_half and rows < n:  # f16/bf16: sum the chunks' shares in f32
-                    dw_chunk = dw_chunk.cast(f32)
-                dw = dw_chunk if dw is None else dw.add_(dw_chunk)
+                if dw is not None and not x.dtype.is_half:
+                    dw.addmm_(g.transpose(0, 1), g_x)  # (V, D) += dlogits^T x: the GEMM adds in place
+                else:
+                    dw_chunk = g.transpose(0, 1).matmul(g_x)  # (V, D)
+                    if x.dtype.is_half and rows < n:  # f16/bf16: sum the chunks' shares in f32
+                        dw_chunk = dw_chunk.cast(f32)
+                    dw = dw_chunk if dw is None else dw.add_(dw_chunk)
         if dw is not None and dw.dtype is not w.dtype:
             dw = dw.cast(w.dtype)
         self.dx, self.dw, self.input_dtype = dx, dw, x.dtype

@@ -244,19 +244,30 @@ class CUDABackend(FusedKernels):
         return out
 
     # 10. matmul --------------------------------------------------------------------------------
-    def matmul(self, a, la: Layout, b, lb: Layout):
+    def matmul(self, a, la: Layout, b, lb: Layout, acc=None):
         """Float GEMMs go straight to cuBLAS (gemm.py) reading both operands through their layouts:
         transposed views as transpose flags, broadcast batches as stride 0, in one
         cublasGemmStridedBatchedEx; batch dims that do not collapse to one stride as one
         pointer-array cublas<S|D>gemmBatched (f32/f64) or a few strided-batched calls over the
         inner batch dims (f16/bf16); only an operand none of these can express is copied.
         f16/bf16 multiply on tensor cores and accumulate in f32; f32 uses TF32 when
-        `set_allow_tf32(True)`, for every GEMM alike."""
+        `set_allow_tf32(True)`, for every GEMM alike. With `acc` every call runs with beta = 1:
+        the product is added into acc (no temporary, no add kernel)."""
         out_shape = la.shape[:-1] + (lb.shape[-1],)
-        out = self.rt.empty(math.prod(out_shape), a.dtype)
+        sfx = plan.suffix(a.dtype)
+        if acc is not None:
+            if acc.size != math.prod(out_shape) or acc.dtype != a.dtype:
+                raise ValueError(f"matmul: acc must be a buffer of {math.prod(out_shape)} {a.dtype} elements, "
+                                 f"got {acc.size} {acc.dtype}")
+            if sfx not in plan.FLOATS or la.shape[-1] == 0:  # integers (no cuBLAS), or nothing to add
+                if la.shape[-1]:
+                    dense = Layout((acc.size,))
+                    self.binary("add", acc, dense, self.matmul(a, la, b, lb), dense, out=acc)
+                return acc
+        out = acc if acc is not None else self.rt.empty(math.prod(out_shape), a.dtype)
+        accumulate = acc is not None
         if out.size == 0:
             return out
-        sfx = plan.suffix(a.dtype)
         if sfx not in plan.FLOATS:  # cuBLAS has no integer GEMM: CuPy's matmul on strided views
             x_shape, x_strides = plan.matmul_operand(la.shape, la.strides)
             y_shape, y_strides = plan.matmul_operand(lb.shape, lb.strides)
@@ -270,11 +281,11 @@ class CUDABackend(FusedKernels):
         pointer_arrays = sfx in gemm.POINTER_ARRAY_DTYPES
         call = gemm.plan_gemm(la.shape, la.strides, la.offset, lb.shape, lb.strides, lb.offset, pointer_arrays)
         if isinstance(call, gemm.BatchedGemm):
-            self.rt.gemm_batched(call, a, b, out, sfx, MatmulSettings.allow_tf32)
+            self.rt.gemm_batched(call, a, b, out, sfx, MatmulSettings.allow_tf32, accumulate)
             return out
         if isinstance(call, gemm.SplitGemm):  # f16/bf16 batch dims that do not collapse: a few calls
             for part in call.calls:
-                self.rt.gemm(part, a, b, out, sfx, MatmulSettings.allow_tf32)
+                self.rt.gemm(part, a, b, out, sfx, MatmulSettings.allow_tf32, accumulate)
             return out
         if not isinstance(call, gemm.Gemm):  # copy only the operand(s) cuBLAS cannot read as they are
             copy_a, copy_b = call
@@ -283,7 +294,7 @@ class CUDABackend(FusedKernels):
             if copy_b:
                 b, lb = self._flat(b, lb), Layout(lb.shape)
             call = gemm.plan_gemm(la.shape, la.strides, la.offset, lb.shape, lb.strides, lb.offset)
-        self.rt.gemm(call, a, b, out, sfx, MatmulSettings.allow_tf32)
+        self.rt.gemm(call, a, b, out, sfx, MatmulSettings.allow_tf32, accumulate)
         return out
 
     # 11-12. indexing ---------------------------------------------------------------------------

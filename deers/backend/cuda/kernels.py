@@ -99,10 +99,11 @@ class CupyRuntime:
 
     # ---- GEMM ------------------------------------------------------------------------------------
     def gemm(self, call: Gemm, a: cupy.ndarray, b: cupy.ndarray, out: cupy.ndarray, sfx: str,
-             allow_tf32: bool) -> None:
-        """out (contiguous) = a @ b as planned by gemm.plan_gemm: one cublasGemmStridedBatchedEx on
-        CuPy's cuBLAS handle (CuPy sets its current stream on it). f16/bf16 and f32 compute in f32
-        (TF32 when allowed), f64 in f64; alpha = 1 and beta = 0 are host scalars."""
+             allow_tf32: bool, accumulate: bool = False) -> None:
+        """out (contiguous) = a @ b (accumulate: out += a @ b) as planned by gemm.plan_gemm: one
+        cublasGemmStridedBatchedEx on CuPy's cuBLAS handle (CuPy sets its current stream on it).
+        f16/bf16 and f32 compute in f32 (TF32 when allowed), f64 in f64; alpha = 1 and beta = 0
+        (1 to accumulate) are host scalars."""
         data_type = CUDA_TYPE[sfx]
         if sfx == "f64":
             compute, scalar = COMPUTE_64F, np.float64
@@ -117,11 +118,12 @@ class CupyRuntime:
                 handle, first.op, second.op, call.m, call.n, call.k, self._one[scalar].ctypes.data,
                 b.data.ptr + first.offset * item, data_type, first.ld, first.batch_stride,
                 a.data.ptr + second.offset * item, data_type, second.ld, second.batch_stride,
-                self._zero[scalar].ctypes.data, out.data.ptr + call.c_offset * item, data_type, call.ldc, call.stride_c,
+                (self._one if accumulate else self._zero)[scalar].ctypes.data, out.data.ptr + call.c_offset * item,
+                data_type, call.ldc, call.stride_c,
                 call.batch, compute, GEMM_DEFAULT)
 
     def gemm_batched(self, call: BatchedGemm, a: cupy.ndarray, b: cupy.ndarray, out: cupy.ndarray, sfx: str,
-                     allow_tf32: bool) -> None:
+                     allow_tf32: bool, accumulate: bool = False) -> None:
         """out (contiguous) = a @ b as planned by gemm.plan_gemm for operands whose batch dims do not
         collapse: one cublasSgemmBatched / cublasDgemmBatched (CuPy's public binding has no
         gemmBatchedEx, so only f32 and f64 come here) with one device pointer per batch entry.
@@ -130,8 +132,10 @@ class CupyRuntime:
         hit (every training step after the first, as CuPy's pool hands back the same addresses)
         costs no transfer; a miss costs one small host-to-device copy of 24 bytes per entry (CuPy
         stages it through pinned memory and does not wait for the device) and one cache entry.
-        TF32 is the handle's math mode for the duration of the call, then restored."""
+        TF32 is the handle's math mode for the duration of the call, then restored. accumulate:
+        beta = 1 (out += a @ b)."""
         item = a.itemsize
+        beta = self._one if accumulate else self._zero
         with self.device:
             pointers = self.meta(pointer_table(call, a.data.ptr, b.data.ptr, out.data.ptr, item))
             first, second, c = (pointers.data.ptr + 8 * call.batch * i for i in range(3))
@@ -140,7 +144,7 @@ class CupyRuntime:
             args = (handle, call.first.op, call.second.op, call.m, call.n, call.k)
             if sfx == "f64":
                 cublas.dgemmBatched(*args, self._one[np.float64].ctypes.data, first, call.first.ld, second,
-                                    call.second.ld, self._zero[np.float64].ctypes.data, c, call.ldc, call.batch)
+                                    call.second.ld, beta[np.float64].ctypes.data, c, call.ldc, call.batch)
                 return
             mode = cublas.getMathMode(handle)
             want = TF32_TENSOR_OP_MATH if allow_tf32 else DEFAULT_MATH
@@ -148,7 +152,7 @@ class CupyRuntime:
                 cublas.setMathMode(handle, (mode & ~0xF) | want)
             try:
                 cublas.sgemmBatched(*args, self._one[np.float32].ctypes.data, first, call.first.ld, second,
-                                    call.second.ld, self._zero[np.float32].ctypes.data, c, call.ldc, call.batch)
+                                    call.second.ld, beta[np.float32].ctypes.data, c, call.ldc, call.batch)
             finally:
                 if (mode & 0xF) != want:
                     cublas.setMathMode(handle, mode)
