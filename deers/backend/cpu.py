@@ -31,6 +31,9 @@ _BINARY = {
 }
 
 
+SMALL_INNER = 32  # stacked GEMMs with an inner dim this small run on one BLAS thread (see matmul)
+
+
 def _view(buf: np.ndarray, layout: Layout) -> np.ndarray:
     """A zero-copy strided NumPy view of `buf` under `layout`."""
     if layout.offset == 0 and layout.is_contiguous() and layout.numel == buf.size:
@@ -87,10 +90,11 @@ class CPUBackend:
     def __init__(self, threads: int | None = None):
         self.rng = np.random.default_rng()
         self.pool = cpu_kernels.RowPool(threads)  # threads for the fused kernels (NumPy releases the GIL)
+        self.buffers = cpu_kernels.BufferCache()  # large results reused across steps
 
     # 1. allocation ---------------------------------------------------------------------------
     def empty(self, numel: int, dtype: DType) -> np.ndarray:
-        return np.empty(numel, dtype.numpy)
+        return self.buffers.empty(numel, dtype.numpy)
 
     def full(self, numel: int, value, dtype: DType) -> np.ndarray:
         return np.full(numel, value, dtype.numpy)
@@ -165,7 +169,10 @@ class CPUBackend:
 
     @_quiet
     def where(self, c: np.ndarray, lc: Layout, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout) -> np.ndarray:
-        return np.where(_view(c, lc), _view(a, la), _view(b, lb)).reshape(-1)
+        x, y = _view(a, la), _view(b, lb)
+        if x.dtype == y.dtype and x.itemsize in (2, 4, 8):  # bitwise select: no per-element branch
+            return cpu_kernels.select(_view(c, lc), x, y).reshape(-1)
+        return np.where(_view(c, lc), x, y).reshape(-1)
 
     @_quiet
     def cast(self, a: np.ndarray, la: Layout, dtype: DType) -> np.ndarray:
@@ -196,13 +203,6 @@ class CPUBackend:
     def matmul(self, a: np.ndarray, la: Layout, b: np.ndarray, lb: Layout, acc: np.ndarray | None = None) -> np.ndarray:
         x, y = _view(a, la), _view(b, lb)
         out_shape = la.shape[:-1] + (lb.shape[-1],)
-        if is_half_numpy(a.dtype):  # f16 / bf16: NumPy has no half GEMM; compute in f32, round once
-            return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(a.dtype).reshape(-1)
-        res = np.empty(prod(out_shape), a.dtype)
-        np.matmul(x, y, out=res.reshape(out_shape))
-        return res
-
-    # 11-12. indexing ---------------------------------------------------------------------------
         if acc is not None:  # acc += x @ y (f16 / bf16: the sum in f32, rounded once)
             _check_acc(acc, prod(out_shape), a.dtype)
             wide = np.float32 if is_half_numpy(a.dtype) else a.dtype
@@ -212,6 +212,17 @@ class CPUBackend:
             else:
                 acc[...] = (acc.astype(wide) + product).astype(a.dtype)
             return acc
+        if is_half_numpy(a.dtype):  # f16 / bf16: NumPy has no half GEMM; compute in f32, round once
+            return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(a.dtype).reshape(-1)
+        res = self.buffers.empty(prod(out_shape), a.dtype)  # the lm_head logits: reused, not faulted in
+        if la.shape[-1] <= SMALL_INNER and prod(out_shape[:-2]) > 1:
+            with cpu_kernels.single_threaded_blas():  # many small-K products: one BLAS thread is faster
+                np.matmul(x, y, out=res.reshape(out_shape))
+        else:
+            np.matmul(x, y, out=res.reshape(out_shape))
+        return res
+
+    # 11-12. indexing ---------------------------------------------------------------------------
     def index_select(self, a: np.ndarray, la: Layout, dim: int, idx: np.ndarray, lidx: Layout) -> np.ndarray:
         index = _view(idx, lidx)
         _check_index(index, la.shape[dim], "index_select")
@@ -359,6 +370,12 @@ class CPUBackend:
         """NumPy is synchronous: nothing is ever queued."""
 
 
+def _check_acc(acc: np.ndarray, numel: int, dtype: np.dtype) -> None:
+    """matmul's acc: a flat buffer of exactly the result's elements, in the operands' dtype."""
+    if acc.size != numel or acc.dtype != dtype:
+        raise ValueError(f"matmul: acc must be a buffer of {numel} {dtype} elements, got {acc.size} {acc.dtype}")
+
+
 def _check_rope(lx: Layout, lcos: Layout, lsin: Layout) -> None:
     """rope's shapes: x (..., T, hd) with hd even, tables (T, hd)."""
     if lx.ndim < 2 or lx.shape[-1] % 2 or lcos.shape != lx.shape[-2:] or lsin.shape != lx.shape[-2:]:
@@ -370,10 +387,4 @@ def _check_dense(buf: np.ndarray, layout: Layout, what: str, op: str = "adamw_st
     """adamw_step and scale_ update whole buffers in place: each must be read by a dense layout covering it."""
     if layout.offset != 0 or not layout.is_contiguous() or layout.numel != buf.size:
         raise ValueError(f"{op}: {what} must be dense (offset 0, contiguous, covering its buffer of "
-def _check_acc(acc: np.ndarray, numel: int, dtype: np.dtype) -> None:
-    """matmul's acc: a flat buffer of exactly the result's elements, in the operands' dtype."""
-    if acc.size != numel or acc.dtype != dtype:
-        raise ValueError(f"matmul: acc must be a buffer of {numel} {dtype} elements, got {acc.size} {acc.dtype}")
-
-
                          f"{buf.size} elements), got {layout}")
