@@ -218,8 +218,9 @@ def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> G
     Gradients of a node used more than once are summed while they wait (`_accumulate`). A view's
     backward may give a `Region` (its gradient, placed in a zero array of the input's shape):
     the regions of one input wait as a list and become one zero buffer with each region written
-    in (`_write_regions`), so q, k and v narrowed from one qkv output cost 1 fill and 3 writes,
-    not 3 zero arrays and 2 full additions. The engine adds in place only into a sum it made
+    in (`_write_regions`), so q, k and v narrowed from one qkv output cost 3 writes (they tile it:
+    no fill), not 3 zero arrays, 3 copies and 2 full additions; a single region goes on to a view's
+    backward, so a reshape's gradient is written through the narrow before it in one copy. The engine adds in place only into a sum it made
     itself (`owned`): an array an op returned may be a saved activation, a gradient handed to
     another input too, or the caller's out_grad, and is never written to.
     """
@@ -262,8 +263,9 @@ class Region:
     (`_write_regions`, `_accumulate`) instead of adding a mostly-zero array.
 
     `make_layout` maps the layout of the whole array (`shape`) to the region's layout, as the
-    view did in forward. `span` (dim, start, stop), when known, says the region is a narrow
-    along one dim, so regions with disjoint spans on the same dim do not overlap. A `whole`
+    view did in forward. `span` (dim, start, stop), when known, says the region is exactly a
+    narrow along one dim, so regions with disjoint spans on the same dim do not overlap, and
+    spans that tile the dim (q, k, v; split) leave no element to zero. A `whole`
     region covers every element: a reshape's gradient whose layout cannot be reshaped as a
     view, left for a view before the reshape to write into its window in one copy.
     """
@@ -293,11 +295,17 @@ class Region:
 
 
 def _write_regions(regions: "list[Region]") -> NDArray:
-    """One zero array with every region's gradient in it: 1 fill, then 1 write per region.
+    """One zero array with every region's gradient in it: 1 fill (none when they tile), 1 write each.
 
     A region is assigned when it cannot overlap what is already written (a narrow beside the
-    span written so far, along the same dim, as split and q/k/v give), otherwise added."""
+    span written so far, along the same dim, as split and q/k/v give), otherwise added. Regions
+    that tile one dim between them need no fill: each is written into an empty array."""
     first = regions[0]
+    if _tile(regions):
+        out = NDArray.empty(first.shape, first.dtype, first.device)
+        for region in regions:
+            region.write(out, add=False)
+        return out
     out = NDArray.empty(first.shape, first.dtype, first.device) if first.whole else \
         NDArray.full(first.shape, 0, first.dtype, first.device)
     covered = first.span  # a span holding every region written so far; None when unknown
@@ -310,6 +318,19 @@ def _write_regions(regions: "list[Region]") -> NDArray:
         same_dim = span is not None and covered is not None and span[0] == covered[0]
         covered = (span[0], min(span[1], covered[1]), max(span[2], covered[2])) if same_dim else None
     return out
+
+
+def _tile(regions: "list[Region]") -> bool:
+    """Whether the regions are narrows along one dim that cover it once between them."""
+    spans = [region.span for region in regions]
+    if any(span is None for span in spans) or len({span[0] for span in spans}) != 1:
+        return False
+    end = 0
+    for _, start, stop in sorted(spans, key=lambda span: span[1]):
+        if start != end:
+            return False
+        end = stop
+    return end == regions[0].shape[spans[0][0]]
 
 
 def _accumulate(pending: dict, owned: "set[int]", key: int, grad: "NDArray | Region") -> None:

@@ -144,8 +144,8 @@ class View(Op):
         if isinstance(g, Region):  # a region of this view's output: its layout seen through this view
             inner, outer = g.make_layout, self.make_layout
             through = lambda whole: inner(outer(whole))  # noqa: E731
-            if through(Layout(shape)) is not None:
-                return (Region(g.grad, shape, dtype, device, through, self.span),)
+            if through(Layout(shape)) is not None:  # the span holds exactly when g covered this view's output
+                return (Region(g.grad, shape, dtype, device, through, self.span if g.whole else None),)
             g = g.materialize()
         return (Region(g, shape, dtype, device, self.make_layout, self.span),)
 
