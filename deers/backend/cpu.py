@@ -315,10 +315,12 @@ class CPUBackend:
         r = _view(rstd, lrstd).astype(compute, copy=False)[:, None]  # (rows, 1)
         xhat = np.ascontiguousarray(_view(x, lx), dtype=compute).reshape(rows, d) * r
         gw = np.einsum("ij,ij->j", gv, xhat)  # dw = sum over rows of g xhat
-        gxhat = gv * _view(w, lw).astype(compute, copy=False)
+        gx = gv * _view(w, lw).astype(compute, copy=False)  # gxhat, turned into dx in place below
         # dx = rstd (gxhat - xhat mean(gxhat xhat)): d rstd/dx = -rstd^3 x / D folds into the projection
-        proj = np.einsum("ij,ij->i", gxhat, xhat) / d
-        gx = (gxhat - xhat * proj[:, None].astype(compute, copy=False)) * r
+        proj = (np.einsum("ij,ij->i", gx, xhat) / d).astype(compute, copy=False)
+        xhat *= proj[:, None]  # xhat is spent: the in-place passes save three (rows, D) temporaries
+        gx -= xhat
+        gx *= r
         return gx.astype(x.dtype, copy=False).reshape(-1), gw.astype(w.dtype, copy=False)
 
     @_quiet
