@@ -303,7 +303,11 @@ def test_gemm_plan_names_only_the_operand_cublas_cannot_read():
 
     v = Layout((2, 4, 3, 5), (180, 45, 5, 1), 30).permute((0, 2, 1, 3))  # (B, nh, T, hd) in qkv
     att = Layout((2, 3, 4, 4))
-    assert gemm.plan_gemm(att.shape, att.strides, 0, v.shape, v.strides, v.offset) == (False, True)
+    split = gemm.plan_gemm(att.shape, att.strides, 0, v.shape, v.strides, v.offset)  # no pointer arrays
+    assert isinstance(split, gemm.SplitGemm) and len(split.calls) == 2  # one call per sequence, no copy
+    huge = Layout((gemm.SPLIT_MAX_CALLS + 1, 4, 3, 5), (180, 45, 5, 1), 30).permute((0, 2, 1, 3))
+    big_att = Layout((gemm.SPLIT_MAX_CALLS + 1, 3, 4, 4))
+    assert gemm.plan_gemm(big_att.shape, big_att.strides, 0, huge.shape, huge.strides, huge.offset) == (False, True)
     every_other = Layout((4, 10)).slice(1, 0, 5, 2)  # neither stride is 1
     b = Layout((5, 3))
     assert gemm.plan_gemm(every_other.shape, every_other.strides, 0, b.shape, b.strides, 0) == (True, False)
