@@ -5,6 +5,11 @@ without copying, so every primitive runs on the layout as it is (permuted, broad
 matmul goes straight to BLAS through numpy.matmul. The fused primitives (14-18) compact an
 operand only where their loops need rows, and run those loops blocked and threaded in
 cpu_kernels.py. f16 / bf16 compute in f32 and round once (`is_half_numpy`).
+
+Memory: creating the backend asks glibc's malloc to keep freed blocks for reuse
+(`cpu_kernels.keep_freed_memory`; DEERS_KEEP_FREED_MEMORY=0 declines), and results of 32 MiB and
+more are reused across steps (`BufferCache`): a training step then runs in the memory the
+previous one freed instead of faulting fresh pages in.
 """
 from __future__ import annotations
 
@@ -91,6 +96,7 @@ class CPUBackend:
         self.rng = np.random.default_rng()
         self.pool = cpu_kernels.RowPool(threads)  # threads for the fused kernels (NumPy releases the GIL)
         self.buffers = cpu_kernels.BufferCache()  # large results reused across steps
+        self.keeps_freed_memory = cpu_kernels.keep_freed_memory()  # glibc: freed arrays reused, not refaulted
 
     # 1. allocation ---------------------------------------------------------------------------
     def empty(self, numel: int, dtype: DType) -> np.ndarray:
