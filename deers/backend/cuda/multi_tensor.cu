@@ -30,17 +30,8 @@ DEV long long array_of(const long long* start, long long n, long long i) {
     return lo;
 }
 
-// ---- 18. AdamW over every (param, grad, m, v) of the table (deers/fused/adamw.py) ---------------
-//   p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
-//   p -= (lr / bias1) m / (sqrt(v / bias2) + eps)       with bias_k = 1 - b_k^step
-// Computed in the moments' type (float, or double for f64); parameters and gradients may be
-// f16/bf16 with f32 moments.
-template <typename P, typename M>
-DEV void adamw_multi_body(const long long* table, double lr, double beta1, double beta2, double eps,
-                          double weight_decay, double bias1, double bias2) {
-    typedef typename Acc<M>::type A;
-    A decay = (A)(1.0 - lr * weight_decay);
-    A b1 = (A)beta1, b2 = (A)beta2, step_size = (A)(lr / bias1), inv_bias2 = (A)(1.0 / bias2), epsilon = (A)eps;
+// Calls body(j, k) for element k of array j, for every element of the chunks this block takes.
+template <typename Body> DEV void for_each_element(const long long* table, Body& body) {
     long long n = table_count(table);
     const long long* start = table_starts(table);
     for (long long c0 = blockIdx.x * CHUNK; c0 < start[n]; c0 += gridDim.x * CHUNK) {
@@ -48,20 +39,42 @@ DEV void adamw_multi_body(const long long* table, double lr, double beta1, doubl
         long long c1 = ll_min(c0 + CHUNK, start[n]);
         for (long long i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
             while (i >= start[j + 1]) ++j;  // past the end of array j (skipping empty ones)
-            long long k = i - start[j];
-            P* param = table_array<P>(table, 0, j);
-            const P* grad = table_array<P>(table, 1, j);
-            M* m = table_array<M>(table, 2, j);
-            M* v = table_array<M>(table, 3, j);
-            A g = (A)load(grad[k]);
-            A p = (A)load(param[k]) * decay;
-            A mi = b1 * load(m[k]) + ((A)1 - b1) * g;
-            A vi = b2 * load(v[k]) + ((A)1 - b2) * g * g;
-            m[k] = store<M>(mi);
-            v[k] = store<M>(vi);
-            param[k] = Convert<P>::from(p - step_size * mi / (m_sqrt(vi * inv_bias2) + epsilon));
+            body(j, i - start[j]);
         }
     }
+}
+
+// ---- 18. AdamW over every (param, grad, m, v) of the table (deers/fused/adamw.py) ---------------
+//   p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+//   p -= (lr / bias1) m / (sqrt(v / bias2) + eps)       with bias_k = 1 - b_k^step
+// Computed in the moments' type (float, or double for f64); parameters and gradients may be
+// f16/bf16 with f32 moments.
+template <typename P, typename M> struct AdamWElement {
+    typedef typename Acc<M>::type A;
+    const long long* table;
+    A decay, b1, b2, step_size, inv_bias2, epsilon;
+    __device__ void operator()(long long j, long long k) {
+        P* param = table_array<P>(table, 0, j);
+        const P* grad = table_array<P>(table, 1, j);
+        M* m = table_array<M>(table, 2, j);
+        M* v = table_array<M>(table, 3, j);
+        A g = (A)load(grad[k]);
+        A p = (A)load(param[k]) * decay;
+        A mi = b1 * load(m[k]) + ((A)1 - b1) * g;
+        A vi = b2 * load(v[k]) + ((A)1 - b2) * g * g;
+        m[k] = store<M>(mi);
+        v[k] = store<M>(vi);
+        param[k] = Convert<P>::from(p - step_size * mi / (m_sqrt(vi * inv_bias2) + epsilon));
+    }
+};
+
+template <typename P, typename M>
+DEV void adamw_multi_body(const long long* table, double lr, double beta1, double beta2, double eps,
+                          double weight_decay, double bias1, double bias2) {
+    typedef typename Acc<M>::type A;
+    AdamWElement<P, M> body = {table, (A)(1.0 - lr * weight_decay), (A)beta1, (A)beta2, (A)(lr / bias1),
+                               (A)(1.0 / bias2), (A)eps};
+    for_each_element(table, body);
 }
 
 // params, grads, exp_avgs, exp_avg_sqs of the table <- one AdamW step (P: parameter type, M: moment type)
@@ -83,22 +96,21 @@ ADAMW_KERNEL(bf16_t, bf16, float, f32)
 // Stage 1: block b sums x^2 over the chunks it takes (in a fixed order) into partial[first + b].
 // Stage 2 (sum_partials): one block adds partial[0 .. count) in a fixed tree into out[0].
 // No atomics: the same arrays give the same bits on every run.
+template <typename T, typename A> struct SquareSum {
+    const long long* table;
+    A total;
+    __device__ void operator()(long long j, long long k) {
+        A x = (A)load(table_array<T>(table, 0, j)[k]);
+        total += x * x;
+    }
+};
+
 template <typename T, typename A>
 DEV void sum_of_squares_body(const long long* table, A* partial, long long first) {
     __shared__ A scratch[32];
-    long long n = table_count(table);
-    const long long* start = table_starts(table);
-    A total = 0;
-    for (long long c0 = blockIdx.x * CHUNK; c0 < start[n]; c0 += gridDim.x * CHUNK) {
-        long long j = array_of(start, n, c0);
-        long long c1 = ll_min(c0 + CHUNK, start[n]);
-        for (long long i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
-            while (i >= start[j + 1]) ++j;
-            A x = (A)load(table_array<T>(table, 0, j)[i - start[j]]);
-            total += x * x;
-        }
-    }
-    total = block_sum(total, scratch);
+    SquareSum<T, A> body = {table, (A)0};
+    for_each_element(table, body);
+    A total = block_sum(body.total, scratch);
     if (threadIdx.x == 0) partial[first + blockIdx.x] = total;
 }
 
@@ -135,22 +147,21 @@ extern "C" __global__ void MAX_THREADS_1024 sum_partials_f64(long long count, co
 }
 
 // ---- 20. every array of the table *= factor[0] (computed in float, double for f64 arrays) -------
+template <typename T> struct ScaleElement {
+    typedef typename Acc<T>::type A;
+    const long long* table;
+    A factor;
+    __device__ void operator()(long long j, long long k) {
+        T* x = table_array<T>(table, 0, j);
+        x[k] = store<T>((A)load(x[k]) * factor);
+    }
+};
+
 template <typename T, typename F>
 DEV void scale_body(const long long* table, const F* factor) {
     typedef typename Acc<T>::type A;
-    A f = (A)factor[0];
-    long long n = table_count(table);
-    const long long* start = table_starts(table);
-    for (long long c0 = blockIdx.x * CHUNK; c0 < start[n]; c0 += gridDim.x * CHUNK) {
-        long long j = array_of(start, n, c0);
-        long long c1 = ll_min(c0 + CHUNK, start[n]);
-        for (long long i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
-            while (i >= start[j + 1]) ++j;
-            T* x = table_array<T>(table, 0, j);
-            long long k = i - start[j];
-            x[k] = store<T>((A)load(x[k]) * f);
-        }
-    }
+    ScaleElement<T> body = {table, (A)factor[0]};
+    for_each_element(table, body);
 }
 
 // every array of the table *= factor[0]
