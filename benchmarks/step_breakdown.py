@@ -19,9 +19,12 @@ import argparse
 import statistics
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from math import prod
 
 import numpy as np
+
+from deers.backend import cpu_threads
 
 from common import CONFIGS, machine_description, matmul_peak_gflops
 from gpt_step import PHASES, DeersRunner, batches, gpt_config
@@ -99,6 +102,22 @@ def gemm_flops(la, lb) -> float:
     return 2.0 * batch * la.shape[-2] * la.shape[-1] * lb.shape[-1]
 
 
+@contextmanager
+def native_blas_threads():
+    """NumPy's OpenBLAS at one thread per core, as it starts, for the isolated peaks: the CPU
+    backend set it to one thread and splits GEMMs over its own pool (deers.backend.cpu_threads)."""
+    api = cpu_threads.openblas_thread_api()
+    if api is None:
+        yield
+        return
+    before = api[0]()
+    api[1](cpu_threads.usable_cores())
+    try:
+        yield
+    finally:
+        api[1](before)
+
+
 def best_seconds(fn, repeats: int = 5) -> float:
     fn()
     best = float("inf")
@@ -151,6 +170,7 @@ def main(argv=None) -> None:
 
     config = gpt_config(args.config)
     batch = CONFIGS[args.config][-1]
+    machine_peak = matmul_peak_gflops()  # before the backend exists: the BLAS at its own threads
     runner = DeersRunner(config, "cpu", "f32")
     timer = BackendTimer(runner.params[0].data.backend)
     step_times = []
@@ -172,7 +192,7 @@ def main(argv=None) -> None:
     print(f"machine: {machine_description()}")
     print(f"config {args.config}: {config}, batch {batch}; {steps} timed steps after {args.warmup} warm-up; "
           f"times are per step (mean)\n")
-    print(f"float32 GEMM peak of NumPy's BLAS here (2048^3 and lm_head shapes): {matmul_peak_gflops():.0f} GFLOP/s\n")
+    print(f"float32 GEMM peak of NumPy's BLAS here (2048^3 and lm_head shapes): {machine_peak:.0f} GFLOP/s\n")
 
     print("| phase | ms |\n| --- | ---: |")
     for phase in PHASES:
@@ -188,11 +208,12 @@ def main(argv=None) -> None:
         gemm_flop += flop
         batch_count = prod(np.broadcast_shapes(la.shape[:-2], lb.shape[:-2]))
         replay = replay_seconds(matmul, la, lb, dtype)
-        peak_s, best_form = numpy_peak(batch_count, la.shape[-2], la.shape[-1], lb.shape[-1], dtype)
+        with native_blas_threads():
+            peak_s, best_form = numpy_peak(batch_count, la.shape[-2], la.shape[-1], lb.shape[-1], dtype)
         one = gemm_flops(la, lb)
         gemm_rows.append((ms, key, calls[key], flop / ms / 1e6, one / replay / 1e9, one / peak_s / 1e9, best_form))
     print("GEMMs (backend matmul; form: N rows contiguous, T a transposed view, S strided; "
-          "'alone' replays the same call on fresh buffers; 'peak' is NumPy's best layout for the shape)\n")
+          "'alone' replays the same call on fresh buffers; 'peak' is NumPy's best layout for the shape, on the BLAS's own threads)\n")
     print("| GEMM (batch x M x K x N, forms) | calls | ms | GFLOP/s in step | GFLOP/s alone | peak GFLOP/s "
           "| peak layout | % of peak |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")

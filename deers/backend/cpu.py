@@ -2,14 +2,18 @@
 
 Buffers are flat 1-D NumPy arrays. `_view` turns (buffer, layout) into a strided NumPy view
 without copying, so every primitive runs on the layout as it is (permuted, broadcast, narrowed);
-matmul goes straight to BLAS through numpy.matmul. The fused primitives (14-18) compact an
-operand only where their loops need rows, and run those loops blocked and threaded in
-cpu_kernels.py. f16 / bf16 compute in f32 and round once (`is_half_numpy`).
+matmul goes to BLAS through numpy.matmul, split over the pool's threads. The fused primitives
+(14-18) compact an operand only where their loops need rows, and run those loops blocked and
+threaded in cpu_kernels.py. f16 / bf16 compute in f32 and round once (`is_half_numpy`).
 
 Memory: creating the backend asks glibc's malloc to keep freed blocks for reuse
 (`cpu_kernels.keep_freed_memory`; DEERS_KEEP_FREED_MEMORY=0 declines), and results of 32 MiB and
 more are reused across steps (`BufferCache`): a training step then runs in the memory the
 previous one freed instead of faulting fresh pages in.
+
+Threads: creating the backend also sets NumPy's OpenBLAS to one thread, and the backend's own
+pool splits every large GEMM into one share per thread (`cpu_threads`; DEERS_OWN_BLAS_THREADS=0
+declines), so no idle BLAS thread spins on a core the next op needs.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import numpy as np
 
 from ..dtype import DType, is_half_numpy
 from ..layout import Layout, contiguous_strides
-from . import COMPARISONS, cpu_kernels
+from . import COMPARISONS, cpu_kernels, cpu_threads
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
@@ -34,9 +38,6 @@ _BINARY = {
     "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or, "bitwise_xor": np.bitwise_xor,
     "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
 }
-
-
-SMALL_INNER = 32  # stacked GEMMs with an inner dim this small run on one BLAS thread (see matmul)
 
 
 def _view(buf: np.ndarray, layout: Layout) -> np.ndarray:
@@ -94,7 +95,8 @@ class CPUBackend:
 
     def __init__(self, threads: int | None = None):
         self.rng = np.random.default_rng()
-        self.pool = cpu_kernels.RowPool(threads)  # threads for the fused kernels (NumPy releases the GIL)
+        self.pool = cpu_threads.RowPool(threads)  # threads for GEMMs and fused kernels (NumPy releases the GIL)
+        self.owns_blas_threads = cpu_threads.own_blas_threads()  # OpenBLAS on one thread; the pool splits GEMMs
         self.buffers = cpu_kernels.BufferCache()  # large results reused across steps
         self.keeps_freed_memory = cpu_kernels.keep_freed_memory()  # glibc: freed arrays reused, not refaulted
 
@@ -212,21 +214,26 @@ class CPUBackend:
         if acc is not None:  # acc += x @ y (f16 / bf16: the sum in f32, rounded once)
             _check_acc(acc, prod(out_shape), a.dtype)
             wide = np.float32 if is_half_numpy(a.dtype) else a.dtype
-            product = np.matmul(x.astype(wide, copy=False), y.astype(wide, copy=False)).reshape(-1)
+            product = self._gemm(x.astype(wide, copy=False), y.astype(wide, copy=False),
+                                 np.empty(out_shape, wide)).reshape(-1)
             if wide == a.dtype:
                 acc += product
             else:
                 acc[...] = (acc.astype(wide) + product).astype(a.dtype)
             return acc
         if is_half_numpy(a.dtype):  # f16 / bf16: NumPy has no half GEMM; compute in f32, round once
-            return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(a.dtype).reshape(-1)
+            wide = self._gemm(x.astype(np.float32), y.astype(np.float32), np.empty(out_shape, np.float32))
+            return wide.astype(a.dtype).reshape(-1)
         res = self.buffers.empty(prod(out_shape), a.dtype)  # the lm_head logits: reused, not faulted in
-        if la.shape[-1] <= SMALL_INNER and prod(out_shape[:-2]) > 1:
-            with cpu_kernels.single_threaded_blas():  # many small-K products: one BLAS thread is faster
-                np.matmul(x, y, out=res.reshape(out_shape))
-        else:
-            np.matmul(x, y, out=res.reshape(out_shape))
+        self._gemm(x, y, res.reshape(out_shape))
         return res
+
+    def _gemm(self, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out[...] = x @ y: split over the pool's threads when OpenBLAS is on one thread, else
+        left to the BLAS's own threads (cpu_threads.own_blas_threads)."""
+        if self.owns_blas_threads:
+            return cpu_threads.matmul(self.pool, x, y, out)
+        return np.matmul(x, y, out=out)
 
     # 11-12. indexing ---------------------------------------------------------------------------
     def index_select(self, a: np.ndarray, la: Layout, dim: int, idx: np.ndarray, lidx: Layout) -> np.ndarray:

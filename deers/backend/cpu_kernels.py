@@ -3,8 +3,8 @@ cross-entropy, RoPE and AdamW.
 
 Two habits make them fast. (1) Work in blocks small enough to stay in cache, so the several
 NumPy passes a formula needs read cache, not memory. (2) Split the blocks across threads: NumPy
-ufuncs release the GIL, so two threads really run on two cores. `RowPool.run(n, fn)` calls
-`fn(start, stop)` on contiguous ranges of [0, n), one per thread, and waits for all of them.
+ufuncs release the GIL, so two threads really run on two cores (`cpu_threads.RowPool`).
+Also here: how the backend keeps memory for reuse (`keep_freed_memory`, `BufferCache`).
 """
 from __future__ import annotations
 
@@ -12,45 +12,15 @@ import ctypes
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
+
+from .cpu_threads import RowPool
 
 BLOCK_BYTES = 1 << 18  # 256 KiB of one operand per AdamW block: every pass of a block stays in L2
 ROW_BLOCK_BYTES = 1 << 20  # cross-entropy rows per block: ~1 MiB (fewer, longer NumPy calls per thread)
 CAUSAL_ROW_BLOCK = 32  # query rows per block of the causal softmax
 SMALL_CAUSAL = 1 << 18  # causal scores of at most this many elements take one whole-array pass
-
-
-def quiet(fn, *args):
-    """fn(*args) with NumPy's floating-point warnings off (NumPy keeps that setting per thread).
-
-    The kernels' infinities and NaNs are the documented results (an all -inf softmax row is NaN,
-    as in PyTorch); a RuntimeWarning about them would only leak NumPy's internals to the user."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
-        return fn(*args)
-
-
-class RowPool:
-    """Runs a function over contiguous ranges of [0, n) on `threads` threads (inline for one)."""
-
-    def __init__(self, threads: int | None = None):
-        self.threads = max(1, threads or os.cpu_count() or 1)
-        self._executor: ThreadPoolExecutor | None = None
-
-    def run(self, n: int, fn, min_per_thread: int = 1) -> None:
-        parts = min(self.threads, max(1, n // max(min_per_thread, 1)))
-        if parts == 1:
-            quiet(fn, 0, n)
-            return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="deers-cpu")
-        bounds = [n * i // parts for i in range(parts + 1)]
-        futures = [self._executor.submit(quiet, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-        quiet(fn, bounds[0], bounds[1])  # this thread takes the first range
-        for future in futures:
-            future.result()
 
 
 # glibc malloc parameters (malloc.h), and the values keep_freed_memory sets
@@ -116,55 +86,6 @@ class BufferCache:
             if sum(b.nbytes for b in self._buffers) + buf.nbytes <= self.max_bytes:
                 self._buffers.append(buf)
             return buf
-
-
-def _find_openblas_threads():
-    """(get, set) of the thread count of the OpenBLAS NumPy loaded, through ctypes; None when NumPy's
-    BLAS is something else (MKL, Accelerate) or cannot be found."""
-    paths = []
-    try:
-        with open("/proc/self/maps") as maps:  # Linux: the shared libraries this process has loaded
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        pass
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)  # already loaded: this only looks the handle up
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    return get, put
-    return None
-
-
-_OPENBLAS_THREADS: list = []  # [(get, set) or None], filled on first use
-
-
-@contextmanager
-def single_threaded_blas():
-    """Run the BLAS calls inside on one thread (OpenBLAS only; elsewhere nothing changes).
-
-    For GEMMs whose inner dimension is small (attention's q @ k^T: 24 products of 256 x 32 x 256)
-    OpenBLAS's two threads do less than one: each product is a few microseconds of work per thread
-    and the hand-off costs more, and when the other core is busy the second thread's wait makes it
-    ~2x slower than one thread (measured: 34-38 vs 78-84 GFLOP/s; 86-99 vs 79-89 on a quiet core).
-    """
-    if not _OPENBLAS_THREADS:
-        _OPENBLAS_THREADS.append(_find_openblas_threads())
-    api = _OPENBLAS_THREADS[0]
-    before = api[0]() if api is not None else 1
-    if before == 1:
-        yield
-        return
-    api[1](1)
-    try:
-        yield
-    finally:
-        api[1](before)
 
 
 def select(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,141 @@
+"""The CPU backend's threads: one pool runs everything parallel, GEMMs included.
+
+NumPy ufuncs and matmul release the GIL, so Python threads really run on several cores.
+`RowPool.run(n, fn)` calls `fn(start, stop)` on contiguous ranges of [0, n), one per thread, and
+waits for all of them; the fused kernels (cpu_kernels.py) and the GEMMs (`matmul` below) use it.
+
+Why GEMMs too: NumPy's OpenBLAS keeps threads of its own, and after each GEMM they spin (for
+~0.1 s, `sched_yield` in a loop) waiting for the next one. On a 2-core machine the next op of a
+training step, a softmax on two threads, then shares its cores with a spinning thread: measured
+here, a (4, 6, 256, 256) causal softmax took 3.1 ms alone and 5.6 ms right after a GEMM. So the
+backend sets OpenBLAS to one thread (`own_blas_threads`) and splits each large GEMM into one
+share per pool thread itself: 163-199 GFLOP/s on the training step's shapes against 183-190 with
+OpenBLAS's own two threads, and nothing spins between ops.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
+from math import prod
+
+import numpy as np
+
+OWN_BLAS_ENV = "DEERS_OWN_BLAS_THREADS"  # "0": leave NumPy's BLAS threads as they are
+MIN_SPLIT_FLOPS = 1 << 23  # smaller GEMMs (~8 MFLOP, ~80 us on one core) run on the calling thread
+MIN_SHARE = 16  # rows (or columns) per thread at least, when a GEMM is split along M (or N)
+
+
+def quiet(fn, *args):
+    """fn(*args) with NumPy's floating-point warnings off (NumPy keeps that setting per thread).
+
+    The kernels' infinities and NaNs are the documented results (an all -inf softmax row is NaN,
+    as in PyTorch); a RuntimeWarning about them would only leak NumPy's internals to the user."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        return fn(*args)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+class RowPool:
+    """Runs a function over contiguous ranges of [0, n) on `threads` threads (inline for one)."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = max(1, threads or usable_cores())
+        self._executor: ThreadPoolExecutor | None = None
+
+    def run(self, n: int, fn, min_per_thread: int = 1) -> None:
+        parts = min(self.threads, max(1, n // max(min_per_thread, 1)))
+        if parts == 1:
+            quiet(fn, 0, n)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="deers-cpu")
+        bounds = [n * i // parts for i in range(parts + 1)]
+        futures = [self._executor.submit(quiet, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        quiet(fn, bounds[0], bounds[1])  # this thread takes the first range
+        for future in futures:
+            future.result()
+
+
+def openblas_thread_api():
+    """(get, set) of the thread count of the OpenBLAS NumPy loaded, through ctypes; None when NumPy's
+    BLAS is something else (MKL, Accelerate) or cannot be found."""
+    paths = []
+    try:
+        with open("/proc/self/maps") as maps:  # Linux: the shared libraries this process has loaded
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        pass
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: this only looks the handle up
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    return get, put
+    return None
+
+
+def own_blas_threads() -> bool:
+    """Set NumPy's OpenBLAS to one thread, so that the pool's threads are the only ones; True if set.
+
+    Process-wide (like torch.set_num_threads): NumPy GEMMs made outside Deers also run on one
+    thread afterwards. Applied when the CPU backend is created; DEERS_OWN_BLAS_THREADS=0 declines,
+    and with a BLAS other than OpenBLAS (MKL, Accelerate) nothing changes. In both cases the
+    backend's GEMMs are left to the BLAS's own threads.
+    """
+    if os.environ.get(OWN_BLAS_ENV, "1") == "0":
+        return False
+    api = openblas_thread_api()
+    if api is None:
+        return False
+    api[1](1)  # ~0.2 ms, so once, not around every GEMM
+    return api[0]() == 1
+
+
+def _share(a: np.ndarray, ndim: int, axis: int, start: int, stop: int) -> np.ndarray:
+    """a[start:stop] along `axis` of a seen with `ndim` dims (leading 1s added); a view. A dim of
+    size 1 there broadcasts, so it is left whole."""
+    a = a.reshape((1,) * (ndim - a.ndim) + a.shape)
+    if a.shape[axis] == 1:
+        return a
+    index = [slice(None)] * ndim
+    index[axis] = slice(start, stop)
+    return a[tuple(index)]
+
+
+def matmul(pool: RowPool, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out[...] = x @ y (NumPy broadcasting; out of the result's shape), as one GEMM per pool
+    thread: split along the leading batch dim when it has a share for every thread (attention's
+    (B, heads, T, T) products), else along M when x is the larger operand (m >= n: each thread
+    then reads only its rows of x, as in the lm_head's dW = dY^T x) and along N otherwise (y's
+    columns: the lm_head's x W^T). Every share is a view, each GEMM writes its part of out in place (a column
+    share of out is still a BLAS-ready matrix: unit column stride, full row stride)."""
+    m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
+    batch = prod(out.shape[:-2])
+    if pool.threads == 1 or 2 * batch * m * k * n < MIN_SPLIT_FLOPS:
+        return np.matmul(x, y, out=out)
+    ndim = out.ndim
+    if ndim > 2 and out.shape[0] >= pool.threads:
+        def share(start: int, stop: int) -> None:
+            np.matmul(_share(x, ndim, 0, start, stop), _share(y, ndim, 0, start, stop), out=out[start:stop])
+        pool.run(out.shape[0], share)
+    elif m >= n:  # x's rows are the larger share (m k >= k n)
+        def share(start: int, stop: int) -> None:  # rows of x and out
+            np.matmul(x[..., start:stop, :], y, out=out[..., start:stop, :])
+        pool.run(m, share, min_per_thread=MIN_SHARE)
+    else:
+        def share(start: int, stop: int) -> None:  # columns of y and out
+            np.matmul(x, y[..., start:stop], out=out[..., start:stop])
+        pool.run(n, share, min_per_thread=MIN_SHARE)
+    return out

@@ -1,0 +1,65 @@
+"""The CPU backend's threads (deers.backend.cpu_threads): GEMMs split over its own pool, and
+OpenBLAS set to one thread so that nothing spins between ops."""
+import numpy as np
+import pytest
+
+from deers.backend import cpu_threads
+
+
+def _operand(rng, shape, form):
+    """A float64 operand of `shape` stored as `form`: "N" row-major, "T" a transposed view of a
+    row-major array, "S" every other column of a wider one (strided)."""
+    if form == "T":
+        return np.ascontiguousarray(rng.standard_normal(shape).swapaxes(-1, -2)).swapaxes(-1, -2)
+    if form == "S":
+        return rng.standard_normal(shape[:-1] + (2 * shape[-1],))[..., ::2]
+    return rng.standard_normal(shape)
+
+
+# each one large enough to be split (>= MIN_SPLIT_FLOPS), and each split rule taken:
+# the leading batch dim, a batch dim of 1 that broadcasts, rows of x (m >= n), columns of y (m < n)
+SPLIT_CASES = [
+    ((4, 3, 96, 40), (4, 3, 40, 96)),  # leading batch dim
+    ((4, 3, 96, 40), (1, 3, 40, 96)),  # y broadcast along the split dim
+    ((3, 128, 96), (96, 128)),  # x's batch dim against a 2-D y
+    ((1, 2, 300, 64), (2, 64, 160)),  # batch dim 1: rows
+    ((512, 64), (64, 160)),  # rows (m >= n)
+    ((40, 64), (64, 1700)),  # columns (m < n): out's column shares
+    ((2, 40, 64), (2, 64, 1700)),  # 2 threads: the batch dim; 3 threads (more than the batch): columns
+]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("shapes", SPLIT_CASES, ids=lambda s: f"{s[0]}@{s[1]}")
+@pytest.mark.parametrize("forms", ["NN", "TN", "NT", "SS"])
+def test_split_matmul_matches_numpy(shapes, forms, threads):
+    rng = np.random.default_rng(0)
+    x, y = _operand(rng, shapes[0], forms[0]), _operand(rng, shapes[1], forms[1])
+    expected = np.matmul(x, y)
+    m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
+    assert 2 * np.prod(expected.shape[:-2], dtype=int) * m * k * n >= cpu_threads.MIN_SPLIT_FLOPS  # really split
+    out = np.full(expected.shape, np.nan)  # every element must be written
+    result = cpu_threads.matmul(cpu_threads.RowPool(threads), x, y, out)
+    assert result is out
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_small_matmul_runs_on_the_calling_thread():
+    x, y = np.ones((8, 4)), np.ones((4, 8))
+    out = np.empty((8, 8))
+    cpu_threads.matmul(cpu_threads.RowPool(2), x, y, out)
+    np.testing.assert_array_equal(out, 4.0)
+
+
+def test_own_blas_threads_can_be_declined(monkeypatch):
+    monkeypatch.setenv(cpu_threads.OWN_BLAS_ENV, "0")
+    assert cpu_threads.own_blas_threads() is False
+
+
+@pytest.mark.skipif(cpu_threads.openblas_thread_api() is None, reason="NumPy's BLAS is not OpenBLAS")
+def test_the_cpu_backend_sets_openblas_to_one_thread():
+    from deers.backend import backend_for
+
+    assert backend_for("cpu").owns_blas_threads
+    get, _ = cpu_threads.openblas_thread_api()
+    assert get() == 1
