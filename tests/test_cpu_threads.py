@@ -16,8 +16,9 @@ def _operand(rng, shape, form):
     return rng.standard_normal(shape)
 
 
-# each one large enough to be split (>= MIN_SPLIT_FLOPS), and each split rule taken:
+# each one large enough to be split (>= SPLIT_FLOPS, set below), and each split rule taken:
 # the leading batch dim, a batch dim of 1 that broadcasts, rows of x (m >= n), columns of y (m < n)
+SPLIT_FLOPS = 1 << 23  # the tests lower MIN_SPLIT_FLOPS to this, to keep the arrays small
 SPLIT_CASES = [
     ((4, 3, 96, 40), (4, 3, 40, 96)),  # leading batch dim
     ((4, 3, 96, 40), (1, 3, 40, 96)),  # y broadcast along the split dim
@@ -32,7 +33,8 @@ SPLIT_CASES = [
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("shapes", SPLIT_CASES, ids=lambda s: f"{s[0]}@{s[1]}")
 @pytest.mark.parametrize("forms", ["NN", "TN", "NT", "SS"])
-def test_split_matmul_matches_numpy(shapes, forms, threads):
+def test_split_matmul_matches_numpy(shapes, forms, threads, monkeypatch):
+    monkeypatch.setattr(cpu_threads, "MIN_SPLIT_FLOPS", SPLIT_FLOPS)
     rng = np.random.default_rng(0)
     x, y = _operand(rng, shapes[0], forms[0]), _operand(rng, shapes[1], forms[1])
     expected = np.matmul(x, y)
@@ -63,3 +65,4 @@ def test_the_cpu_backend_sets_openblas_to_one_thread():
     assert backend_for("cpu").owns_blas_threads
     get, _ = cpu_threads.openblas_thread_api()
     assert get() == 1
+

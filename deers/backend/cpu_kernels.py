@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from .cpu_threads import RowPool
+from .cpu_threads import RowPool, rows_per_share
 
 BLOCK_BYTES = 1 << 19  # 512 KiB of one operand per AdamW block: fewer NumPy calls; measured best here
 ROW_BLOCK_BYTES = 1 << 20  # cross-entropy rows per block: ~1 MiB (fewer, longer NumPy calls per thread)
@@ -147,7 +147,7 @@ def cross_entropy(pool: RowPool, x: np.ndarray, targets: np.ndarray, ignore_inde
             if ignored.any():
                 g[ignored] = 0
 
-    pool.run(n, rows, min_per_thread=max(1, 4096 // max(c, 1)))
+    pool.run(n, rows, min_per_thread=rows_per_share(c))
     loss_dtype = np.float64 if x.dtype == np.float64 else np.float32
     return (np.array([row_loss[valid].sum()], loss_dtype), np.array([count], np.int64), grad.reshape(-1))
 
@@ -188,7 +188,7 @@ def adamw_step(pool: RowPool, param: np.ndarray, grad: np.ndarray, m: np.ndarray
                 p *= decay
             p -= t
 
-    pool.run(param.size, chunk, min_per_thread=1 << 16)
+    pool.run(param.size, chunk, min_per_thread=rows_per_share(1))
 
 
 def softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.ndarray:
@@ -210,7 +210,7 @@ def softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.n
                 np.exp(o, out=o)
                 o /= o.sum(axis=1, keepdims=True)
 
-    pool.run(rows_total, rows, min_per_thread=max(1, (1 << 16) // max(c, 1)))
+    pool.run(rows_total, rows, min_per_thread=rows_per_share(c))
     return out
 
 
@@ -247,7 +247,7 @@ def causal_softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) 
                 np.exp(o, out=o)
                 o /= o.sum(axis=-1, keepdims=True)
 
-    pool.run(slices.shape[0], chunks, min_per_thread=per_chunk)
+    pool.run(slices.shape[0], chunks, min_per_thread=max(per_chunk, rows_per_share(t_rows * s_cols)))
     if first:  # rows that see nothing: their -inf - (-inf) made NaN above
         out[:, :first, :] = -np.inf if log else 0.0
     return out.reshape(x.shape)
@@ -283,7 +283,7 @@ def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool, cau
             if scale != 1.0:
                 o *= y.dtype.type(scale)
 
-    pool.run(rows_total, rows, min_per_thread=max(1, (1 << 16) // max(c, 1)))
+    pool.run(rows_total, rows, min_per_thread=rows_per_share(c))
     return out
 
 

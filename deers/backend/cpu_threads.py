@@ -22,7 +22,10 @@ from math import prod
 import numpy as np
 
 OWN_BLAS_ENV = "DEERS_OWN_BLAS_THREADS"  # "0": leave NumPy's BLAS threads as they are
-MIN_SPLIT_FLOPS = 1 << 23  # smaller GEMMs (~8 MFLOP, ~80 us on one core) run on the calling thread
+# Handing a range to another thread and waiting for it costs ~60-140 us on this VM (waking an idle
+# core), so work is split only where each thread gets several times that:
+MIN_SHARE_ELEMENTS = 1 << 18  # element-wise work per thread at least (~100-300 us of NumPy passes)
+MIN_SPLIT_FLOPS = 1 << 25  # GEMMs under ~34 MFLOP (~350 us on one core) run on the calling thread
 MIN_SHARE = 16  # rows (or columns) per thread at least, when a GEMM is split along M (or N)
 
 
@@ -40,6 +43,11 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def rows_per_share(row_elements: int) -> int:
+    """The fewest rows of `row_elements` elements worth giving a thread (MIN_SHARE_ELEMENTS)."""
+    return max(1, MIN_SHARE_ELEMENTS // max(row_elements, 1))
 
 
 class RowPool:
