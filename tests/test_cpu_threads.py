@@ -66,3 +66,30 @@ def test_the_cpu_backend_sets_openblas_to_one_thread():
     get, _ = cpu_threads.openblas_thread_api()
     assert get() == 1
 
+
+
+def test_adamw_over_many_arrays_is_the_same_on_two_threads_as_on_one():
+    """cpu_kernels.adamw_step deals all arrays' blocks over the threads in one run; each element's
+    update is independent, so the result is bit for bit the one-thread result, and the formula's."""
+    from deers.backend import cpu_kernels
+
+    sizes = [5, 3 * cpu_kernels.BLOCK_BYTES // 4 + 17, 1000, 2 * cpu_kernels.BLOCK_BYTES // 4]  # several blocks
+
+    def fresh():
+        r = np.random.default_rng(4)
+        return [tuple(r.standard_normal(n).astype(np.float32) if i != 3 else r.random(n).astype(np.float32)
+                      for i in range(4)) for n in sizes]
+    one, two = fresh(), fresh()
+    expected = fresh()
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=3)
+    cpu_kernels.adamw_step(cpu_threads.RowPool(1), one, **hyper)
+    cpu_kernels.adamw_step(cpu_threads.RowPool(2), two, **hyper)
+    for (p1, _, m1, v1), (p2, _, m2, v2), (p, g, m, v) in zip(one, two, expected):
+        np.testing.assert_array_equal(p2, p1)
+        np.testing.assert_array_equal(m2, m1)
+        np.testing.assert_array_equal(v2, v1)
+        m_ref = 0.9 * m.astype(np.float64) + 0.1 * g
+        v_ref = 0.95 * v.astype(np.float64) + 0.05 * g.astype(np.float64) ** 2
+        step_size = 1e-2 / (1 - 0.9 ** 3)
+        p_ref = p * (1 - 1e-3) - step_size * m_ref / (np.sqrt(v_ref) / np.sqrt(1 - 0.95 ** 3) + 1e-8)
+        np.testing.assert_allclose(p1, p_ref, rtol=1e-5, atol=1e-6)

@@ -350,12 +350,14 @@ class CPUBackend:
     def adamw_step(self, params: Sequence[tuple[np.ndarray, Layout]], grads: Sequence[tuple[np.ndarray, Layout]],
                    exp_avgs: Sequence[tuple[np.ndarray, Layout]], exp_avg_sqs: Sequence[tuple[np.ndarray, Layout]],
                    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
-        """In place on each dense param, m and v; a grad may be any layout of its param's shape."""
+        """In place on each dense param, m and v; a grad may be any layout of its param's shape.
+        All arrays go to one kernel run, so their blocks share the threads."""
+        arrays = []
         for (param, lparam), (grad, lgrad), (m, lm), (v, lv) in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
             for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
                 _check_dense(buf, layout, what)
-            g = np.ascontiguousarray(_view(grad, lgrad)).reshape(-1)  # no copy when grad is dense
-            cpu_kernels.adamw_step(self.pool, param, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+            arrays.append((param, np.ascontiguousarray(_view(grad, lgrad)).reshape(-1), m, v))  # no copy when dense
+        cpu_kernels.adamw_step(self.pool, arrays, lr, beta1, beta2, eps, weight_decay, step)
 
     # 19-20. gradient clipping over many arrays ------------------------------------------------------
     @_quiet

@@ -152,25 +152,31 @@ def cross_entropy(pool: RowPool, x: np.ndarray, targets: np.ndarray, ignore_inde
     return (np.array([row_loss[valid].sum()], loss_dtype), np.array([count], np.int64), grad.reshape(-1))
 
 
-def adamw_step(pool: RowPool, param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
+def adamw_step(pool: RowPool, arrays: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], lr: float,
                beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> None:
-    """In-place AdamW on flat buffers, in cache-sized blocks over the threads:
+    """In-place AdamW on flat (param, grad, m, v) buffers of one dtype, all of them in one run: the
+    arrays are cut into cache-sized blocks and the blocks dealt out over the threads, so a model's
+    many small weights share the threads as well as its big ones (one hand-off per step).
 
     p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     """
-    dtype = param.dtype.type
+    if not arrays:
+        return
+    itemsize = arrays[0][0].itemsize
+    dtype = arrays[0][0].dtype.type
     decay = dtype(1.0 - lr * weight_decay)
     b1, b2 = dtype(beta1), dtype(beta2)
     inv_sqrt_bias2 = dtype(1.0 / np.sqrt(1.0 - beta2 ** step))
     step_size = dtype(lr / (1.0 - beta1 ** step))
     epsilon = dtype(eps)
-    block = max(1024, BLOCK_BYTES // param.itemsize)
+    block = max(1024, BLOCK_BYTES // itemsize)
+    blocks = [(k, i, min(i + block, arr[0].size)) for k, arr in enumerate(arrays) for i in range(0, arr[0].size, block)]
 
-    def chunk(start: int, stop: int) -> None:
-        scratch = np.empty(min(block, stop - start), param.dtype)
-        for i in range(start, stop, block):
-            j = min(i + block, stop)
+    def work(first: int, last: int) -> None:
+        scratch = np.empty(block, arrays[0][0].dtype)
+        for k, i, j in blocks[first:last]:
+            param, grad, m, v = arrays[k]
             p, g, mm, vv, t = param[i:j], grad[i:j], m[i:j], v[i:j], scratch[:j - i]
             mm -= g  # m = b1 (m - g) + g = b1 m + (1 - b1) g
             mm *= b1
@@ -188,7 +194,7 @@ def adamw_step(pool: RowPool, param: np.ndarray, grad: np.ndarray, m: np.ndarray
                 p *= decay
             p -= t
 
-    pool.run(param.size, chunk, min_per_thread=rows_per_share(1))
+    pool.run(len(blocks), work, min_per_thread=max(1, rows_per_share(block)))
 
 
 def softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.ndarray:
