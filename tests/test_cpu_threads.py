@@ -41,31 +41,47 @@ def test_split_matmul_matches_numpy(shapes, forms, threads, monkeypatch):
     m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
     assert 2 * np.prod(expected.shape[:-2], dtype=int) * m * k * n >= cpu_threads.MIN_SPLIT_FLOPS  # really split
     out = np.full(expected.shape, np.nan)  # every element must be written
-    result = cpu_threads.matmul(cpu_threads.RowPool(threads), x, y, out)
-    assert result is out
+    blas_threads = []  # what the GEMM set OpenBLAS's thread count to
+    result = cpu_threads.matmul(cpu_threads.RowPool(threads), x, y, out, blas_threads.append)
+    assert result is out and blas_threads == [1]  # split by the pool, each share on one BLAS thread
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_small_matmul_runs_on_the_calling_thread():
+def test_small_matmul_goes_to_openblas_own_threads():
     x, y = np.ones((8, 4)), np.ones((4, 8))
     out = np.empty((8, 8))
-    cpu_threads.matmul(cpu_threads.RowPool(2), x, y, out)
+    blas_threads = []
+    cpu_threads.matmul(cpu_threads.RowPool(2), x, y, out, blas_threads.append)
     np.testing.assert_array_equal(out, 4.0)
+    assert blas_threads == [2]  # as many as the pool has
 
 
-def test_own_blas_threads_can_be_declined(monkeypatch):
+def test_without_a_setter_every_matmul_is_the_blas_own():
+    x, y = np.ones((512, 512)), np.ones((512, 512))
+    out = np.empty((512, 512))
+    cpu_threads.matmul(cpu_threads.RowPool(2), x, y, out, None)
+    np.testing.assert_array_equal(out, 512.0)
+
+
+def test_owning_the_blas_threads_can_be_declined(monkeypatch):
     monkeypatch.setenv(cpu_threads.OWN_BLAS_ENV, "0")
-    assert cpu_threads.own_blas_threads() is False
+    assert cpu_threads.openblas_setter() is None
 
 
 @pytest.mark.skipif(cpu_threads.openblas_thread_api() is None, reason="NumPy's BLAS is not OpenBLAS")
-def test_the_cpu_backend_sets_openblas_to_one_thread():
+def test_the_cpu_backend_sets_openblas_threads_per_gemm():
     from deers.backend import backend_for
+    from deers.layout import Layout
 
-    assert backend_for("cpu").owns_blas_threads
+    backend = backend_for("cpu")
+    assert backend.set_blas_threads is not None
     get, _ = cpu_threads.openblas_thread_api()
+    big = np.ones(512 * 512, np.float32)
+    backend.matmul(big, Layout((512, 512)), big, Layout((512, 512)))  # 268 MFLOP: split by the pool
     assert get() == 1
-
+    small = np.ones(64, np.float32)
+    backend.matmul(small, Layout((8, 8)), small, Layout((8, 8)))
+    assert get() == backend.pool.threads
 
 
 def test_adamw_over_many_arrays_is_the_same_on_two_threads_as_on_one():

@@ -11,9 +11,9 @@ Memory: creating the backend asks glibc's malloc to keep freed blocks for reuse
 more are reused across steps (`BufferCache`): a training step then runs in the memory the
 previous one freed instead of faulting fresh pages in.
 
-Threads: creating the backend also sets NumPy's OpenBLAS to one thread, and the backend's own
-pool splits every large GEMM into one share per thread (`cpu_threads`; DEERS_OWN_BLAS_THREADS=0
-declines), so no idle BLAS thread spins on a core the next op needs.
+Threads: the backend's own pool splits every large GEMM into one share per thread, with OpenBLAS
+set to one thread for it (`cpu_threads`; DEERS_OWN_BLAS_THREADS=0 declines), so no idle BLAS
+thread spins on a core the next op needs; small GEMMs go to OpenBLAS's own threads.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class CPUBackend:
     def __init__(self, threads: int | None = None):
         self.rng = np.random.default_rng()
         self.pool = cpu_threads.RowPool(threads)  # threads for GEMMs and fused kernels (NumPy releases the GIL)
-        self.owns_blas_threads = cpu_threads.own_blas_threads()  # OpenBLAS on one thread; the pool splits GEMMs
+        self.set_blas_threads = cpu_threads.openblas_setter()  # large GEMMs: OpenBLAS on one thread, split by the pool
         self.buffers = cpu_kernels.BufferCache()  # large results reused across steps
         self.keeps_freed_memory = cpu_kernels.keep_freed_memory()  # glibc: freed arrays reused, not refaulted
 
@@ -229,11 +229,9 @@ class CPUBackend:
         return res
 
     def _gemm(self, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """out[...] = x @ y: split over the pool's threads when OpenBLAS is on one thread, else
-        left to the BLAS's own threads (cpu_threads.own_blas_threads)."""
-        if self.owns_blas_threads:
-            return cpu_threads.matmul(self.pool, x, y, out)
-        return np.matmul(x, y, out=out)
+        """out[...] = x @ y: a large GEMM split over the pool's threads, a small one on OpenBLAS's
+        own (cpu_threads.matmul); any GEMM on the BLAS's own threads when it is not OpenBLAS."""
+        return cpu_threads.matmul(self.pool, x, y, out, self.set_blas_threads)
 
     # 11-12. indexing ---------------------------------------------------------------------------
     def index_select(self, a: np.ndarray, la: Layout, dim: int, idx: np.ndarray, lidx: Layout) -> np.ndarray:

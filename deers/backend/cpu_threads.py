@@ -7,10 +7,13 @@ waits for all of them; the fused kernels (cpu_kernels.py) and the GEMMs (`matmul
 Why GEMMs too: NumPy's OpenBLAS keeps threads of its own, and after each GEMM they spin (for
 ~0.1 s, `sched_yield` in a loop) waiting for the next one. On a 2-core machine the next op of a
 training step, a softmax on two threads, then shares its cores with a spinning thread: measured
-here, a (4, 6, 256, 256) causal softmax took 3.1 ms alone and 5.6 ms right after a GEMM. So the
-backend sets OpenBLAS to one thread (`own_blas_threads`) and splits each large GEMM into one
-share per pool thread itself: 163-199 GFLOP/s on the training step's shapes against 183-190 with
-OpenBLAS's own two threads, and nothing spins between ops.
+here, a (4, 6, 256, 256) causal softmax took 3.1 ms alone and 5.6 ms right after a GEMM. So for
+each large GEMM the backend sets OpenBLAS to one thread (`openblas_setter`; setting it costs
+~0.3 us) and splits the GEMM into one share per pool thread itself: 163-199 GFLOP/s on the
+training step's shapes against 183-190 with OpenBLAS's own two threads, and nothing spins after
+it. A small GEMM (under MIN_SPLIT_FLOPS) is not worth our hand-off, which costs ~60-140 us on
+this VM; it goes to OpenBLAS's own threads instead, whose spinning workers start it sooner (a
+tiny GPT's step, all small GEMMs: 18% faster that way than on one thread).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ OWN_BLAS_ENV = "DEERS_OWN_BLAS_THREADS"  # "0": leave NumPy's BLAS threads as th
 # Handing a range to another thread and waiting for it costs ~60-140 us on this VM (waking an idle
 # core), so work is split only where each thread gets several times that:
 MIN_SHARE_ELEMENTS = 1 << 18  # element-wise work per thread at least (~100-300 us of NumPy passes)
-MIN_SPLIT_FLOPS = 1 << 25  # GEMMs under ~34 MFLOP (~350 us on one core) run on the calling thread
+MIN_SPLIT_FLOPS = 1 << 25  # GEMMs under ~34 MFLOP (~350 us on one core) go to OpenBLAS's own threads
 MIN_SHARE = 16  # rows (or columns) per thread at least, when a GEMM is split along M (or N)
 
 
@@ -94,21 +97,18 @@ def openblas_thread_api():
     return None
 
 
-def own_blas_threads() -> bool:
-    """Set NumPy's OpenBLAS to one thread, so that the pool's threads are the only ones; True if set.
+def openblas_setter():
+    """The function that sets NumPy's OpenBLAS thread count, for the backend to set per GEMM; None
+    when DEERS_OWN_BLAS_THREADS=0 declines or NumPy's BLAS is not OpenBLAS (MKL, Accelerate), and
+    then the backend's GEMMs are left to the BLAS's own threads.
 
-    Process-wide (like torch.set_num_threads): NumPy GEMMs made outside Deers also run on one
-    thread afterwards. Applied when the CPU backend is created; DEERS_OWN_BLAS_THREADS=0 declines,
-    and with a BLAS other than OpenBLAS (MKL, Accelerate) nothing changes. In both cases the
-    backend's GEMMs are left to the BLAS's own threads.
+    Process-wide (like torch.set_num_threads): a NumPy GEMM made outside Deers runs on the thread
+    count the backend's last GEMM set, one thread after a large one.
     """
     if os.environ.get(OWN_BLAS_ENV, "1") == "0":
-        return False
+        return None
     api = openblas_thread_api()
-    if api is None:
-        return False
-    api[1](1)  # ~0.2 ms, so once, not around every GEMM
-    return api[0]() == 1
+    return None if api is None else api[1]
 
 
 def _share(a: np.ndarray, ndim: int, axis: int, start: int, stop: int) -> np.ndarray:
@@ -122,17 +122,22 @@ def _share(a: np.ndarray, ndim: int, axis: int, start: int, stop: int) -> np.nda
     return a[tuple(index)]
 
 
-def matmul(pool: RowPool, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out[...] = x @ y (NumPy broadcasting; out of the result's shape), as one GEMM per pool
+def matmul(pool: RowPool, x: np.ndarray, y: np.ndarray, out: np.ndarray, set_blas_threads=None) -> np.ndarray:
+    """out[...] = x @ y (NumPy broadcasting; out of the result's shape). With `set_blas_threads`
+    (openblas_setter), a GEMM of MIN_SPLIT_FLOPS or more runs as one single-threaded GEMM per pool
     thread: split along the leading batch dim when it has a share for every thread (attention's
     (B, heads, T, T) products), else along M when x is the larger operand (m >= n: each thread
     then reads only its rows of x, as in the lm_head's dW = dY^T x) and along N otherwise (y's
-    columns: the lm_head's x W^T). Every share is a view, each GEMM writes its part of out in place (a column
-    share of out is still a BLAS-ready matrix: unit column stride, full row stride)."""
+    columns: the lm_head's x W^T). Every share is a view, each GEMM writes its part of out in
+    place (a column share of out is still a BLAS-ready matrix: unit column stride, full row
+    stride). A smaller GEMM runs on OpenBLAS's own threads, as many as the pool has."""
     m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
-    batch = prod(out.shape[:-2])
-    if pool.threads == 1 or 2 * batch * m * k * n < MIN_SPLIT_FLOPS:
+    if set_blas_threads is None:
         return np.matmul(x, y, out=out)
+    if pool.threads == 1 or 2 * prod(out.shape[:-2]) * m * k * n < MIN_SPLIT_FLOPS:
+        set_blas_threads(pool.threads)
+        return np.matmul(x, y, out=out)
+    set_blas_threads(1)
     ndim = out.ndim
     if ndim > 2 and out.shape[0] >= pool.threads:
         def share(start: int, stop: int) -> None:
