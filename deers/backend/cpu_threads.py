@@ -28,7 +28,7 @@ OWN_BLAS_ENV = "DEERS_OWN_BLAS_THREADS"  # "0": leave NumPy's BLAS threads as th
 # Handing a range to another thread and waiting for it costs ~60-140 us on this VM (waking an idle
 # core), so work is split only where each thread gets several times that:
 MIN_SHARE_ELEMENTS = 1 << 18  # element-wise work per thread at least (~100-300 us of NumPy passes)
-MIN_SPLIT_FLOPS = 1 << 25  # GEMMs under ~34 MFLOP (~350 us on one core) go to OpenBLAS's own threads
+MIN_SPLIT_FLOPS = 1 << 26  # GEMMs under ~67 MFLOP (~700 us on one core) go to OpenBLAS's own threads
 MIN_SHARE = 16  # rows (or columns) per thread at least, when a GEMM is split along M (or N)
 
 
