@@ -1,5 +1,8 @@
 """The CPU backend's threads (deers.backend.cpu_threads): GEMMs split over its own pool, and
 OpenBLAS set to one thread so that nothing spins between ops."""
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -109,3 +112,26 @@ def test_adamw_over_many_arrays_is_the_same_on_two_threads_as_on_one():
         step_size = 1e-2 / (1 - 0.9 ** 3)
         p_ref = p * (1 - 1e-3) - step_size * m_ref / (np.sqrt(v_ref) / np.sqrt(1 - 0.95 ** 3) + 1e-8)
         np.testing.assert_allclose(p1, p_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_threads_of_its_own():
+    """A child forked after the pool started has none of the parent's threads; its next split
+    must not wait for them forever."""
+    pool = cpu_threads.RowPool(2)
+    seen = []
+    pool.run(2, lambda start, stop: seen.append(start))  # the parent's executor exists now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the pool works here
+        done = []
+        pool.run(2, lambda start, stop: done.append(start))
+        os._exit(0 if sorted(done) == [0, 1] else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child's pool hung")

@@ -59,14 +59,16 @@ class RowPool:
     def __init__(self, threads: int | None = None):
         self.threads = max(1, threads or usable_cores())
         self._executor: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()  # the process whose threads the executor has
 
     def run(self, n: int, fn, min_per_thread: int = 1) -> None:
         parts = min(self.threads, max(1, n // max(min_per_thread, 1)))
         if parts == 1:
             quiet(fn, 0, n)
             return
-        if self._executor is None:
+        if self._executor is None or self._pid != os.getpid():  # a forked child has none of its threads
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="deers-cpu")
+            self._pid = os.getpid()
         bounds = [n * i // parts for i in range(parts + 1)]
         futures = [self._executor.submit(quiet, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
         quiet(fn, bounds[0], bounds[1])  # this thread takes the first range
