@@ -1,27 +1,28 @@
 """Time the hot primitives of the headline GPT step in Deers and (optionally) PyTorch, side by side.
 
-    python benchmarks/ops.py [--compare torch]
+    python benchmarks/ops.py [--compare torch] [--repeats 3]
 
 Each row is the median of several runs after a warm-up: the model's matmul shapes (forward and
 both backward GEMMs), the causal attention softmax, cross-entropy over 50257 classes (forward and
 backward), RMSNorm (forward and backward) and one AdamW update over all headline parameters.
+Each framework times all its rows in a process of its own, one process at a time, the order
+alternating over the repeats (two frameworks' threads in one process disturb each other); a
+row's figure is the median over the repeats. On this kind of CPU, unset OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE for the run.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
 
 from common import machine_description
-
-import deers
-from deers import Var
-from deers.loss import cross_entropy
-from deers.fused.attention import causal_softmax
-from deers.fused.rms_norm import rms_norm
-from deers.optim import AdamW
 
 N, D, H, V = 1024, 192, 768, 50257  # tokens per step, width, MLP width, vocab
 
@@ -37,6 +38,13 @@ def median_ms(fn, repeats: int = 5) -> float:
 
 
 def deers_cases(rng: np.random.Generator) -> dict:
+    import deers  # here, not at the top: the PyTorch worker's process never loads Deers
+    from deers import Var
+    from deers.fused.attention import causal_softmax
+    from deers.fused.rms_norm import rms_norm
+    from deers.loss import cross_entropy
+    from deers.optim import AdamW
+
     def arr(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
 
@@ -100,26 +108,47 @@ def _param_shapes() -> list[tuple[int, ...]]:
     return [(V, D)] + block * 6 + [(D,), (V, D)]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", choices=["torch"], default=None)
-    args = parser.parse_args(argv)
-    print(f"machine: {machine_description()}")
-    ours = deers_cases(np.random.default_rng(0))
-    theirs = {}
-    if args.compare:
-        import os
-
+def worker(framework: str) -> None:
+    """Time every row of one framework in this process; print {row: ms} as JSON."""
+    if framework == "torch":
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-        theirs = torch_cases(np.random.default_rng(0))
+        cases = torch_cases(np.random.default_rng(0))
+    else:
+        cases = deers_cases(np.random.default_rng(0))
+    print(json.dumps({name: median_ms(fn) for name, fn in cases.items()}))
+
+
+def run_worker(framework: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--worker", framework], check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", choices=["torch"], default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating rounds of one process per framework")
+    parser.add_argument("--worker", choices=["deers", "torch"], default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.worker:
+        return worker(args.worker)
+    print(f"machine: {machine_description()}")
+    frameworks = ["deers", "torch"] if args.compare else ["deers"]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in frameworks}
+    for r in range(args.repeats):
+        for name in (frameworks if r % 2 == 0 else frameworks[::-1]):
+            runs[name].append(run_worker(name))
+    theirs = "torch" in runs
     print(f"{'primitive':48s}{'deers ms':>10s}" + (f"{'torch ms':>10s}{'ratio':>8s}" if theirs else ""))
-    for name, fn in ours.items():
-        mine = median_ms(fn)
+    for name in runs["deers"][0]:
+        mine = statistics.median(run[name] for run in runs["deers"])
         line = f"{name:48s}{mine:>10.2f}"
-        if name in theirs:
-            other = median_ms(theirs[name])
+        if theirs and name in runs["torch"][0]:
+            other = statistics.median(run[name] for run in runs["torch"])
             line += f"{other:>10.2f}{other / mine:>7.2f}x"
         print(line, flush=True)
 
