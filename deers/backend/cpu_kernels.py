@@ -87,6 +87,13 @@ class BufferCache:
             return buf
 
 
+def row_sums(a: np.ndarray) -> np.ndarray:
+    """a.sum(axis=-1, keepdims=True) for floats, as a product with a column of ones: BLAS sums short
+    rows 3-6x faster than NumPy's reduction does (rows of 64: 55 -> 9 us for 131k elements;
+    of 256: 167 -> 50 us for 786k); the order of the additions differs, not their accuracy."""
+    return np.matmul(a, np.ones((a.shape[-1], 1), a.dtype))
+
+
 def select(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """np.where(c, a, b) for a and b of one dtype, by bits: out = b ^ ((a ^ b) & mask), mask all
     ones where c. NumPy's where branches per element, ~4 ns each when the mask is random (as a
@@ -211,10 +218,10 @@ def softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.n
                 xs = o
             np.subtract(xs, xs.max(axis=1, keepdims=True), out=o)
             if log:  # x - max - log(sum(exp(x - max)))
-                o -= np.log(np.exp(o).sum(axis=1, keepdims=True))
+                o -= np.log(row_sums(np.exp(o)))
             else:  # exp(x - max) / sum
                 np.exp(o, out=o)
-                o /= o.sum(axis=1, keepdims=True)
+                o /= row_sums(o)
 
     pool.run(rows_total, rows, min_per_thread=rows_per_share(c))
     return out
@@ -248,10 +255,10 @@ def causal_softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) 
             o += mask
             o -= o.max(axis=-1, keepdims=True)
             if log:  # z - max - log(sum(exp(z - max)))
-                o -= np.log(np.exp(o).sum(axis=-1, keepdims=True))
+                o -= np.log(row_sums(np.exp(o)))
             else:  # exp(z - max) / sum
                 np.exp(o, out=o)
-                o /= o.sum(axis=-1, keepdims=True)
+                o /= row_sums(o)
 
     pool.run(slices.shape[0], chunks, min_per_thread=max(per_chunk, rows_per_share(t_rows * s_cols)))
     if first:  # rows that see nothing: their -inf - (-inf) made NaN above
@@ -279,11 +286,11 @@ def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool, cau
                 if causal:
                     gs = np.where(np.isneginf(ys), 0, gs)
                 np.exp(ys, out=o)
-                o *= gs.sum(axis=1, keepdims=True)
+                o *= row_sums(gs)
                 np.subtract(gs, o, out=o)
             else:
                 np.multiply(gs, ys, out=o)
-                total = o.sum(axis=1, keepdims=True)
+                total = row_sums(o)
                 np.subtract(gs, total, out=o)
                 o *= ys
             if scale != 1.0:
