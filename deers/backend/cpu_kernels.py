@@ -88,10 +88,11 @@ class BufferCache:
 
 
 def row_sums(a: np.ndarray) -> np.ndarray:
-    """a.sum(axis=-1, keepdims=True) for floats, as a product with a column of ones: BLAS sums short
-    rows 3-6x faster than NumPy's reduction does (rows of 64: 55 -> 9 us for 131k elements;
-    of 256: 167 -> 50 us for 786k); the order of the additions differs, not their accuracy."""
-    return np.matmul(a, np.ones((a.shape[-1], 1), a.dtype))
+    """a.sum(axis=-1, keepdims=True) for floats, as einsum's sum of products: 2-3x faster than NumPy's
+    reduction on short rows (measured here, one thread: (4, 6, 256, 256) 440 -> 129 us; (2048, 64)
+    65 -> 13 us), and pure NumPy. A product with a column of ones through BLAS is as fast but would
+    run on however many threads OpenBLAS was last set to, from inside the backend's own threads."""
+    return np.einsum("...j->...", a)[..., None]
 
 
 def select(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -171,7 +172,7 @@ def adamw_step(pool: RowPool, arrays: list[tuple[np.ndarray, np.ndarray, np.ndar
     if not arrays:
         return
     itemsize = arrays[0][0].itemsize
-    dtype = arrays[0][0].dtype.type
+    dtype = arrays[0][0].dtype.type  # the scalars below in the arrays' dtype, so nothing promotes
     decay = dtype(1.0 - lr * weight_decay)
     b1, b2 = dtype(beta1), dtype(beta2)
     inv_sqrt_bias2 = dtype(1.0 / np.sqrt(1.0 - beta2 ** step))
@@ -181,7 +182,7 @@ def adamw_step(pool: RowPool, arrays: list[tuple[np.ndarray, np.ndarray, np.ndar
     blocks = [(k, i, min(i + block, arr[0].size)) for k, arr in enumerate(arrays) for i in range(0, arr[0].size, block)]
 
     def work(first: int, last: int) -> None:
-        scratch = np.empty(block, arrays[0][0].dtype)
+        scratch = np.empty(block, dtype)
         for k, i, j in blocks[first:last]:
             param, grad, m, v = arrays[k]
             p, g, mm, vv, t = param[i:j], grad[i:j], m[i:j], v[i:j], scratch[:j - i]
@@ -201,7 +202,7 @@ def adamw_step(pool: RowPool, arrays: list[tuple[np.ndarray, np.ndarray, np.ndar
                 p *= decay
             p -= t
 
-    pool.run(len(blocks), work, min_per_thread=max(1, rows_per_share(block)))
+    pool.run(len(blocks), work, min_per_thread=rows_per_share(block))
 
 
 def softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.ndarray:
@@ -250,8 +251,9 @@ def causal_softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) 
 
     def chunks(start: int, stop: int) -> None:
         for i in range(start, stop, per_chunk):
-            o = out[i:min(i + per_chunk, stop)]
-            np.multiply(slices[i:i + len(o)], factor, out=o)
+            j = min(i + per_chunk, stop)
+            o = out[i:j]
+            np.multiply(slices[i:j], factor, out=o)
             o += mask
             o -= o.max(axis=-1, keepdims=True)
             if log:  # z - max - log(sum(exp(z - max)))

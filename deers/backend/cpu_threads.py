@@ -13,7 +13,8 @@ each large GEMM the backend sets OpenBLAS to one thread (`openblas_setter`; sett
 training step's shapes against 183-190 with OpenBLAS's own two threads, and nothing spins after
 it. A small GEMM (under MIN_SPLIT_FLOPS) is not worth our hand-off, which costs ~60-140 us on
 this VM; it goes to OpenBLAS's own threads instead, whose spinning workers start it sooner (a
-tiny GPT's step, all small GEMMs: 18% faster that way than on one thread).
+tiny GPT's step, all small GEMMs, was 10-15% faster that way than on one thread in 7 of 8
+alternating process pairs).
 """
 from __future__ import annotations
 
