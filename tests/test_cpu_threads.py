@@ -135,3 +135,17 @@ def test_a_forked_child_gets_threads_of_its_own():
         time.sleep(0.05)
     os.kill(pid, 9)
     pytest.fail("the forked child's pool hung")
+
+
+@pytest.mark.parametrize("columns", [64, 4096, 4097, 50257])
+def test_row_sums_match_a_float64_sum_on_short_and_long_rows(columns):
+    from deers.backend.cpu_kernels import EINSUM_ROW_MAX, row_sums
+
+    rng = np.random.default_rng(columns)
+    a = np.exp(2 * rng.standard_normal((8, columns))).astype(np.float32)  # softmax-like positive rows
+    got = row_sums(a)
+    exact = a.astype(np.float64).sum(axis=-1, keepdims=True)
+    assert got.shape == (8, 1) and got.dtype == np.float32
+    # einsum's in-lane sums are good to ~7 ulps up to EINSUM_ROW_MAX; beyond it the pairwise sum is used
+    tolerance = 1e-6 if columns <= EINSUM_ROW_MAX else 3e-7
+    np.testing.assert_allclose(got, exact, rtol=tolerance)
