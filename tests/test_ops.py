@@ -5,6 +5,8 @@ import pytest
 
 import deers
 from helpers import LAYOUTS, check_op, lib, make_input, rand
+from deers.errors import DTypeError, ShapeError
+from deers.ops.linalg import linear
 
 try:
     import torch
@@ -308,6 +310,22 @@ def test_matmul_of_a_narrowed_split():
     qkv = rand(5, 12, seed=3)
     check_op(lambda x: x.narrow(1, 0, 4) @ x.narrow(1, 4, 4).transpose(0, 1), qkv,
              reference=lambda x: x[:, :4] @ x[:, 4:8].T)
+
+
+@pytest.mark.parametrize("x_shape", [(3, 4), (2, 3, 4), (4,), (2, 1, 3, 4)], ids=str)
+def test_linear_is_x_times_the_weight_transposed(x_shape):
+    """deers.ops.linalg.linear (what nn.Linear records) against x @ w.T, PyTorch's F.linear and
+    finite differences, on every layout of both operands (a permuted x is flattened by a copy)."""
+    x, w = rand(*x_shape, seed=1), rand(5, 4, seed=2)
+    check_op(lambda x, w: linear(x, w) if lib(x) is deers else torch.nn.functional.linear(x, w), x, w,
+             reference=lambda x, w: x @ w.T)
+
+
+def test_linear_refuses_mismatched_operands():
+    with pytest.raises(ShapeError, match=r"linear: x shape \(2, 3\) f32 cpu .* weight shape \(5, 4\)"):
+        linear(deers.ones(2, 3), deers.ones(5, 4))
+    with pytest.raises(DTypeError, match="linear: mixed dtypes"):
+        linear(deers.ones(2, 4), deers.ones(5, 4, dtype="float64"))
 
 
 # ---- indexing ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from ..device import Device
 from ..dtype import DType
 from ..errors import ShapeError, describe
 from ..ops.indexing import embedding
+from ..ops.linalg import linear
 from ..fused.rms_norm import rms_norm
 from ..tensor import Tensor
 from .module import Module
@@ -52,7 +53,7 @@ class Linear(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ShapeError(f"Linear({self.in_features}, {self.out_features}): input {describe(x)} "
                              f"must end in {self.in_features}")
-        y = x @ self.weight.T  # (..., in) @ (in, out) -> (..., out)
+        y = linear(x, self.weight)  # x @ W^T as one op: (..., in) -> (..., out)
         if self.bias is not None:
             y = y + self.bias
         return y

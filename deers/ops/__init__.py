@@ -15,7 +15,7 @@ reduce.py    Sum, Max, Min, ArgMax, ArgMin; amax/amin, max/min(dim) -> (values, 
              logsumexp written from them; softmax, log_softmax
 sort.py      sort, argsort, topk: the order found on the host, the values gathered (gather's gradient)
 shape.py     views (permute, broadcast_to, reshape, narrow, indexing), compact, cat, stack
-linalg.py    matmul
+linalg.py    matmul, linear (x @ W^T as one op, what nn.Linear records)
 indexing.py  gather, index_select, embedding
 scan.py      CumSum: running sums as a log-step scan of shifted adds (its backward the same scan reversed)
 stats.py     var, std (composites), Norm2 and the other vector norms
