@@ -50,6 +50,16 @@ def _column_major(x) -> bool:
     return rows > 1 and cols > 1 and row_stride == 1 and col_stride >= rows
 
 
+def _check_float_pair(op: str, a: Tensor, b: Tensor) -> None:
+    """What matmul and linear both ask of their operands: one device, one floating-point dtype."""
+    if a.device != b.device:
+        raise DeviceError(f"{op}: operands are on different devices: {describe(a)} and {describe(b)}")
+    if a.dtype is not b.dtype:
+        raise DTypeError(f"{op}: mixed dtypes {describe(a)} and {describe(b)}")
+    if not a.dtype.is_float:
+        raise DTypeError(f"{op}: needs floating-point tensors, got {describe(a)}")
+
+
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """a @ b like numpy.matmul: 1-D operands are promoted and squeezed, batch dims broadcast.
 
@@ -58,12 +68,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     """
     if not isinstance(b, Tensor):
         raise TypeError(f"matmul: expected a Tensor, got {type(b).__name__}")
-    if a.device != b.device:
-        raise DeviceError(f"matmul: operands are on different devices: {describe(a)} and {describe(b)}")
-    if a.dtype is not b.dtype:
-        raise DTypeError(f"matmul: mixed dtypes {describe(a)} and {describe(b)}")
-    if not a.dtype.is_float:
-        raise DTypeError(f"matmul: needs floating-point tensors, got {describe(a)}")
+    _check_float_pair("matmul", a, b)
     sa, sb = a.shape, b.shape
     if not sa or not sb:
         raise ShapeError(f"matmul: operands must have at least 1 dim: {describe(a)} and {describe(b)}")
@@ -119,12 +124,7 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     (PyTorch's F.linear without the bias): the same values and gradients, fewer graph nodes."""
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise TypeError(f"linear: expected Tensors, got {type(x).__name__} and {type(weight).__name__}")
-    if x.device != weight.device:
-        raise DeviceError(f"linear: operands are on different devices: {describe(x)} and {describe(weight)}")
-    if x.dtype is not weight.dtype:
-        raise DTypeError(f"linear: mixed dtypes {describe(x)} and {describe(weight)}")
-    if not x.dtype.is_float:
-        raise DTypeError(f"linear: needs floating-point tensors, got {describe(x)}")
+    _check_float_pair("linear", x, weight)
     if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
         raise ShapeError(f"linear: x {describe(x)} must end in in_features and weight {describe(weight)} "
                          f"be (out_features, in_features)")
