@@ -310,7 +310,7 @@ class NDArray:
                                        self.layout)
         return self._new(res, tuple(shape))
 
-    # ---- fused primitives (items 14-20) ----------------------------------------------------------
+    # ---- fused primitives (items 14-20, 22) -------------------------------------------------------
     def softmax(self, log: bool = False, causal: bool = False, scale: float = 1.0) -> "NDArray":
         """(log-)softmax of scale * self over the last dim; causal: (..., T, S) scores where row t
         sees s <= t + S - T."""
@@ -352,6 +352,19 @@ class NDArray:
         """self (..., T, hd) rotated by the tables cos, sin (T, hd); inverse: the transpose (backward)."""
         return self._new(self.backend.rope(self.buffer, self.layout, cos.buffer, cos.layout, sin.buffer, sin.layout,
                                            inverse), self.shape)
+
+    def causal_attention(self, k: "NDArray", v: "NDArray", scale: float) -> tuple["NDArray", "NDArray"]:
+        """For q = self (..., T, hd), k (..., S, hd), v (..., S, hv) of one batch shape, S >= T:
+        (y = p v (..., T, hv), p (..., T, S)) with p = causal_softmax(scale q k^T), row t seeing s <= t + S - T."""
+        y, p = self.backend.causal_attention(self.buffer, self.layout, k.buffer, k.layout, v.buffer, v.layout, scale)
+        return self._new(y, self.shape[:-1] + v.shape[-1:]), self._new(p, self.shape[:-1] + k.shape[-2:-1])
+
+    def causal_attention_backward(self, k: "NDArray", v: "NDArray", p: "NDArray", dy: "NDArray",
+                                  scale: float) -> tuple["NDArray", "NDArray", "NDArray"]:
+        """For q = self and the forward's k, v and p, the gradients (dq, dk, dv) from dy = dL/dy."""
+        grads = self.backend.causal_attention_backward(self.buffer, self.layout, k.buffer, k.layout, v.buffer,
+                                                       v.layout, p.buffer, p.layout, dy.buffer, dy.layout, scale)
+        return tuple(self._new(g, a.shape) for g, a in zip(grads, (self, k, v)))
 
     @staticmethod
     def adamw_steps_(params: "Sequence[NDArray]", grads: "Sequence[NDArray]", exp_avgs: "Sequence[NDArray]",

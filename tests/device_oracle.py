@@ -13,7 +13,7 @@ import numpy as np
 import deers
 from deers.array import NDArray
 from deers.backend import backend_for
-from deers.fused.attention import apply_rope, causal_softmax
+from deers.fused.attention import apply_rope, causal_attention, causal_softmax
 from deers.fused.rms_norm import rms_norm
 from helpers import make_input
 
@@ -106,6 +106,9 @@ OPS = {
     "rms_norm": (lambda x, w: rms_norm(x, w, 1e-5), [F(2, 3, 8), F(8)]),
     "causal_softmax": (lambda s: causal_softmax(s, 0.5), [F(2, 4, 4)]),
     "causal_softmax with cached positions": (lambda s: causal_softmax(s, 0.5), [F(2, 3, 5)]),
+    "causal_attention": (lambda q, k, v: causal_attention(q, k, v, 0.5), [F(2, 4, 3), F(2, 4, 3), F(2, 4, 5)]),
+    "causal_attention with cached positions": (lambda q, k, v: causal_attention(q, k, v, 0.5),
+                                               [F(2, 3, 3), F(2, 5, 3), F(2, 5, 2)]),
     "rope": (lambda x: apply_rope(x, deers.tensor(ROPE_COS, dtype=x.dtype, device=x.device),
                                   deers.tensor(ROPE_SIN, dtype=x.dtype, device=x.device)), [F(2, 3, 4)]),
     "cross_entropy": (lambda x: deers.loss.cross_entropy(x, deers.tensor([1, 0, 4], device=x.device)), [F(3, 5)]),

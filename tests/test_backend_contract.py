@@ -1,7 +1,7 @@
 """Every backend satisfies the numbered contract of deers.backend, checked on the backends alone
 (no NDArray, no Tensor): each item is a method with the Protocol's parameters in order, `name`
 is unique per device, the shared vocabulary (UnaryFn, BinaryFn, ReduceFn) runs everywhere, and
-each fused primitive (items 14-20) matches a NumPy reference on non-contiguous operands.
+each fused primitive (items 14-20, 22) matches a NumPy reference on non-contiguous operands.
 
 Backends: the CPU one always; MLX when `mlx` imports; CUDA through the emulator
 (tests/cuda_emulator.py: the real CUDABackend with its kernels compiled by g++) when g++ is there,
@@ -490,3 +490,80 @@ def test_matmul_with_acc_adds_into_it_in_place(backend, shapes):
     np.testing.assert_allclose(get(backend, acc, start.shape), start + a @ b, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="matmul: acc must be"):
         backend.matmul(ab, la, bb, lb, backend.from_numpy(np.zeros(3, np.float32), F32))
+
+
+# ---- 22. causal attention ----------------------------------------------------------------------------
+def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, dy: np.ndarray, scale: float):
+    """(y, p, dq, dk, dv) in float64 from the masked softmax: p = softmax(scale q k^T) with row t
+    seeing s <= t + S - T, y = p v, and the gradients of sum(y * dy)."""
+    p = softmax_reference(scale * q @ np.swapaxes(k, -1, -2), False, causal=True)
+    dp = dy @ np.swapaxes(v, -1, -2)
+    ds = scale * p * (dp - (dp * p).sum(-1, keepdims=True))
+    return p @ v, p, ds @ k, np.swapaxes(ds, -1, -2) @ q, np.swapaxes(p, -1, -2) @ dy
+
+
+# one block; 2 blocks; 3 uneven blocks; cached keys (S > T) over 2 blocks; hv != hd
+ATTENTION_SHAPES = [((2, 3, 5, 4), 5, 4), ((1, 2, 70, 8), 70, 8), ((2, 1, 150, 8), 150, 8),
+                    ((1, 2, 150, 8), 190, 8), ((1, 1, 200, 4), 200, 6)]
+
+
+@pytest.mark.parametrize("shape,s,hv", ATTENTION_SHAPES, ids=["small", "two-blocks", "uneven", "cached", "hv"])
+def test_causal_attention_and_its_backward_match_the_masked_reference(backend, shape, s, hv):
+    rng = np.random.default_rng(22)
+    *batch, t, hd = shape
+    q, k = rng.standard_normal(shape), rng.standard_normal((*batch, s, hd))
+    v, dy = rng.standard_normal((*batch, s, hv)), rng.standard_normal((*batch, t, hv))
+    scale = 0.4
+    (qb, lq), (kb, lk), (vb, lv), (gb, lg) = (put(backend, x) for x in (q, k, v, dy))  # strided operands
+    y, p = backend.causal_attention(qb, lq, kb, lk, vb, lv, scale)
+    expected = attention_reference(q, k, v, dy, scale)
+    lp = Layout((*batch, t, s))
+    got = [get(backend, y, (*batch, t, hv)), get(backend, p, lp.shape)]
+    got += [get(backend, g, x.shape) for g, x in
+            zip(backend.causal_attention_backward(qb, lq, kb, lk, vb, lv, p, lp, gb, lg, scale), (q, k, v))]
+    for name, a, b in zip(["y", "p", "dq", "dk", "dv"], got, expected):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=name)
+    hidden = np.arange(s)[None, :] > np.arange(t)[:, None] + (s - t)
+    assert (got[1][..., hidden] == 0).all()  # exact zeros where a query sees no key
+
+
+def test_causal_attention_is_what_items_10_and_14_compute(backend):
+    """attention.py's composition is the contract's definition; a backend's own kernel (the CPU
+    one, blocked) gives the same y, p and gradients."""
+    from deers.backend import attention
+
+    rng = np.random.default_rng(23)
+    q, k, v, dy = (rng.standard_normal((2, 3, 130, 8)) for _ in range(4))
+    (qb, lq), (kb, lk), (vb, lv), (gb, lg) = (put(backend, x) for x in (q, k, v, dy))
+    lp = Layout((2, 3, 130, 130))
+    results = []
+    for fn, bwd in ((backend.causal_attention, backend.causal_attention_backward),
+                    (lambda *a: attention.causal_attention(backend, *a),
+                     lambda *a: attention.causal_attention_backward(backend, *a))):
+        y, p = fn(qb, lq, kb, lk, vb, lv, 0.3)
+        grads = bwd(qb, lq, kb, lk, vb, lv, p, lp, gb, lg, 0.3)
+        results.append([get(backend, y, q.shape), get(backend, p, lp.shape)] + [get(backend, g, q.shape) for g in grads])
+    for own, composed in zip(*results):
+        np.testing.assert_allclose(own, composed, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [deers.f64, deers.bf16], ids=lambda d: d.name)
+def test_causal_attention_keeps_the_operands_dtype(backend, dtype):
+    if dtype is deers.f64 and backend.kind != "cpu":
+        pytest.skip("f64 attention is checked on the CPU backend")
+    rng = np.random.default_rng(24)
+    q, k, v, dy = (rng.standard_normal((1, 2, 70, 8)) for _ in range(4))
+    (qb, lq), (kb, lk), (vb, lv), (gb, lg) = (put(backend, x, dtype) for x in (q, k, v, dy))
+    y, p = backend.causal_attention(qb, lq, kb, lk, vb, lv, 0.5)
+    grads = backend.causal_attention_backward(qb, lq, kb, lk, vb, lv, p, Layout((1, 2, 70, 70)), gb, lg, 0.5)
+    assert {dtype_of(backend, b) for b in (y, p, *grads)} == {dtype.numpy}
+    if dtype is deers.f64:
+        expected = attention_reference(q, k, v, dy, 0.5)
+        np.testing.assert_allclose(get(backend, grads[1], k.shape), expected[3], atol=1e-12, rtol=1e-10)
+
+
+def test_causal_attention_rejects_mismatched_operands(backend):
+    q, lq = put(backend, np.zeros((1, 4, 8)))
+    k, lk = put(backend, np.zeros((1, 3, 8)))  # S < T
+    with pytest.raises(ValueError, match="causal_attention"):
+        backend.causal_attention(q, lq, k, lk, k, lk, 1.0)

@@ -10,7 +10,9 @@ import deers
 from deers import Var
 from deers.array import NDArray
 from deers.fused.adamw import adamw_update, adamw_update_reference
-from deers.fused.attention import apply_rope, apply_rope_reference, causal_softmax, causal_softmax_reference
+from deers.errors import DTypeError, ShapeError
+from deers.fused.attention import (apply_rope, apply_rope_reference, causal_attention, causal_attention_reference,
+                                   causal_softmax, causal_softmax_reference)
 from deers.fused.cross_entropy import cross_entropy, cross_entropy_reference
 from deers.fused.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from deers.fused.rms_norm import rms_norm, rms_norm_reference
@@ -97,6 +99,26 @@ def test_causal_softmax_gives_exact_zeros_above_the_diagonal():
     y = causal_softmax(deers.tensor(RNG.standard_normal((1, 6, 6)))).numpy()[0]
     assert (y[np.triu_indices(6, 1)] == 0).all()
     np.testing.assert_allclose(y.sum(-1), 1.0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cached", [0, 9])
+def test_causal_attention_matches_its_reference(layout, cached):
+    t = 150  # three query blocks on the CPU, the last cut short
+    q, k, v = (RNG.standard_normal((1, 2, n, 4)) for n in (t, t + cached, t + cached))
+    assert_fused_matches_reference(lambda q, k, v: causal_attention(q, k, v, 0.3),
+                                   lambda q, k, v: causal_attention_reference(q, k, v, 0.3),
+                                   [q, k, v], [True, True, True], layout)
+
+
+def test_causal_attention_names_the_operands_it_rejects():
+    q, k = deers.randn(1, 4, 8), deers.randn(1, 3, 8)
+    with pytest.raises(ShapeError, match=r"causal_attention: .*S >= T"):
+        causal_attention(q, k, k)
+    with pytest.raises(ShapeError, match="do not broadcast"):
+        causal_attention(q, deers.randn(2, 4, 8), deers.randn(3, 4, 8))
+    with pytest.raises(DTypeError, match="one floating-point dtype"):
+        causal_attention(q, q.to(deers.f64), q)
 
 
 @pytest.mark.parametrize("step", [1, 7])

@@ -6,7 +6,7 @@ import pytest
 
 import deers
 from deers.models.gpt import GPT, GPTConfig, KVCache, rope_tables, sample_next
-from deers.fused.attention import apply_rope, causal_softmax
+from deers.fused.attention import apply_rope, causal_attention, causal_softmax
 from deers.fused.rms_norm import rms_norm
 from helpers import check_op, rand
 
@@ -90,6 +90,41 @@ def test_causal_softmax_op_forward_and_backward():
 
     check_op(lambda s: causal_softmax(s, 0.5), rand(2, 3, 4, 4), reference=reference,
              torch_fn=lambda s: (s * 0.5 + _torch().tensor(mask)).softmax(-1))
+
+
+def _attention_np(q, k, v, scale):
+    """softmax(scale q k^T) v with row t seeing keys s <= t + S - T, in NumPy."""
+    t, s = q.shape[-2], k.shape[-2]
+    mask = np.where(np.arange(s)[None, :] > np.arange(t)[:, None] + (s - t), -np.inf, 0.0)
+    return _softmax_np(scale * q @ np.swapaxes(k, -1, -2) + mask) @ v
+
+
+def test_causal_attention_op_forward_and_backward():
+    q, k, v = rand(2, 3, 5, 4), rand(2, 3, 5, 4, seed=1), rand(2, 3, 5, 3, seed=2)
+    check_op(lambda q, k, v: causal_attention(q, k, v, 0.5), q, k, v,
+             reference=lambda q, k, v: _attention_np(q, k, v, 0.5),
+             torch_fn=lambda q, k, v: _torch().nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                                          scale=0.5))
+
+
+@pytest.mark.parametrize("t,s", [(100, 100), (100, 107)], ids=["two-blocks", "cached"])
+def test_causal_attention_op_over_query_blocks_and_cached_keys(t, s):
+    """T = 100 is two query blocks on the CPU; S > T puts S - T cached keys before the queries'."""
+    q, k, v = rand(1, 1, t, 2), rand(1, 1, s, 2, seed=1), rand(1, 1, s, 2, seed=2)
+    check_op(lambda q, k, v: causal_attention(q, k, v, 0.7), q, k, v,
+             reference=lambda q, k, v: _attention_np(q, k, v, 0.7), layouts=("contiguous", "permuted"),
+             torch_fn=lambda q, k, v: _torch().nn.functional.scaled_dot_product_attention(
+                 q, k, v, attn_mask=_torch().from_numpy(np.arange(s)[None, :] <= np.arange(t)[:, None] + s - t),
+                 scale=0.7))
+
+
+def test_causal_attention_broadcasts_batch_dims():
+    q = rand(2, 3, 6, 4)
+    k, v = rand(1, 3, 6, 4, seed=1), rand(3, 6, 4, seed=2)  # one k and v for every batch element
+    mask = np.triu(np.full((6, 6), -np.inf), k=1)
+    check_op(lambda q, k, v: causal_attention(q, k, v), q, k, v, layouts=("contiguous",),
+             reference=lambda q, k, v: _attention_np(q, k, v, 0.5),
+             torch_fn=lambda q, k, v: ((q @ k.transpose(-2, -1)) * 0.5 + _torch().from_numpy(mask)).softmax(-1) @ v)
 
 
 def _torch():

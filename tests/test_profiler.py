@@ -33,10 +33,10 @@ def test_profile_of_a_tiny_gpt_step_lists_the_matmuls_and_covers_the_step(device
     wall = time.perf_counter() - began
     events = prof.events()
     assert {e.phase for e in events} == {"forward", "backward"}
-    matmuls = [e for e in events if e.name == "MatMul"]
-    forward = [e for e in matmuls if e.phase == "forward"]
-    assert len(forward) == 2 * 2  # per block: q k^T, att v
-    assert len([e for e in matmuls if e.phase == "backward"]) == len(forward)
+    attention = [e for e in events if e.name == "CausalAttention"]  # q k^T, softmax and att v in one op
+    assert len([e for e in attention if e.phase == "forward"]) == 2  # one per block
+    assert len([e for e in attention if e.phase == "backward"]) == 2
+    assert not [e for e in events if e.name == "MatMul"]
     linears = [e for e in events if e.name == "Linear"]
     assert len([e for e in linears if e.phase == "forward"]) == 2 * 4  # qkv, attn proj, fc, mlp proj (lm_head is fused)
     assert len([e for e in linears if e.phase == "backward"]) == 2 * 4
@@ -50,7 +50,7 @@ def test_profile_of_a_tiny_gpt_step_lists_the_matmuls_and_covers_the_step(device
     assert len(grads) == len(model.parameters())
     table = prof.table()
     assert table.splitlines()[0].split() == ["op", "calls", "fwd", "ms", "bwd", "ms", "total", "ms", "%", "bytes"]
-    assert any(line.startswith("MatMul ") for line in table.splitlines())
+    assert any(line.startswith("Linear ") for line in table.splitlines())
     assert "peak live bytes during the block" in table
 
 
@@ -133,5 +133,5 @@ def test_trainer_prints_the_profile_of_step_n(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("profile of step") == 1
     after = out.split("profile of step 2 (deers.profiler):\n", 1)[1]
-    assert after.splitlines()[0].startswith("op ") and "\nMatMul " in after and "LinearCrossEntropy" in after
+    assert after.splitlines()[0].startswith("op ") and "\nCausalAttention " in after and "LinearCrossEntropy" in after
     assert profiler.profiling.session is None

@@ -222,6 +222,16 @@ class Backend(Protocol):
     # 21. wait for queued work (a no-op on synchronous backends)
     def synchronize(self) -> None: ...
 
+    # 22. causal attention of q (..., T, hd), k (..., S, hd), v (..., S, hv), S >= T, one batch
+    #     shape (already broadcast), one float dtype: p = softmax(scale q k^T) where query row t
+    #     sees keys s <= t + S - T (as item 14's causal), y = p v. Returns (y (..., T, hv), p
+    #     (..., T, S) with exact zeros where a query sees no key, kept for the backward), which
+    #     returns (dq, dk, dv) like q, k, v. attention.py writes it from items 10 and 14
+    def causal_attention(self, q: Any, lq: Layout, k: Any, lk: Layout, v: Any, lv: Layout,
+                         scale: float) -> tuple[Any, Any]: ...
+    def causal_attention_backward(self, q: Any, lq: Layout, k: Any, lk: Layout, v: Any, lv: Layout, p: Any,
+                                  lp: Layout, dy: Any, ldy: Layout, scale: float) -> tuple[Any, Any, Any]: ...
+
 
 CONTRACT = tuple(name for name in Backend.__dict__ if not name.startswith("_") and callable(Backend.__dict__[name]))
 

@@ -3,8 +3,8 @@
 Buffers are flat 1-D NumPy arrays. `_view` turns (buffer, layout) into a strided NumPy view
 without copying, so every primitive runs on the layout as it is (permuted, broadcast, narrowed);
 matmul goes to BLAS through numpy.matmul, split over the pool's threads. The fused primitives
-(14-18) compact an operand only where their loops need rows, and run those loops blocked and
-threaded in cpu_kernels.py. f16 / bf16 compute in f32 and round once (`is_half_numpy`).
+(14-20, 22) compact an operand only where their loops need rows, and run those loops blocked and
+threaded in cpu_kernels.py (attention: cpu_attention.py). f16 / bf16 compute in f32 and round once (`is_half_numpy`).
 
 Memory: creating the backend asks glibc's malloc to keep freed blocks for reuse
 (`cpu_kernels.keep_freed_memory`; DEERS_KEEP_FREED_MEMORY=0 declines), and results of 32 MiB and
@@ -24,7 +24,7 @@ import numpy as np
 
 from ..dtype import DType, is_half_numpy
 from ..layout import Layout, contiguous_strides
-from . import COMPARISONS, cpu_kernels, cpu_threads
+from . import COMPARISONS, attention, cpu_attention, cpu_kernels, cpu_threads
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
@@ -379,6 +379,35 @@ class CPUBackend:
     # 21. synchronize ---------------------------------------------------------------------------
     def synchronize(self) -> None:
         """NumPy is synchronous: nothing is ever queued."""
+
+    # 22. causal attention ----------------------------------------------------------------------
+    @_quiet
+    def causal_attention(self, q: np.ndarray, lq: Layout, k: np.ndarray, lk: Layout, v: np.ndarray, lv: Layout,
+                         scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """(y, p) by query blocks that stop at the last key they see (cpu_attention.py); f16 / bf16
+        computed in f32, y and p rounded once."""
+        attention.check_attention(lq, lk, lv)
+        qs, ks, vs = (_slices(b, l) for b, l in ((q, lq), (k, lk), (v, lv)))
+        y, p = cpu_attention.causal_attention(self.pool, self.set_blas_threads, qs, ks, vs, scale)
+        return y.astype(q.dtype, copy=False).reshape(-1), p.astype(q.dtype, copy=False).reshape(-1)
+
+    @_quiet
+    def causal_attention_backward(self, q: np.ndarray, lq: Layout, k: np.ndarray, lk: Layout, v: np.ndarray,
+                                  lv: Layout, p: np.ndarray, lp: Layout, dy: np.ndarray, ldy: Layout,
+                                  scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dq, dk, dv), the GEMMs over the blocks the forward computed only."""
+        attention.check_attention(lq, lk, lv)
+        slices = [_slices(b, l) for b, l in ((q, lq), (k, lk), (v, lv), (p, lp), (dy, ldy))]
+        grads = cpu_attention.causal_attention_backward(self.pool, self.set_blas_threads, *slices, scale)
+        return tuple(g.astype(q.dtype, copy=False).reshape(-1) for g in grads)
+
+
+def _slices(buf: np.ndarray, layout: Layout) -> np.ndarray:
+    """The (..., R, C) view as contiguous (n, R, C) slices in its compute dtype (f32 for f16 / bf16);
+    no copy when it already is."""
+    compute = np.float32 if is_half_numpy(buf.dtype) else buf.dtype
+    n = prod(layout.shape[:-2])
+    return np.ascontiguousarray(_view(buf, layout), dtype=compute).reshape((n,) + layout.shape[-2:])
 
 
 def _check_acc(acc: np.ndarray, numel: int, dtype: np.dtype) -> None:

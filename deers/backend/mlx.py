@@ -35,7 +35,7 @@ import numpy as np
 from ..dtype import DType, bf16
 from ..errors import DTypeError
 from ..layout import Layout
-from . import COMPARISONS, mlx_kernels
+from . import COMPARISONS, attention, mlx_kernels
 
 _MX_DTYPES = {
     "f16": mx.float16, "f32": mx.float32, "f64": mx.float64, "bf16": mx.bfloat16,
@@ -468,6 +468,18 @@ class MLXBackend:
     def synchronize(self) -> None:
         """Wait for queued work: lazily recorded arrays are computed when read, not here."""
         mx.synchronize()
+
+    # 22. causal attention ----------------------------------------------------------------------
+    def causal_attention(self, q: mx.array, lq: Layout, k: mx.array, lk: Layout, v: mx.array, lv: Layout,
+                         scale: float) -> tuple[mx.array, mx.array]:
+        """(y, p) from this backend's matmul and causal softmax (attention.py)."""
+        return attention.causal_attention(self, q, lq, k, lk, v, lv, scale)
+
+    def causal_attention_backward(self, q: mx.array, lq: Layout, k: mx.array, lk: Layout, v: mx.array, lv: Layout,
+                                  p: mx.array, lp: Layout, dy: mx.array, ldy: Layout,
+                                  scale: float) -> tuple[mx.array, mx.array, mx.array]:
+        """(dq, dk, dv) from this backend's matmul and causal softmax backward (attention.py)."""
+        return attention.causal_attention_backward(self, q, lq, k, lk, v, lv, p, lp, dy, ldy, scale)
 
 
 def _check_dense(buf: mx.array, layout: Layout, what: str, op: str) -> None:

@@ -7,7 +7,8 @@ the readable form); tests/test_fused.py checks that both give the same values an
 cross_entropy.py         loss and dlogits in one pass over (N, C) logits      (backend item 15)
 linear_cross_entropy.py  lm_head GEMM + cross-entropy in row chunks, no full logits
 rms_norm.py              RMSNorm forward and backward                           (item 16)
-attention.py             rotary embedding (item 17) and the causal softmax    (item 14, causal)
+attention.py             rotary embedding (item 17), the causal softmax       (item 14, causal)
+                         and the whole causal attention softmax(q k^T) v     (item 22)
 adamw.py                 one AdamW update of a parameter and its moments       (item 18)
 
 Fused ops that compute their gradient in forward give it out through `Op.hand_out`

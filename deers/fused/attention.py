@@ -1,11 +1,15 @@
-"""Fused pieces of causal self-attention: the rotary position embedding and the causal softmax.
+"""Fused pieces of causal self-attention: the rotary position embedding, the causal softmax, and
+the whole attention softmax(scale q k^T) v with the causal mask.
 
-Both can be written from core ops (`apply_rope_reference`, `causal_softmax_reference`: narrow,
-neg, cat, mul, add, where, softmax); each is one Op here so the attention of a GPT block records
-two graph nodes instead of a dozen, keeps no intermediate copies for its backward, and (causal
-softmax) never exponentiates the scores a query cannot see.
+Each can be written from core ops (`apply_rope_reference`, `causal_softmax_reference`,
+`causal_attention_reference`: narrow, neg, cat, mul, add, where, softmax, matmul); each is one Op
+here, so the attention of a GPT block records two graph nodes instead of a dozen, keeps no
+intermediate copies for its backward, and never computes the scores a query cannot see (the
+CPU backend's attention skips them in its GEMMs too, contract item 22).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -95,3 +99,61 @@ def causal_softmax_reference(scores: Tensor, scale: float = 1.0) -> Tensor:
     visible = np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)  # (T, S) bool
     mask = tensor(visible, device=scores.device)
     return where(mask, scores * scale, float("-inf")).softmax(dim=-1)
+
+
+class CausalAttention(Op):
+    """y = causal_softmax(scale q k^T) v for q (..., T, hd), k (..., S, hd), v (..., S, hv): one
+    backend call forward (item 22), one backward; the probabilities p are kept for the backward."""
+
+    name = "causal_attention"
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def forward(self, q, k, v):
+        y, self.p = q.causal_attention(k, v, self.scale)  # (..., T, hv), (..., T, S)
+        self.q, self.k, self.v = q, k, v
+        return y
+
+    def backward(self, g):
+        # y = p v, p = softmax(s), s = scale q k^T: dv = p^T g, ds = p (g v^T - sum(g v^T p)),
+        # dq = scale ds k, dk = scale ds^T q
+        return self.q.causal_attention_backward(self.k, self.v, self.p, g, self.scale)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """Causal attention softmax(scale q k^T + mask) v, scale 1/sqrt(hd) by default, for q (..., T, hd)
+    and k (..., S, hd), v (..., S, hv) with S >= T: query t sees keys s <= t + S - T (the last T
+    keys are the queries' own positions, the first S - T cached ones). Batch dims broadcast.
+
+    Like PyTorch's F.scaled_dot_product_attention(q, k, v, is_causal=True) when S == T (for
+    S > T PyTorch aligns the mask to the top left instead, which no KV cache wants)."""
+    _check_attention(q, k, v)
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q, k, v = (x if x.shape[:-2] == batch else x.broadcast_to(batch + x.shape[-2:]) for x in (q, k, v))
+    return apply(CausalAttention(float(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)), q, k, v)
+
+
+def causal_attention_reference(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """The same from core ops: causal_softmax_reference(q @ k^T, scale) @ v."""
+    _check_attention(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return causal_softmax_reference(q @ k.transpose(-2, -1), scale) @ v
+
+
+def _check_attention(q: Tensor, k: Tensor, v: Tensor) -> None:
+    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2 or k.shape[-1] != q.shape[-1] or v.shape[-2] != k.shape[-2] \
+            or k.shape[-2] < q.shape[-2]:
+        raise ShapeError(f"causal_attention: needs q (..., T, hd), k (..., S, hd), v (..., S, hv) with S >= T, "
+                         f"got q {describe(q)}, k {describe(k)}, v {describe(v)}")
+    try:
+        np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ShapeError(f"causal_attention: the batch dims of q {describe(q)}, k {describe(k)} and "
+                         f"v {describe(v)} do not broadcast") from None
+    if k.device != q.device or v.device != q.device:
+        raise DeviceError(f"causal_attention: q {describe(q)}, k {describe(k)} and v {describe(v)} "
+                          f"are on different devices")
+    if not q.dtype.is_float or k.dtype is not q.dtype or v.dtype is not q.dtype:
+        raise DTypeError(f"causal_attention: needs q, k and v of one floating-point dtype, "
+                         f"got q {describe(q)}, k {describe(k)}, v {describe(v)}")

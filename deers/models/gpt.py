@@ -22,7 +22,7 @@ from ..dtype import DType, as_dtype, f32
 from ..errors import DTypeError, ShapeError, describe
 from ..loss import cross_entropy
 from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore, RMSNorm
-from ..fused.attention import apply_rope, causal_softmax
+from ..fused.attention import apply_rope, causal_attention
 from ..fused.linear_cross_entropy import linear_cross_entropy
 from ..ops.shape import cat
 from ..tensor import Tensor
@@ -105,9 +105,8 @@ class CausalSelfAttention(Module):
         k = apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, S, hd) with S = positions cached + T
-        scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
-        att = causal_softmax(scores, scale=1.0 / math.sqrt(hd))  # (B, nh, T, S): row t sees s <= t + S - T
-        y = att @ v  # (B, nh, T, hd)
+        # softmax(q k^T / sqrt(hd)) v, row t seeing keys s <= t + S - T: (B, nh, T, S) scores, (B, nh, T, hd) out
+        y = causal_attention(q, k, v, scale=1.0 / math.sqrt(hd))
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, nh, hd) -> (B, T, D)
         return self.proj(y)
 

@@ -17,6 +17,7 @@ import numpy as np
 from ...dtype import DType, as_dtype, i64
 from ...errors import BackendUnavailable
 from ...layout import Layout
+from .. import attention
 from . import gemm, plan
 from .deferred import DeferredErrors
 from .fused import FusedKernels
@@ -352,6 +353,16 @@ class CUDABackend(FusedKernels):
         """Wait for every kernel queued on this GPU (for timing); raises a kernel's deferred IndexError."""
         self.rt.synchronize()
         self.errors.raise_pending()
+
+    # 22. causal attention ----------------------------------------------------------------------
+    def causal_attention(self, q, lq: Layout, k, lk: Layout, v, lv: Layout, scale: float):
+        """(y, p): two cuBLAS GEMMs around the causal softmax kernel (attention.py)."""
+        return attention.causal_attention(self, q, lq, k, lk, v, lv, scale)
+
+    def causal_attention_backward(self, q, lq: Layout, k, lk: Layout, v, lv: Layout, p, lp: Layout, dy,
+                                  ldy: Layout, scale: float):
+        """(dq, dk, dv): four cuBLAS GEMMs and the causal softmax backward kernel (attention.py)."""
+        return attention.causal_attention_backward(self, q, lq, k, lk, v, lv, p, lp, dy, ldy, scale)
 
 
 def _dtype_of(np_dtype) -> DType:
