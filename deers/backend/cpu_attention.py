@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cpu_kernels import row_sums
-from .cpu_threads import RowPool
+from .cpu_threads import RowPool, rows_per_share
 
 BLOCK_ROWS = 64  # query rows per block: 4 blocks at T = 256 measured best here (2: 8.6 ms, 4: 8.1, 6: 9.0)
 
@@ -50,14 +50,16 @@ def _diagonal_mask(t: int, dtype: np.dtype) -> np.ndarray:
     return np.where(np.tri(t, dtype=bool), 0.0, -np.inf).astype(dtype)
 
 
-def _run(pool: RowPool, set_blas_threads, n: int, work) -> None:
-    """work(start, stop) over the n slices: one share per pool thread with single-threaded GEMMs,
-    or, when NumPy's BLAS is not OpenBLAS (its threads cannot be set), inline on the BLAS's own."""
+def _run(pool: RowPool, set_blas_threads, n: int, slice_elements: int, work) -> None:
+    """work(start, stop) over the n slices of `slice_elements` scores each: one share per pool
+    thread, with single-threaded GEMMs, where each thread gets MIN_SHARE_ELEMENTS or more (a
+    tiny GPT's attention is not worth the hand-off: inline on one thread); inline on the BLAS's
+    own threads when NumPy's BLAS is not OpenBLAS (its thread count cannot be set)."""
     if set_blas_threads is None:
         work(0, n)
         return
     set_blas_threads(1)
-    pool.run(n, work)
+    pool.run(n, work, min_per_thread=rows_per_share(slice_elements))
 
 
 def causal_attention(pool: RowPool, set_blas_threads, q: np.ndarray, k: np.ndarray, v: np.ndarray,
@@ -82,7 +84,7 @@ def causal_attention(pool: RowPool, set_blas_threads, q: np.ndarray, k: np.ndarr
             p[a:b, r0:r1, e:] = 0  # keys this block never sees
             np.matmul(o, v[a:b, :e], out=y[a:b, r0:r1])
 
-    _run(pool, set_blas_threads, n, work)
+    _run(pool, set_blas_threads, n, t_rows * s_cols, work)
     return y, p
 
 
@@ -113,5 +115,5 @@ def causal_attention_backward(pool: RowPool, set_blas_threads, q: np.ndarray, k:
             np.matmul(ds[:, r0:, c0:c1].transpose(0, 2, 1), qs[:, r0:], out=dk[a:b, c0:c1])
             np.matmul(p[a:b, r0:, c0:c1].transpose(0, 2, 1), dy[a:b, r0:], out=dv[a:b, c0:c1])
 
-    _run(pool, set_blas_threads, n, work)
+    _run(pool, set_blas_threads, n, t_rows * s_cols, work)
     return dq, dk, dv
