@@ -567,3 +567,17 @@ def test_causal_attention_rejects_mismatched_operands(backend):
     k, lk = put(backend, np.zeros((1, 3, 8)))  # S < T
     with pytest.raises(ValueError, match="causal_attention"):
         backend.causal_attention(q, lq, k, lk, k, lk, 1.0)
+
+
+@pytest.mark.parametrize("size", [1.0, 40.0, 1e4], ids=["small-scores", "large-scores", "huge-scores"])
+def test_causal_attention_stays_finite_and_exact_for_any_score_size(backend, size):
+    """Scores far past exp's range (the CPU kernel then subtracts each row's max) give the same
+    softmax as the float64 reference: no inf, no NaN, no row of zeros."""
+    rng = np.random.default_rng(25)
+    q, k, v, dy = (rng.standard_normal((1, 2, 70, 8)) for _ in range(4))
+    q *= size
+    (qb, lq), (kb, lk), (vb, lv), (gb, lg) = (put(backend, x) for x in (q, k, v, dy))
+    y, p = backend.causal_attention(qb, lq, kb, lk, vb, lv, 0.5)
+    expected = attention_reference(q, k, v, dy, 0.5)
+    np.testing.assert_allclose(get(backend, p, (1, 2, 70, 70)), expected[1], atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(get(backend, y, q.shape), expected[0], atol=1e-4, rtol=1e-4)

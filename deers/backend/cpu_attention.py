@@ -16,6 +16,11 @@ and each pass streams the (n, T, S) scores through memory. Here instead:
   block read a column of ds and p, which only the query blocks at and below it fill. Key block j
   is aligned with query block j, so those rows are exactly the ones computed.
 
+- **No row max when the scores are small.** Where a bound on every score (the largest |q_t|
+  times the largest |k_s|) says exp cannot overflow, the softmax skips subtracting the row max,
+  its slowest pass: the forward of a tiny GPT's (32, 64, 64) 0.54 -> 0.36 ms, of (24, 256, 256)
+  3.4 -> 2.9 ms. Larger scores take the usual max-subtracted path.
+
 p is returned whole (n, T, S) for the backward, with exact zeros where a query sees no key.
 Measured here (2-core Zen 4, (24, 256, 256, 32) f32, alone): forward + backward 8.1 ms against
 19.1 ms for the three-GEMMs-and-a-softmax form run on the same backend pieces.
@@ -28,6 +33,7 @@ from .cpu_kernels import row_sums
 from .cpu_threads import RowPool, rows_per_share
 
 BLOCK_ROWS = 64  # query rows per block: 4 blocks at T = 256 measured best here (2: 8.6 ms, 4: 8.1, 6: 9.0)
+EXP_SAFE = 60.0  # scores within +-60 need no max subtracted before exp (scores_are_small)
 
 
 def query_blocks(t_rows: int, s_cols: int) -> list[tuple[int, int, int]]:
@@ -48,6 +54,19 @@ def key_blocks(t_rows: int, s_cols: int) -> list[tuple[int, int, int]]:
 def _diagonal_mask(t: int, dtype: np.dtype) -> np.ndarray:
     """(t, t) of 0 on and below the diagonal, -inf above: the last t visible columns of a block."""
     return np.where(np.tri(t, dtype=bool), 0.0, -np.inf).astype(dtype)
+
+
+def scores_are_small(qs: np.ndarray, k: np.ndarray) -> bool:
+    """Whether every score qs_t . k_s is within +-EXP_SAFE, by Cauchy-Schwarz: |qs_t . k_s| <=
+    max |qs_t| max |k_s|. Then exp(s) neither overflows nor underflows to 0 (exp(60) ~ 1e26, and
+    S of them sum far below the f32 maximum, 3e38), so the softmax needs no row max subtracted:
+    two passes over the scores fewer (the row max is the slowest pass here, 1 ns a score on
+    64-key rows). Scaled attention scores are this small in practice; NaN or inf says False."""
+    if not qs.size or not k.size:
+        return True
+    q_norm = np.sqrt(np.einsum("...i,...i->...", qs, qs).max())  # (m, T) squared norms, then the largest
+    k_norm = np.sqrt(np.einsum("...i,...i->...", k, k).max())
+    return bool(q_norm * k_norm <= EXP_SAFE)
 
 
 def _run(pool: RowPool, set_blas_threads, n: int, slice_elements: int, work) -> None:
@@ -74,11 +93,13 @@ def causal_attention(pool: RowPool, set_blas_threads, q: np.ndarray, k: np.ndarr
 
     def work(a: int, b: int) -> None:
         qs = q[a:b] * q.dtype.type(scale)  # (m, T, hd): the scale on q, not on the T x S scores
+        shift = not scores_are_small(qs, k[a:b])
         for r0, r1, e in blocks:
             o = p[a:b, r0:r1, :e]  # (m, rows, e): this block's scores, then probabilities, in place
             np.matmul(qs[:, r0:r1], k[a:b, :e].transpose(0, 2, 1), out=o)
             o[:, :, e - (r1 - r0):] += masks[r1 - r0]  # the last `rows` columns hold the causal edge
-            o -= o.max(axis=-1, keepdims=True)
+            if shift:  # softmax(s) = softmax(s - max s): exp then never overflows
+                o -= o.max(axis=-1, keepdims=True)
             np.exp(o, out=o)
             o /= row_sums(o)
             p[a:b, r0:r1, e:] = 0  # keys this block never sees
