@@ -24,7 +24,7 @@ from math import prod
 
 import numpy as np
 
-from deers.backend import cpu_threads
+from deers.backend import cpu_attention, cpu_threads
 
 from common import CONFIGS, machine_description, matmul_peak_gflops
 from gpt_step import PHASES, DeersRunner, batches, gpt_config
@@ -38,6 +38,7 @@ class BackendTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.gemm_layouts: dict[str, tuple] = {}  # key -> (la, lb, dtype) of its first call, for the replay
+        self.attention_calls: dict[str, tuple] = {}  # causal_attention(_backward) -> its first call's layouts
         self.depth = 0
         self.recording = False
         self.originals = {}
@@ -75,6 +76,8 @@ class BackendTimer:
             key = gemm_key(la, lb)
             self.gemm_layouts.setdefault(key, (la, lb, a.dtype))
             return key
+        if name in ("causal_attention", "causal_attention_backward"):
+            self.attention_calls.setdefault(name, (args[0].dtype, args[1::2], args[-1]))  # layouts, scale
         if name in ("unary", "binary", "scalar", "reduce"):
             return f"{name}:{getattr(args[0], 'value', args[0])}"  # BinaryFn.ADD and "add" alike
         return name
@@ -134,6 +137,42 @@ def replay_seconds(matmul, la, lb, dtype) -> float:
     a = rng.standard_normal(la.offset + la.span()).astype(dtype)
     b = rng.standard_normal(lb.offset + lb.span()).astype(dtype)
     return best_seconds(lambda: matmul(a, la, b, lb))
+
+
+class TimedNumpy:
+    """Stands in for the numpy module inside cpu_attention during a replay: every np.matmul timed."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    def matmul(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return np.matmul(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def attention_gemm_fraction(backend, method, dtype, layouts, scale) -> float:
+    """The share of a causal_attention(_backward) call's time spent in its GEMMs: the call replayed
+    on fresh random operands of the same layouts, on one thread, with np.matmul timed inside."""
+    rng = np.random.default_rng(2)
+    buffers = [rng.standard_normal(layout.offset + layout.span()).astype(dtype) * 0.3 for layout in layouts]
+    args = [x for pair in zip(buffers, layouts) for x in pair] + [scale]
+    pool, backend.pool = backend.pool, cpu_threads.RowPool(1)
+    timed = TimedNumpy()
+    try:
+        method(*args)  # warm
+        cpu_attention.np = timed
+        start = time.perf_counter()
+        method(*args)
+        wall = time.perf_counter() - start
+    finally:
+        cpu_attention.np, backend.pool = np, pool
+    return timed.seconds / wall
 
 
 def numpy_peak(batch: int, m: int, k: int, n: int, dtype) -> tuple[float, str]:
@@ -237,12 +276,23 @@ def main(argv=None) -> None:
           f"{100 * other_ms / step_ms:.1f}% |\n")
 
     outside = step_ms - gemm_ms - other_ms
-    print("| summary | ms | % of step |\n| --- | ---: | ---: |")
+    inner_ms = 0.0  # the GEMMs inside the fused attention primitive (CPU: blocked, one call per layer)
+    for name, (dtype, layouts, scale) in timer.attention_calls.items():
+        share = attention_gemm_fraction(timer.backend, timer.originals[name], dtype, layouts, scale)
+        inner_ms += share * per_step[name]
+        print(f"{name}: {100 * share:.0f}% of its time in GEMMs (replayed alone on one thread)")
+    print("\n| summary | ms | % of step |\n| --- | ---: | ---: |")
     print(f"| GEMMs | {gemm_ms:.1f} | {100 * gemm_ms / step_ms:.0f}% |")
+    if inner_ms:
+        print(f"| GEMMs inside causal_attention (its share of the calls above, estimated) | {inner_ms:.1f} | "
+              f"{100 * inner_ms / step_ms:.0f}% |")
     print(f"| non-GEMM backend calls | {other_ms:.1f} | {100 * other_ms / step_ms:.0f}% |")
     print(f"| outside the backend (Python: autograd, NDArray, optimizer loop; timer overhead) | {outside:.1f} | "
           f"{100 * outside / step_ms:.0f}% |")
     print(f"| **step minus GEMM time** | **{step_ms - gemm_ms:.1f}** | {100 * (step_ms - gemm_ms) / step_ms:.0f}% |")
+    if inner_ms:
+        rest = step_ms - gemm_ms - inner_ms
+        print(f"| **step minus all GEMM time** (attention's GEMMs too) | **{rest:.1f}** | {100 * rest / step_ms:.0f}% |")
     print(f"| step | {step_ms:.1f} | 100% |")
     timer.restore()
 
