@@ -15,15 +15,15 @@ and each pass streams the (n, T, S) scores through memory. Here instead:
 - **The backward by key blocks.** dq of a query block reads its row of ds; dk and dv of a key
   block read a column of ds and p, which only the query blocks at and below it fill. Key block j
   is aligned with query block j, so those rows are exactly the ones computed.
-
 - **No row max when the scores are small.** Where a bound on every score (the largest |q_t|
   times the largest |k_s|) says exp cannot overflow, the softmax skips subtracting the row max,
   its slowest pass: the forward of a tiny GPT's (32, 64, 64) 0.54 -> 0.36 ms, of (24, 256, 256)
   3.4 -> 2.9 ms. Larger scores take the usual max-subtracted path.
 
 p is returned whole (n, T, S) for the backward, with exact zeros where a query sees no key.
-Measured here (2-core Zen 4, (24, 256, 256, 32) f32, alone): forward + backward 8.1 ms against
-19.1 ms for the three-GEMMs-and-a-softmax form run on the same backend pieces.
+Measured here (2-core Zen 4; 24 slices of 256 x 256 scores, hd 32, v a strided view of the qkv
+product as in the GPT; medians of 40 alternations in one process): forward + backward 9.7 ms
+against 13.3 ms for backend/attention.py's composition on the same CPU backend.
 """
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ def causal_attention_backward(pool: RowPool, set_blas_threads, q: np.ndarray, k:
     rows, columns = query_blocks(t_rows, s_cols), key_blocks(t_rows, s_cols)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     if not rows:  # no queries (T = 0): no key gets a gradient
-        dk[...], dv[...] = 0, 0
+        dk.fill(0)
+        dv.fill(0)
     factor = q.dtype.type(scale)
 
     def work(a: int, b: int) -> None:
