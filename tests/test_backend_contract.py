@@ -551,6 +551,8 @@ def test_causal_attention_is_what_items_10_and_14_compute(backend):
 def test_causal_attention_keeps_the_operands_dtype(backend, dtype):
     if dtype is deers.f64 and backend.kind != "cpu":
         pytest.skip("f64 attention is checked on the CPU backend")
+    if not dtype.available:
+        pytest.skip("bf16 needs the optional package ml_dtypes (pip install 'deers[bf16]')")
     rng = np.random.default_rng(24)
     q, k, v, dy = (rng.standard_normal((1, 2, 70, 8)) for _ in range(4))
     (qb, lq), (kb, lk), (vb, lv), (gb, lg) = (put(backend, x, dtype) for x in (q, k, v, dy))
