@@ -4,7 +4,8 @@ Buffers are flat 1-D NumPy arrays. `_view` turns (buffer, layout) into a strided
 without copying, so every primitive runs on the layout as it is (permuted, broadcast, narrowed);
 matmul goes to BLAS through numpy.matmul, split over the pool's threads. The fused primitives
 (14-20, 22) compact an operand only where their loops need rows, and run those loops blocked and
-threaded in cpu_kernels.py (attention: cpu_attention.py). f16 / bf16 compute in f32 and round once (`is_half_numpy`).
+threaded in cpu_kernels.py (attention: cpu_attention.py). f16 / bf16 compute in f32 and round
+once (`is_half_numpy`).
 
 Memory: creating the backend asks glibc's malloc to keep freed blocks for reuse
 (`cpu_kernels.keep_freed_memory`; DEERS_KEEP_FREED_MEMORY=0 declines), and results of 32 MiB and

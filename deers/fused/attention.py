@@ -128,8 +128,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None
 
     Like PyTorch's F.scaled_dot_product_attention(q, k, v, is_causal=True) when S == T (for
     S > T PyTorch aligns the mask to the top left instead, which no KV cache wants)."""
-    _check_attention(q, k, v)
-    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    batch = _check_attention(q, k, v)
     q, k, v = (x if x.shape[:-2] == batch else x.broadcast_to(batch + x.shape[-2:]) for x in (q, k, v))
     return apply(CausalAttention(float(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)), q, k, v)
 
@@ -141,13 +140,14 @@ def causal_attention_reference(q: Tensor, k: Tensor, v: Tensor, scale: float | N
     return causal_softmax_reference(q @ k.transpose(-2, -1), scale) @ v
 
 
-def _check_attention(q: Tensor, k: Tensor, v: Tensor) -> None:
+def _check_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[int, ...]:
+    """The batch shape q, k and v broadcast to, or a ShapeError / DeviceError / DTypeError naming them."""
     if q.ndim < 2 or k.ndim < 2 or v.ndim < 2 or k.shape[-1] != q.shape[-1] or v.shape[-2] != k.shape[-2] \
             or k.shape[-2] < q.shape[-2]:
         raise ShapeError(f"causal_attention: needs q (..., T, hd), k (..., S, hd), v (..., S, hv) with S >= T, "
                          f"got q {describe(q)}, k {describe(k)}, v {describe(v)}")
     try:
-        np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except ValueError:
         raise ShapeError(f"causal_attention: the batch dims of q {describe(q)}, k {describe(k)} and "
                          f"v {describe(v)} do not broadcast") from None
@@ -157,3 +157,4 @@ def _check_attention(q: Tensor, k: Tensor, v: Tensor) -> None:
     if not q.dtype.is_float or k.dtype is not q.dtype or v.dtype is not q.dtype:
         raise DTypeError(f"causal_attention: needs q, k and v of one floating-point dtype, "
                          f"got q {describe(q)}, k {describe(k)}, v {describe(v)}")
+    return batch
