@@ -3,7 +3,8 @@
 is unique per device, the shared vocabulary (UnaryFn, BinaryFn, ReduceFn) runs everywhere, and
 each fused primitive (items 14-20, 22) matches a NumPy reference on non-contiguous operands.
 
-Backends: the CPU one always; MLX when `mlx` imports; CUDA through the emulator
+Backends: the CPU one always, on NumPy alone, and again with its compiled kernels when numba
+imports ("cpu-compiled": backend/cpu_compiled.py); MLX when `mlx` imports; CUDA through the emulator
 (tests/cuda_emulator.py: the real CUDABackend with its kernels compiled by g++) when g++ is there,
 and on a real GPU when CuPy sees one.
 """
@@ -26,10 +27,12 @@ NAMES = {"cpu": "cpu", "mlx": "mps", "cuda": "cuda:0"}
 
 
 def _make(kind: str):
-    if kind == "cpu":
+    if kind in ("cpu", "cpu-compiled"):
         from deers.backend.cpu import CPUBackend
 
-        return CPUBackend()
+        if kind == "cpu-compiled":
+            pytest.importorskip("numba")
+        return CPUBackend(compiled=kind == "cpu-compiled")
     if kind == "mlx":
         pytest.importorskip("mlx.core")
         from deers.backend.mlx import MLXBackend
@@ -49,10 +52,10 @@ def _make(kind: str):
     return CUDABackend(0, runtime=HostRuntime())
 
 
-@pytest.fixture(scope="module", params=["cpu", "mlx", "cuda", "cuda-gpu"])
+@pytest.fixture(scope="module", params=["cpu", "cpu-compiled", "mlx", "cuda", "cuda-gpu"])
 def backend(request):
     b = _make(request.param)
-    b.kind = request.param.removesuffix("-gpu")
+    b.kind = request.param.removesuffix("-gpu").removesuffix("-compiled")
     return b
 
 

@@ -15,10 +15,16 @@ previous one freed instead of faulting fresh pages in.
 Threads: the backend's own pool splits every large GEMM into one share per thread, with OpenBLAS
 set to one thread for it (`cpu_threads`; DEERS_OWN_BLAS_THREADS=0 declines), so no idle BLAS
 thread spins on a core the next op needs; small GEMMs go to OpenBLAS's own threads.
+
+Compiled kernels: with numba installed (pip install 'deers[fast]'), ReLU, sign, RMSNorm and its
+backward, and RoPE run as one compiled loop each on contiguous float32 / float64 operands
+(`cpu_compiled`); `CPUBackend(compiled=False)` or DEERS_COMPILED=0 keeps every primitive on NumPy.
 """
 from __future__ import annotations
 
+import os
 from math import prod
+from types import ModuleType
 from typing import Sequence
 
 import numpy as np
@@ -85,12 +91,30 @@ def _quiet(method):
     return np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore")(method)
 
 
+COMPILED_ENV = "DEERS_COMPILED"  # "0": NumPy kernels only, even with numba installed
+
+
+def compiled_kernels(wanted: bool | None = None) -> ModuleType | None:
+    """The compiled kernels (cpu_compiled) when `wanted` (None: when numba imports and
+    DEERS_COMPILED is not "0"), else None. wanted=True without numba is an ImportError."""
+    if wanted is False or (wanted is None and os.environ.get(COMPILED_ENV, "1") == "0"):
+        return None
+    try:
+        from . import cpu_compiled
+    except ImportError as exc:
+        if wanted:
+            raise ImportError(f"CPUBackend(compiled=True) needs numba: pip install 'deers[fast]' ({exc})") from exc
+        return None
+    return cpu_compiled
+
+
 class CPUBackend:
     """NumPy implementation of the backend contract (see deers.backend)."""
 
     name = "cpu"
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, compiled: bool | None = None):
+        self.compiled = compiled_kernels(compiled)  # None: every primitive on NumPy
         self.rng = np.random.default_rng()
         self.pool = cpu_threads.RowPool(threads)  # threads for GEMMs and fused kernels (NumPy releases the GIL)
         self.set_blas_threads = cpu_threads.openblas_setter()  # large GEMMs: OpenBLAS on one thread, split by the pool
@@ -139,7 +163,9 @@ class CPUBackend:
         x = _view(a, la)
         res = np.empty(la.numel, a.dtype) if out is None else out
         dst = res.reshape(la.shape)
-        if name == "relu":
+        if self.compiled is not None and name in self.compiled.UNARY and self.compiled.supports(x, res):
+            self.compiled.unary(name, x, res)
+        elif name == "relu":
             np.maximum(x, 0, out=dst)
         elif name == "sigmoid":  # 1 / (1 + exp(-x)), written via tanh so it never overflows
             np.multiply(x, 0.5, out=dst)
@@ -308,9 +334,13 @@ class CPUBackend:
         compute = np.float32 if half else x.dtype
         rows, d = prod(lx.shape[:-1]), lx.shape[-1]
         xv = np.ascontiguousarray(_view(x, lx), dtype=compute).reshape(rows, d)
+        wv = _view(w, lw)
+        if self.compiled is not None and self.compiled.supports(xv, wv):
+            y, rstd = self.compiled.rmsnorm(xv, wv, eps)
+            return y.reshape(-1), rstd
         rstd = (1.0 / np.sqrt(np.einsum("ij,ij->i", xv, xv) / d + eps)).astype(compute, copy=False)  # (rows,)
         y = xv * rstd[:, None]
-        y *= _view(w, lw).astype(compute, copy=False)
+        y *= wv.astype(compute, copy=False)
         return (y.astype(x.dtype) if half else y).reshape(-1), rstd
 
     @_quiet
@@ -320,10 +350,14 @@ class CPUBackend:
         compute = np.float32 if is_half_numpy(x.dtype) else x.dtype
         rows, d = prod(lx.shape[:-1]), lx.shape[-1]
         gv = np.ascontiguousarray(_view(g, lg), dtype=compute).reshape(rows, d)
-        r = _view(rstd, lrstd).astype(compute, copy=False)[:, None]  # (rows, 1)
-        xhat = np.ascontiguousarray(_view(x, lx), dtype=compute).reshape(rows, d) * r
+        xv, wv, rv = np.ascontiguousarray(_view(x, lx), dtype=compute).reshape(rows, d), _view(w, lw), _view(rstd, lrstd)
+        if self.compiled is not None and self.compiled.supports(gv, xv, wv, rv):
+            gx, gw = self.compiled.rmsnorm_backward(gv, xv, wv, rv)
+            return gx.reshape(-1), gw
+        r = rv.astype(compute, copy=False)[:, None]  # (rows, 1)
+        xhat = xv * r
         gw = np.einsum("ij,ij->j", gv, xhat)  # dw = sum over rows of g xhat
-        gx = gv * _view(w, lw).astype(compute, copy=False)  # gxhat, turned into dx in place below
+        gx = gv * wv.astype(compute, copy=False)  # gxhat, turned into dx in place below
         # dx = rstd (gxhat - xhat mean(gxhat xhat)): d rstd/dx = -rstd^3 x / D folds into the projection
         proj = (np.einsum("ij,ij->i", gx, xhat) / d).astype(compute, copy=False)
         xhat *= proj[:, None]  # xhat is spent: the in-place passes save three (rows, D) temporaries
@@ -339,6 +373,9 @@ class CPUBackend:
         _check_rope(lx, lcos, lsin)
         compute = np.float32 if is_half_numpy(x.dtype) else x.dtype
         xv, c, s = (_view(b, lay).astype(compute, copy=False) for b, lay in ((x, lx), (cos, lcos), (sin, lsin)))
+        if (self.compiled is not None and self.compiled.supports(x, c, s) and lx.ndim <= 4
+                and (lx.strides[-1] == 1 or lx.shape[-1] <= 1)):  # rows read in place from x's buffer
+            return self.compiled.rope(x, lx.offset, lx.strides, lx.shape, c, s, inverse)
         return cpu_kernels.rope(xv, c, s, inverse).astype(x.dtype, copy=False).reshape(-1)
 
     @_quiet
@@ -352,7 +389,9 @@ class CPUBackend:
             for buf, layout, what in ((param, lparam, "param"), (m, lm, "exp_avg"), (v, lv, "exp_avg_sq")):
                 _check_dense(buf, layout, what)
             arrays.append((param, np.ascontiguousarray(_view(grad, lgrad)).reshape(-1), m, v))  # no copy when dense
-        cpu_kernels.adamw_step(self.pool, arrays, lr, beta1, beta2, eps, weight_decay, step)
+        fast = self.compiled is not None and all(self.compiled.supports(*group) for group in arrays)
+        cpu_kernels.adamw_step(self.pool, arrays, lr, beta1, beta2, eps, weight_decay, step,
+                               self.compiled.adamw_block if fast else None)
 
     # 19-20. gradient clipping over many arrays ------------------------------------------------------
     @_quiet
