@@ -7,6 +7,8 @@ signed zeros. Skips without numba (the README's minimal install).
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,14 @@ def test_the_switch():
     assert compiled_kernels(False) is None
     assert compiled_kernels(True) is not None
     assert CPUBackend(compiled=False).compiled is None and CPUBackend(compiled=True).compiled is not None
+
+
+def test_without_numba_the_backend_is_numpy_and_asking_by_name_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "deers.backend.cpu_compiled", None)  # as if numba were missing
+    monkeypatch.delattr(deers.backend, "cpu_compiled", raising=False)  # else `from . import` finds it there
+    assert compiled_kernels(None) is None
+    with pytest.raises(ImportError, match=r"deers\[fast\]"):
+        compiled_kernels(True)
 
 
 def test_the_environment_variable_turns_them_off(monkeypatch):

@@ -23,6 +23,7 @@ backward, and RoPE run as one compiled loop each on contiguous float32 / float64
 from __future__ import annotations
 
 import os
+import warnings
 from math import prod
 from types import ModuleType
 from typing import Sequence
@@ -104,6 +105,12 @@ def compiled_kernels(wanted: bool | None = None) -> ModuleType | None:
     except ImportError as exc:
         if wanted:
             raise ImportError(f"CPUBackend(compiled=True) needs numba: pip install 'deers[fast]' ({exc})") from exc
+        return None
+    except Exception as exc:  # numba installed but unusable (e.g. no writable cache folder): NumPy, said aloud
+        if wanted:
+            raise
+        warnings.warn(f"deers: numba's compiled CPU kernels could not load, using NumPy's ({type(exc).__name__}: {exc})",
+                      RuntimeWarning, stacklevel=2)
         return None
     return cpu_compiled
 
