@@ -83,7 +83,19 @@ def machine_description() -> str:
                          f"{i['num_threads']} threads" for i in threadpool_info())
     except ImportError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores; numpy {np.__version__} {blas}".strip()
+    numpy_blas = f"numpy {np.__version__} {blas}".strip()
+    return f"{cpu}, {os.cpu_count()} cores; {numpy_blas}; {cpu_kernels()}"
+
+
+def cpu_kernels() -> str:
+    """Which kernels Deers' CPU backend runs here: numba's compiled ones (deers[fast]) or NumPy only."""
+    from deers.backend.cpu import compiled_kernels
+
+    if compiled_kernels() is None:
+        return "Deers CPU kernels: NumPy only"
+    import numba
+
+    return f"Deers CPU kernels: compiled (numba {numba.__version__})"
 
 
 class PhaseTimer:
