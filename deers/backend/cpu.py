@@ -17,8 +17,8 @@ set to one thread for it (`cpu_threads`; DEERS_OWN_BLAS_THREADS=0 declines), so 
 thread spins on a core the next op needs; small GEMMs go to OpenBLAS's own threads.
 
 Compiled kernels: with numba installed (pip install 'deers[fast]'), ReLU, sign, RMSNorm and its
-backward, and RoPE run as one compiled loop each on contiguous float32 / float64 operands
-(`cpu_compiled`); `CPUBackend(compiled=False)` or DEERS_COMPILED=0 keeps every primitive on NumPy.
+backward, RoPE and AdamW's update run as one compiled loop each on contiguous float32 / float64
+operands (`cpu_compiled`); `CPUBackend(compiled=False)` or DEERS_COMPILED=0 keeps every primitive on NumPy.
 """
 from __future__ import annotations
 

@@ -1,14 +1,14 @@
 """The CPU backend's compiled kernels: one pass where NumPy needs several (optional: pip install 'deers[fast]').
 
 NumPy runs an element-wise formula as one pass over memory per operation, and a few of its loops
-are slow: np.maximum(x, 0) and np.sign take 3-4x as long as an add. Numba compiles each kernel
+are slow: np.maximum(x, 0) and np.sign take 3-7x as long as an add. Numba compiles each kernel
 below to one loop over the elements, vectorised by LLVM, so RMSNorm's forward is one read and one
 write instead of five passes and a ReLU one pass at an add's speed. The NumPy code in cpu.py and
 cpu_kernels.py stays the readable reference: the backend calls these only when numba imports (and
 DEERS_COMPILED is not "0"), only for contiguous float32 / float64 operands, and
 tests/test_backend_contract.py runs every item on both.
 
-Each kernel is compiled on its first call for its dtypes (~0.2-0.6 s each) and cached on disk
+Each kernel is compiled on its first call for its dtypes (~0.1-0.6 s each) and cached on disk
 (`cache=True`: next to this file, or numba's user cache when the package is read-only), so later
 processes load it in milliseconds. `nogil=True` lets the backend's pool threads run one at once.
 Floating-point: reductions may be reassociated (`reassoc`, so sums use SIMD lanes, as NumPy's do)
@@ -30,7 +30,7 @@ def supports(*arrays: np.ndarray) -> bool:
     return dtype in FLOATS and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
 
 
-# ---- unary (contract items 4-5): y = f(x) over flat arrays ------------------------------------------
+# ---- unary (contract item 4): y = f(x) over flat arrays ------------------------------------------
 @_jit
 def _relu(x, out):
     for i in range(x.size):
@@ -53,7 +53,7 @@ def unary(name: str, x: np.ndarray, out: np.ndarray) -> None:
     UNARY[name](x.reshape(-1), out.reshape(-1))
 
 
-# ---- RMSNorm (contract item 18) ----------------------------------------------------------------------
+# ---- RMSNorm (contract item 16) ----------------------------------------------------------------------
 @_jit
 def _rmsnorm(x, w, eps, y, rstd):
     rows, d = x.shape
@@ -97,7 +97,7 @@ def rmsnorm_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarr
     return dx, dw.astype(w.dtype)
 
 
-# ---- rotary embedding (contract item 16) -------------------------------------------------------------
+# ---- rotary embedding (contract item 17) -------------------------------------------------------------
 @_jit
 def _rope(buf, offset, strides, shape, cos, sin, sign, out):
     # x[a, b, t, c] = buf[offset + a s0 + b s1 + t s2 + c]: rows of unit stride anywhere in buf (q and
@@ -128,7 +128,7 @@ def rope(buf: np.ndarray, offset: int, strides: tuple[int, ...], shape: tuple[in
     return out.reshape(-1)
 
 
-# ---- AdamW (contract item 19) ------------------------------------------------------------------------
+# ---- AdamW (contract item 18) ------------------------------------------------------------------------
 @_jit
 def adamw_block(p, g, m, v, decay, b1, b2, inv_sqrt_bias2, step_size, eps):
     """One block of cpu_kernels.adamw_step's update, in place, in one pass (the same formulas, in
