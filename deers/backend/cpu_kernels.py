@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from .cpu_threads import RowPool, rows_per_share
+from .cpu_threads import MIN_SHARE_ELEMENTS, RowPool, rows_per_share
 
 BLOCK_BYTES = 1 << 19  # 512 KiB of one operand per AdamW block: fewer NumPy calls; measured best here
 ROW_BLOCK_BYTES = 1 << 20  # cross-entropy rows per block: ~1 MiB (fewer, longer NumPy calls per thread)
@@ -215,7 +215,10 @@ def adamw_step(pool: RowPool, arrays: list[tuple[np.ndarray, np.ndarray, np.ndar
                 p *= decay
             p -= t
 
-    pool.run(len(blocks), work, min_per_thread=rows_per_share(block))
+    # Threads by elements, not blocks: a tiny model's 20 small weights are 20 blocks but 164k
+    # elements, cheaper on one thread (compiled: 144 against 276 us; NumPy: 388 against 680 us).
+    total = sum(arr[0].size for arr in arrays)
+    pool.run(len(blocks), work, min_per_thread=-(-len(blocks) * MIN_SHARE_ELEMENTS // max(total, 1)))
 
 
 def softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.ndarray:
