@@ -380,8 +380,8 @@ class CPUBackend:
         _check_rope(lx, lcos, lsin)
         compute = np.float32 if is_half_numpy(x.dtype) else x.dtype
         xv, c, s = (_view(b, lay).astype(compute, copy=False) for b, lay in ((x, lx), (cos, lcos), (sin, lsin)))
-        if (self.compiled is not None and self.compiled.supports(x, c, s) and lx.ndim <= 4
-                and (lx.strides[-1] == 1 or lx.shape[-1] <= 1)):  # rows read in place from x's buffer
+        if self.compiled is not None and self.compiled.supports(x, c, s) and lx.ndim <= 4 and lx.strides[-1] == 1:
+            # rows of unit stride, read in place from x's buffer
             return self.compiled.rope(x, lx.offset, lx.strides, lx.shape, c, s, inverse)
         return cpu_kernels.rope(xv, c, s, inverse).astype(x.dtype, copy=False).reshape(-1)
 

@@ -180,7 +180,7 @@ def adamw_step(pool: RowPool, arrays: list[tuple[np.ndarray, np.ndarray, np.ndar
         return
     itemsize = arrays[0][0].itemsize
     dtype = arrays[0][0].dtype.type  # the scalars below in the arrays' dtype, so nothing promotes
-    decay = dtype(1.0 - lr * weight_decay)
+    decay = dtype(1.0 - lr * weight_decay)  # exactly 1 when weight_decay is 0
     b1, b2 = dtype(beta1), dtype(beta2)
     inv_sqrt_bias2 = dtype(1.0 / np.sqrt(1.0 - beta2 ** step))
     step_size = dtype(lr / (1.0 - beta1 ** step))
@@ -189,11 +189,11 @@ def adamw_step(pool: RowPool, arrays: list[tuple[np.ndarray, np.ndarray, np.ndar
     blocks = [(k, i, min(i + block, arr[0].size)) for k, arr in enumerate(arrays) for i in range(0, arr[0].size, block)]
 
     def work(first: int, last: int) -> None:
-        if compiled_block is not None:
+        if compiled_block is not None:  # it always multiplies by the decay: 1 when there is none
             for k, i, j in blocks[first:last]:
                 param, grad, m, v = arrays[k]
-                compiled_block(param[i:j], grad[i:j], m[i:j], v[i:j], decay if weight_decay else dtype(1.0), b1, b2,
-                               inv_sqrt_bias2, step_size, epsilon)
+                compiled_block(param[i:j], grad[i:j], m[i:j], v[i:j], decay, b1, b2, inv_sqrt_bias2, step_size,
+                               epsilon)
             return
         scratch = np.empty(block, dtype)
         for k, i, j in blocks[first:last]:
