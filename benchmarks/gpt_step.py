@@ -9,7 +9,7 @@ PyTorch look up to 1.6x slower than it is). With --compare the runs alternate â€
 weights (saved by the parent, loaded by each child) and the same batches (one seeded generator).
 Each child reports the median of its timed steps, its phases and its own peak memory (VmHWM);
 the parent prints the medians and the ranges over the repeats. "torch (sdpa)" is PyTorch's best
-eager form (F.scaled_dot_product_attention); "torch (explicit)" is the same maths as DESIGN.md
+eager form (F.scaled_dot_product_attention); "torch (explicit)" is the same maths as docs/design.md
 writes it (q k^T, masked softmax, @ v). On this kind of CPU, unset OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE for the run.
 """

@@ -94,7 +94,7 @@ def test_trainer_dtype_without_its_package_is_a_parse_error(examples, monkeypatc
 def test_trainer_sizes_follow_the_width(examples):
     parse = examples["tinystories_train"].parse_args
     default = parse([])
-    assert (default.n_embd, default.n_head, default.mlp_hidden) == (192, 6, 768)  # DESIGN.md's model
+    assert (default.n_embd, default.n_head, default.mlp_hidden) == (192, 6, 768)  # docs/design.md's model
     assert default.steps == 12000 and default.data == "auto"
     narrow = parse(["--n-embd", "128"])
     assert (narrow.n_head, narrow.mlp_hidden) == (4, 512)  # heads of 32, MLP at 4x

@@ -1,4 +1,4 @@
-"""A PyTorch reference GPT written from DESIGN.md, for parity tests and benchmarks (not part of deers).
+"""A PyTorch reference GPT written from docs/design.md, for parity tests and benchmarks (not part of deers).
 
 Same parameter names, shapes and math as deers.models.gpt.GPT, so `load_state_dict(strict=True)`
 takes a Deers state_dict (converted to torch tensors) and the logits, loss and every gradient can
@@ -24,7 +24,7 @@ class TorchGPTConfig:
     mlp_hidden_dim: int = 768
     rms_norm_eps: float = 1e-5
     rope_base: float = 10000.0
-    attention: str = "explicit"  # "explicit": softmax(q k^T) v as DESIGN.md writes it; "sdpa": PyTorch's fused kernel
+    attention: str = "explicit"  # "explicit": softmax(q k^T) v as docs/design.md writes it; "sdpa": PyTorch's fused kernel
 
 
 class RMSNorm(nn.Module):
