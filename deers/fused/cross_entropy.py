@@ -58,8 +58,9 @@ def cross_entropy_reference(logits: Tensor, targets: Tensor, ignore_index: int =
     log_probs = logits - logits.logsumexp(dim=-1, keepdim=True)  # (N, C) log_softmax
     valid = targets.ne(ignore_index)  # (N,) bool
     safe = where(valid, targets, 0).reshape(n, 1)  # (N, 1): ignored rows pick class 0, masked below
-    picked = -log_probs.gather(1, safe).reshape(n)  # (N,) -log p[t]
-    per_row = picked * (1.0 - label_smoothing) - log_probs.mean(dim=-1) * label_smoothing
+    per_row = -log_probs.gather(1, safe).reshape(n)  # (N,) -log p[t]
+    if label_smoothing:  # against (1 - s) one_hot + s / C
+        per_row = per_row * (1.0 - label_smoothing) - log_probs.mean(dim=-1) * label_smoothing
     total = where(valid, per_row, 0.0).sum()
     if reduction == "sum":
         return total
