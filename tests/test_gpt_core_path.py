@@ -68,10 +68,14 @@ def fused_array_methods() -> set[str]:
 
 @functools.cache
 def all_op_classes() -> frozenset[type]:
-    for package in ("deers.ops", "deers.fused", "deers.nn", "deers.optim", "deers.models"):
-        module = importlib.import_module(package)
-        for info in pkgutil.iter_modules(module.__path__):
-            importlib.import_module(f"{package}.{info.name}")
+    """Every Op subclass in the package (the backends hold none; a module whose optional
+    dependency is missing cannot put its ops in a graph either)."""
+    for info in pkgutil.walk_packages(deers.__path__, "deers."):
+        if not info.name.startswith("deers.backend"):
+            try:
+                importlib.import_module(info.name)
+            except ImportError:
+                continue
     classes, stack = set(), [Op]
     while stack:
         for sub in stack.pop().__subclasses__():

@@ -157,7 +157,7 @@ class GPTBlock(Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
                 fused: bool = True) -> Tensor:
-        x = x + self.attn(norm(self.norm1, x, fused), cos, sin, cache, fused)  # (B, T, D)
+        x = x + self.attn(norm(self.norm1, x, fused), cos, sin, cache, fused=fused)  # (B, T, D)
         return x + self.mlp(norm(self.norm2, x, fused))  # (B, T, D)
 
 
@@ -238,7 +238,7 @@ class GPT(Module):
         sin = self.rope_sin[start:start + T]  # (T, hd)
         x = self.wte(idx)  # (B, T, D)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache.layers[i] if cache is not None else None, self.fused)  # (B, T, D)
+            x = block(x, cos, sin, cache.layers[i] if cache is not None else None, fused=self.fused)  # (B, T, D)
         if cache is not None:
             cache.length += T
         return norm(self.norm_f, x, self.fused)  # (B, T, D)
