@@ -173,3 +173,23 @@ def test_core_and_fused_give_the_same_greedy_samples():
     for use_cache in (True, False):
         np.testing.assert_array_equal(core.generate(prompt, 9, temperature=0.0, use_cache=use_cache).numpy(),
                                       greedy)
+
+
+def test_the_core_path_never_calls_a_fused_primitive(monkeypatch):
+    """Not only the graph: forward, backward and cached generation run without items 14-22 at all."""
+    fused, core = twins(seed=4)
+    x, y = ids((2, 6), seed=5), ids((2, 6), seed=6)
+    backend = deers.backend.backend_for("cpu")
+
+    def refuse(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"the core path called the fused primitive {name}")
+        return call
+
+    for name in fused_primitives():
+        monkeypatch.setattr(backend, name, refuse(name))
+    core.loss(x, y).backward()
+    core(x, y)[1].backward()
+    core.generate(x[:, :2], 7, temperature=0.0)  # past sequence_len 8: cached steps, then a recompute
+    with pytest.raises(AssertionError, match="fused primitive"):
+        fused.loss(x, y)  # the check can fail
