@@ -2,7 +2,10 @@
 ops of `deers/ops/` would need several passes and saved intermediates.
 
 Each module pairs the fused op with a `*_reference` built from core ops only (the same maths in
-the readable form); tests/test_fused.py checks that both give the same values and gradients.
+the readable form, what `GPT(config, fused=False)` runs); tests/test_fused.py checks that both give
+the same values and gradients. Each Op class that runs a fused backend primitive (14-22) says so
+with `fused = True`, as does the softmax of deers/ops/reduce.py (primitive 14);
+tests/test_gpt_core_path.py finds those ops from the code and checks the marks.
 
 cross_entropy.py         loss and dlogits in one pass over (N, C) logits      (backend item 15)
 linear_cross_entropy.py  lm_head GEMM + cross-entropy in row chunks, no full logits

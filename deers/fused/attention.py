@@ -2,7 +2,8 @@
 the whole attention softmax(scale q k^T) v with the causal mask.
 
 Each can be written from core ops (`apply_rope_reference`, `causal_softmax_reference`,
-`causal_attention_reference`: narrow, neg, cat, mul, add, where, softmax, matmul); each is one Op
+`causal_attention_reference`: narrow, neg, cat, mul, add, where, logsumexp, exp, matmul; what
+`GPT(config, fused=False)` runs); each is one Op
 here, so the attention of a GPT block records two graph nodes instead of a dozen, keeps no
 intermediate copies for its backward, and never computes the scores a query cannot see (the
 CPU backend's attention skips them in its GEMMs too, contract item 22).
@@ -29,6 +30,7 @@ class RoPE(Op):
     """
 
     name = "rope"
+    fused = True  # runs backend primitive 17
 
     def forward(self, x, cos, sin):
         self.cos, self.sin = cos, sin
@@ -71,6 +73,7 @@ class CausalSoftmax(Op):
     probability exactly 0. The backend skips the columns no row can see (contract item 14)."""
 
     name = "causal_softmax"
+    fused = True  # runs backend primitive 14
 
     def __init__(self, scale: float):
         self.scale = scale
@@ -94,11 +97,13 @@ def causal_softmax(scores: Tensor, scale: float = 1.0) -> Tensor:
 
 
 def causal_softmax_reference(scores: Tensor, scale: float = 1.0) -> Tensor:
-    """The same from core ops: where(s <= t + S - T, scores * scale, -inf), then softmax."""
+    """The same from core ops: a = where(s <= t + S - T, scores * scale, -inf), then the softmax
+    exp(a - logsumexp(a)) (logsumexp subtracts the row max, so exp cannot overflow)."""
     T, S = scores.shape[-2], scores.shape[-1]
     visible = np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)  # (T, S) bool
     mask = tensor(visible, device=scores.device)
-    return where(mask, scores * scale, float("-inf")).softmax(dim=-1)
+    masked = where(mask, scores * scale, float("-inf"))  # (..., T, S)
+    return (masked - masked.logsumexp(dim=-1, keepdim=True)).exp()
 
 
 class CausalAttention(Op):
@@ -106,6 +111,7 @@ class CausalAttention(Op):
     backend call forward (item 22), one backward; the probabilities p are kept for the backward."""
 
     name = "causal_attention"
+    fused = True  # runs backend primitive 22
 
     def __init__(self, scale: float):
         self.scale = scale

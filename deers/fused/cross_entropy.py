@@ -23,6 +23,7 @@ class CrossEntropy(Op):
     """Mean (or summed) cross-entropy of logits (N, C) against i64 targets (N,): a 0-d tensor."""
 
     name = "cross_entropy"
+    fused = True  # runs backend primitive 15
 
     def __init__(self, ignore_index: int, label_smoothing: float, reduction: str):
         self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction
@@ -51,13 +52,15 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100, lab
 
 def cross_entropy_reference(logits: Tensor, targets: Tensor, ignore_index: int = -100,
                             label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
-    """The same loss from core ops: log_softmax, gather, where, sum (for tests and for reading)."""
+    """The same loss from core ops: log_softmax as logits - logsumexp(logits), gather, where, sum
+    (for tests, for reading, and for `GPT(config, fused=False)`)."""
     n, c = logits.shape
-    log_probs = logits.log_softmax(dim=-1)  # (N, C)
+    log_probs = logits - logits.logsumexp(dim=-1, keepdim=True)  # (N, C) log_softmax
     valid = targets.ne(ignore_index)  # (N,) bool
     safe = where(valid, targets, 0).reshape(n, 1)  # (N, 1): ignored rows pick class 0, masked below
-    picked = -log_probs.gather(1, safe).reshape(n)  # (N,) -log p[t]
-    per_row = picked * (1.0 - label_smoothing) - log_probs.mean(dim=-1) * label_smoothing
+    per_row = -log_probs.gather(1, safe).reshape(n)  # (N,) -log p[t]
+    if label_smoothing:  # against (1 - s) one_hot + s / C
+        per_row = per_row * (1.0 - label_smoothing) - log_probs.mean(dim=-1) * label_smoothing
     total = where(valid, per_row, 0.0).sum()
     if reduction == "sum":
         return total

@@ -1,12 +1,19 @@
 """A small GPT (decoder-only transformer) with RMSNorm, rotary position embeddings and a ReLU MLP.
 
-The architecture and the parameter names are fixed by DESIGN.md so that checkpoints, the PyTorch
-reference model (tests/torch_gpt.py) and outside checks line up:
+The architecture and the parameter names are fixed by docs/design.md so that checkpoints, the
+PyTorch reference model (tests/torch_gpt.py) and outside checks line up:
 
     wte.weight (V, D) -> per block: x + attn(norm1(x)), x + mlp(norm2(x)) -> norm_f -> lm_head (V, D)
 
 No biases anywhere; Linear weights are (out_features, in_features) like PyTorch. Shapes in the
 comments use B = batch, T = sequence length, D = n_embd, nh = n_head, hd = D / nh, V = vocab size.
+
+Two paths behind one flag, as nanoGPT keeps its explicit attention beside the flash one.
+`GPT(config, fused=False)` (or `model.fused = False` on a built model) runs the attention as
+softmax(q k^T * scale + mask) v, RoPE, RMSNorm and the loss written out from core ops: the graph
+you would write by hand, every intermediate a node. The default `fused=True` runs each of those
+as one op of deers/fused/ (one backend kernel forward, one backward, few saved activations).
+Both give the same logits, loss, gradients and samples (tests/test_gpt_core_path.py).
 """
 from __future__ import annotations
 
@@ -20,10 +27,13 @@ from ..creation import host_rng, tensor
 from ..device import Device
 from ..dtype import DType, as_dtype, f32
 from ..errors import DTypeError, ShapeError, describe
+from ..fused.attention import apply_rope, apply_rope_reference, causal_attention
+from ..fused.cross_entropy import cross_entropy_reference
+from ..fused.linear_cross_entropy import linear_cross_entropy
+from ..fused.rms_norm import rms_norm_reference
 from ..loss import cross_entropy
 from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore, RMSNorm
-from ..fused.attention import apply_rope, causal_attention
-from ..fused.linear_cross_entropy import linear_cross_entropy
+from ..ops.compare import where
 from ..ops.shape import cat
 from ..tensor import Tensor
 
@@ -94,19 +104,30 @@ class CausalSelfAttention(Module):
         self.qkv = Linear(D, 3 * D, bias=False, vb=vb.pp("qkv"), init=Normal(0.0, 0.02))  # rows q, k, v
         self.proj = Linear(D, D, bias=False, vb=vb.pp("proj"), init=Normal(0.0, 0.02))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
+                fused: bool = True) -> Tensor:
         B, T, D = x.shape
         nh, hd = self.n_head, self.head_dim
         qkv = self.qkv(x)  # (B, T, 3D)
         q = qkv.narrow(2, 0, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = qkv.narrow(2, D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         v = qkv.narrow(2, 2 * D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        q = apply_rope(q, cos, sin)  # x * cos + rotate_half(x) * sin
-        k = apply_rope(k, cos, sin)
+        rope = apply_rope if fused else apply_rope_reference  # both: x * cos + rotate_half(x) * sin
+        q, k = rope(q, cos, sin), rope(k, cos, sin)  # (B, nh, T, hd), rotated by their positions
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, S, hd) with S = positions cached + T
-        # softmax(q k^T / sqrt(hd)) v, row t seeing keys s <= t + S - T: (B, nh, T, S) scores, (B, nh, T, hd) out
-        y = causal_attention(q, k, v, scale=1.0 / math.sqrt(hd))
+        S = k.shape[2]
+        scale = 1.0 / math.sqrt(hd)
+        if fused:
+            # one op: the scores, the masked softmax and the sum over values in one kernel each way
+            y = causal_attention(q, k, v, scale=scale)  # (B, nh, T, hd)
+        else:
+            att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, hd) @ (B, nh, hd, S) -> (B, nh, T, S)
+            # row t is position S - T + t (the first S - T keys are cached): it sees keys s <= t + S - T
+            visible = tensor(np.tril(np.ones((T, S), dtype=bool), k=S - T), device=x.device)  # (T, S)
+            att = where(visible, att, float("-inf"))  # (B, nh, T, S): the future gets probability 0
+            att = (att - att.logsumexp(dim=-1, keepdim=True)).exp()  # softmax: exp(a - log(sum(exp(a))))
+            y = att @ v  # (B, nh, T, S) @ (B, nh, S, hd) -> (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, nh, hd) -> (B, T, D)
         return self.proj(y)
 
@@ -134,9 +155,16 @@ class GPTBlock(Module):
         self.norm2 = RMSNorm(config.n_embd, eps=config.rms_norm_eps, vb=vb.pp("norm2"))
         self.mlp = MLP(config, vb.pp("mlp"))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, cache)  # (B, T, D)
-        return x + self.mlp(self.norm2(x))  # (B, T, D)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
+                fused: bool = True) -> Tensor:
+        x = x + self.attn(norm(self.norm1, x, fused), cos, sin, cache, fused=fused)  # (B, T, D)
+        return x + self.mlp(norm(self.norm2, x, fused))  # (B, T, D)
+
+
+def norm(module: RMSNorm, x: Tensor, fused: bool) -> Tensor:
+    """RMSNorm x * rsqrt(mean(x^2) + eps) * weight over the last dim (D,): the module's fused op, or
+    the same written from core ops (mul, mean, add, rsqrt, mul)."""
+    return module(x) if fused else rms_norm_reference(x, module.weight, module.eps)
 
 
 class GPT(Module):
@@ -146,14 +174,19 @@ class GPT(Module):
         logits = model(idx)                       # (B, T, V)
         logits, loss = model(idx, targets)        # loss: mean cross-entropy, a 0-d tensor
         out = model.generate(idx, 50, top_k=40, seed=0)
+        model.fused = False                       # every block from core ops from now on
+
+    `fused` (True by default) picks the path of every block, the final norm and the loss on
+    each call; it is a plain attribute, so it can be switched on a built model.
     """
 
     def __init__(self, config: GPTConfig, vb: ParamPath | None = None, device: "Device | str | None" = None,
-                 dtype: "DType | str" = f32):
+                 dtype: "DType | str" = f32, fused: bool = True):
         super().__init__()
         if vb is None:
             vb = ParamStore(device=device, dtype=as_dtype(dtype)).root()
         self.config = config
+        self.fused = fused
         self.wte = Embedding(config.vocab_size, config.n_embd, vb=vb.pp("wte"), init=Normal(0.0, 0.02))
         self.blocks = [GPTBlock(config, vb.pp("blocks").pp(i)) for i in range(config.n_layer)]
         self.norm_f = RMSNorm(config.n_embd, eps=config.rms_norm_eps, vb=vb.pp("norm_f"))
@@ -176,15 +209,21 @@ class GPT(Module):
             return logits
         self._check_targets(idx, targets)
         wide = logits.to_dtype(f32) if logits.dtype.is_half else logits  # f16 / bf16: the loss in f32
-        return logits, cross_entropy(wide, targets)
+        if self.fused:
+            return logits, cross_entropy(wide, targets)  # one op: loss and dlogits in one pass
+        # from core ops: log_softmax = logits - logsumexp(logits), then -log_probs[target] gathered
+        return logits, cross_entropy_reference(wide.reshape(-1, wide.shape[-1]), targets.reshape(-1))  # (B*T, V)
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy of idx (B, T) against targets (B, T): a 0-d tensor.
 
         Same value and gradients as `forward(idx, targets)[1]`, through the fused lm_head +
         cross-entropy op, which holds the logits one chunk of rows at a time (the full (B, T, V)
-        logits and their gradient are most of a training step's memory traffic).
+        logits and their gradient are most of a training step's memory traffic). With
+        `fused = False` it is `forward(idx, targets)[1]`: the full logits, then the loss from core ops.
         """
+        if not self.fused:
+            return self(idx, targets)[1]
         self._check_targets(idx, targets)
         x = self.hidden(idx)  # (B, T, D)
         # f16 / bf16: the lm_head GEMMs stay 16-bit (f32 accumulation), the loss comes out in f32
@@ -199,10 +238,10 @@ class GPT(Module):
         sin = self.rope_sin[start:start + T]  # (T, hd)
         x = self.wte(idx)  # (B, T, D)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache.layers[i] if cache is not None else None)  # (B, T, D)
+            x = block(x, cos, sin, cache.layers[i] if cache is not None else None, fused=self.fused)  # (B, T, D)
         if cache is not None:
             cache.length += T
-        return self.norm_f(x)  # (B, T, D)
+        return norm(self.norm_f, x, self.fused)  # (B, T, D)
 
     def _check_targets(self, idx: Tensor, targets: Tensor) -> None:
         if targets.shape != idx.shape:

@@ -226,6 +226,8 @@ def logsumexp(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 class Softmax(Op):
     """Fused (log-)softmax over the last dim through the backend's kernel."""
 
+    fused = True  # runs backend primitive 14 (exp(x - logsumexp(x)) is the same from core ops)
+
     def __init__(self, log: bool):
         self.log = log
         self.name = "log_softmax" if log else "softmax"
