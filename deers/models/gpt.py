@@ -22,7 +22,7 @@ from ..dtype import DType, as_dtype, f32
 from ..errors import DTypeError, ShapeError, describe
 from ..loss import cross_entropy
 from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore, RMSNorm
-from ..fused.attention import apply_rope, causal_attention
+from ..fused.attention import apply_rope, causal_attention, causal_softmax
 from ..fused.linear_cross_entropy import linear_cross_entropy
 from ..ops.shape import cat
 from ..tensor import Tensor
@@ -109,6 +109,18 @@ class CausalSelfAttention(Module):
         y = causal_attention(q, k, v, scale=1.0 / math.sqrt(hd))
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, nh, hd) -> (B, T, D)
         return self.proj(y)
+
+    def attention_weights(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
+        """The probabilities softmax(q k^T / sqrt(hd)) that forward applies to v, (B, nh, T, S): what
+        deers.diagnostics.attention_maps shows (the forward itself never keeps them)."""
+        B, T, D = x.shape
+        nh, hd = self.n_head, self.head_dim
+        qk = self.qkv(x).narrow(2, 0, 2 * D).reshape(B, T, 2, nh, hd)  # (B, T, 2, nh, hd): q and k
+        q = apply_rope(qk[:, :, 0].transpose(1, 2), cos, sin)  # (B, nh, T, hd)
+        k = apply_rope(qk[:, :, 1].transpose(1, 2), cos, sin)  # (B, nh, T, hd)
+        if cache is not None and cache.k is not None:
+            k = cat([cache.k, k], dim=2)  # (B, nh, S, hd): the keys of earlier positions too
+        return causal_softmax(q @ k.transpose(-2, -1), scale=1.0 / math.sqrt(hd))  # (B, nh, T, S)
 
 
 class MLP(Module):
