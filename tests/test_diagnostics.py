@@ -168,3 +168,11 @@ def test_trainer_diagnostics_flag(tmp_path, capsys):
     import importlib.util
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "run" / "diagnostics.png").stat().st_size > 0
+    inspector = load_example("inspect_model")
+    layers = inspector.main(["--checkpoint", str(tmp_path / "run"), "--prompt", "Once upon a time", "--top", "2"])
+    assert len(layers) == 2  # the embeddings and the one block of the tiny run
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("after ") and "block 0:" in lines[0]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "run" / "attention.png").stat().st_size > 0
+        assert (tmp_path / "run" / "logit_lens.png").stat().st_size > 0
