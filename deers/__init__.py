@@ -6,6 +6,7 @@
     grads = (x @ w).relu().sum().backward()
     grads[w]            # a Tensor shaped like w
 """
+from .anomaly import AnomalyError, detect_anomaly
 from .autograd import Grads, Op, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (arange, from_numpy, full, get_rng_state, host_rng, manual_seed, ones, ones_like, rand,
                        randint, randn, set_rng_state, tensor, zeros, zeros_like)

@@ -94,7 +94,7 @@ class Profile:
     def start(self) -> "Profile":
         """Record the ops this thread runs from now on (one profile at a time per thread)."""
         if profiling.session is not None:
-            raise RuntimeError("profiler: a profile is already running in this thread; stop it first")
+            raise RuntimeError("profiler: a profile (or detect_anomaly) is already running in this thread; stop it first")
         self._watch = memory.watch_peak()
         self.start_live = dict(self._watch)
         self._started = time.perf_counter()

@@ -60,6 +60,7 @@ from deers.cli import (
     positive_int,
 )
 from deers.dataset import TokenBinDataset, TokenFileError
+from deers.diagnostics import Diagnostics
 from deers.download import DownloadError
 from deers.dtype import as_dtype
 from deers.errors import BackendUnavailable
@@ -70,6 +71,7 @@ from deers.tokenizer import Tokenizer, TokenizerUnavailable
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 PLOT_NAME = "loss.png"
+DIAGNOSTICS_NAME = "diagnostics.png"
 DEFAULT_STEPS = 12000
 HEAD_SIZE = 32  # --n-head defaults to n_embd / HEAD_SIZE (6 heads for the default width 192)
 MLP_RATIO = 4  # --mlp-hidden defaults to MLP_RATIO * n_embd
@@ -152,6 +154,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a .tiktoken rank file to use instead of GPT-2's BPE (<|endoftext|> gets the next id)")
     p.add_argument("--profile", type=positive_int, default=None, metavar="N",
                    help="print the per-op time table of step N (deers.profiler, see docs/inside.md)")
+    p.add_argument("--diagnostics", type=positive_int, default=None, metavar="N",
+                   help="every N steps print per-layer statistics (weight RMS, gradient norm, update/weight, "
+                        "block output RMS, attention entropy; worst layers first) and write <out>/diagnostics.png "
+                        "at the end (deers.diagnostics; docs/inside.md)")
     p.add_argument("--ddp", action="store_true",
                    help="data-parallel over the ranks of `mpirun -n N` (each takes batch-size / N rows)")
     args = p.parse_args(argv)
@@ -322,6 +328,16 @@ def plot_losses(history: dict, path: Path) -> None:
     say(f"wrote {path}")
 
 
+def plot_diagnostics(diag: Diagnostics, path: Path) -> None:
+    """The per-layer dashboard of the recorded steps (deers.dashboard), as a PNG."""
+    try:
+        from deers.dashboard import diagnostics_dashboard
+
+        say(f"wrote {diagnostics_dashboard(diag.history(), path, title=f'{len(diag.records)} recorded steps')}")
+    except ImportError as err:
+        say(f"note: {path} was not written ({err})")
+
+
 class StopRequest:
     """The first Ctrl-C stops the loop after the current step (a checkpoint is never torn); a second one aborts."""
 
@@ -444,6 +460,7 @@ def train(args: argparse.Namespace) -> dict:
     say(f"data: {data_text}: {len(train_data):,} train tokens, {len(val_data):,} val tokens; "
         f"{args.batch_size} x {args.seq_len} tokens per step{ranks} on {args.device} in {args.dtype}")
 
+    diag = Diagnostics(model, low.model if low is not None else model) if args.diagnostics else None
     tokens_per_step = args.batch_size * args.seq_len
     first_step = step + 1  # logged whatever --log-every says, so a run shows at once that it trains
     interval_losses: list[float] = []
@@ -461,12 +478,16 @@ def train(args: argparse.Namespace) -> dict:
                 if low is not None:
                     low.sync()
                     net = low.model
+                recording = diag is not None and (step + 1) % args.diagnostics == 0
+                record = diag.begin(step + 1, inputs[0:1]) if recording else None  # hooks only on these steps
                 loss = net.loss(inputs, targets)  # fused lm_head + cross-entropy: no (B, T, V) logits
                 grads = loss.backward() if scaler.scale == 1.0 else (loss * scaler.scale).backward()
                 if low is not None:
                     grads = low.master_grads(grads, scaler.scale)
                 if args.ddp:
                     dist.all_reduce_grads(model.parameters(), grads)  # mean over ranks: the global batch's gradient
+                if record is not None:
+                    record.gradients(grads)  # before clipping
                 norm = float(clip_grad_norm(model.parameters(), grads, args.grad_clip if args.grad_clip > 0 else math.inf))
                 if math.isfinite(norm):
                     optimizer.set_lr(lr)
@@ -474,6 +495,9 @@ def train(args: argparse.Namespace) -> dict:
                 elif dtype is deers.f16:
                     say(f"step {step + 1}: gradient overflow at loss scale {scaler.scale:g}, step skipped")
                 scaler.update(math.isfinite(norm))
+                if record is not None:
+                    diag.end(record)
+                    say(diag.table())
                 loss_value = dist.mean_over_ranks(loss.item())  # the global batch's loss
                 step += 1
                 if profile is not None:
@@ -506,6 +530,8 @@ def train(args: argparse.Namespace) -> dict:
     if dist.is_main():
         save(ckpt_path, model, optimizer, step, args, history, scaler.scale)
         plot_losses(history, out / PLOT_NAME)
+        if diag is not None and diag.records:
+            plot_diagnostics(diag, out / DIAGNOSTICS_NAME)
     return history
 
 

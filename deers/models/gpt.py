@@ -27,7 +27,7 @@ from ..creation import host_rng, tensor
 from ..device import Device
 from ..dtype import DType, as_dtype, f32
 from ..errors import DTypeError, ShapeError, describe
-from ..fused.attention import apply_rope, apply_rope_reference, causal_attention
+from ..fused.attention import apply_rope, apply_rope_reference, causal_attention, causal_softmax_reference
 from ..fused.cross_entropy import cross_entropy_reference
 from ..fused.linear_cross_entropy import linear_cross_entropy
 from ..fused.rms_norm import rms_norm_reference
@@ -104,8 +104,8 @@ class CausalSelfAttention(Module):
         self.qkv = Linear(D, 3 * D, bias=False, vb=vb.pp("qkv"), init=Normal(0.0, 0.02))  # rows q, k, v
         self.proj = Linear(D, D, bias=False, vb=vb.pp("proj"), init=Normal(0.0, 0.02))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
-                fused: bool = True) -> Tensor:
+    def heads(self, x: Tensor, cos: Tensor, sin: Tensor, fused: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v of x (B, T, D), split into heads, q and k rotated by their positions (RoPE)."""
         B, T, D = x.shape
         nh, hd = self.n_head, self.head_dim
         qkv = self.qkv(x)  # (B, T, 3D)
@@ -113,11 +113,16 @@ class CausalSelfAttention(Module):
         k = qkv.narrow(2, D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         v = qkv.narrow(2, 2 * D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         rope = apply_rope if fused else apply_rope_reference  # both: x * cos + rotate_half(x) * sin
-        q, k = rope(q, cos, sin), rope(k, cos, sin)  # (B, nh, T, hd), rotated by their positions
+        return rope(q, cos, sin), rope(k, cos, sin), v
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
+                fused: bool = True) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = self.heads(x, cos, sin, fused)  # (B, nh, T, hd) each
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, S, hd) with S = positions cached + T
         S = k.shape[2]
-        scale = 1.0 / math.sqrt(hd)
+        scale = 1.0 / math.sqrt(self.head_dim)
         if fused:
             # one op: the scores, the masked softmax and the sum over values in one kernel each way
             y = causal_attention(q, k, v, scale=scale)  # (B, nh, T, hd)
@@ -130,6 +135,15 @@ class CausalSelfAttention(Module):
             y = att @ v  # (B, nh, T, S) @ (B, nh, S, hd) -> (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, nh, hd) -> (B, T, D)
         return self.proj(y)
+
+    def attention_weights(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
+                          fused: bool = True) -> Tensor:
+        """The probabilities softmax(q k^T / sqrt(hd)) that forward applies to v, (B, nh, T, S): what
+        deers.diagnostics.attention_maps shows (forward itself does not keep them)."""
+        q, k, _ = self.heads(x, cos, sin, fused)  # (B, nh, T, hd) each
+        if cache is not None and cache.k is not None:
+            k = cat([cache.k, k], dim=2)  # (B, nh, S, hd): the keys of earlier positions too
+        return causal_softmax_reference(q @ k.transpose(-2, -1), scale=1.0 / math.sqrt(self.head_dim))  # (B, nh, T, S)
 
 
 class MLP(Module):
@@ -154,6 +168,17 @@ class GPTBlock(Module):
         self.attn = CausalSelfAttention(config, vb.pp("attn"))
         self.norm2 = RMSNorm(config.n_embd, eps=config.rms_norm_eps, vb=vb.pp("norm2"))
         self.mlp = MLP(config, vb.pp("mlp"))
+
+    def heads(self, x: Tensor, cos: Tensor, sin: Tensor, fused: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v of x (B, T, D), split into heads, q and k rotated by their positions (RoPE)."""
+        B, T, D = x.shape
+        nh, hd = self.n_head, self.head_dim
+        qkv = self.qkv(x)  # (B, T, 3D)
+        q = qkv.narrow(2, 0, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = qkv.narrow(2, D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        v = qkv.narrow(2, 2 * D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        rope = apply_rope if fused else apply_rope_reference  # both: x * cos + rotate_half(x) * sin
+        return rope(q, cos, sin), rope(k, cos, sin), v
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
                 fused: bool = True) -> Tensor:

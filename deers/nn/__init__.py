@@ -8,12 +8,13 @@
 from .activations import GELU, Dropout, Flatten, Identity, ReLU, SiLU, dropout, gelu, silu
 from .containers import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
 from .layers import Embedding, LayerNorm, Linear, RMSNorm
+from .hooks import RemovableHandle
 from .module import ContainerError, LoadResult, Module, StateDictError
 from .params import Constant, Init, Normal, ParamPath, ParamStore, Uniform, kaiming_uniform
 
 __all__ = [
     "Module", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Sequential", "StateDictError",
-    "ContainerError", "LoadResult",
+    "ContainerError", "LoadResult", "RemovableHandle",
     "ParamStore", "ParamPath", "Init", "Normal", "Uniform", "Constant", "kaiming_uniform",
     "Linear", "Embedding", "RMSNorm", "LayerNorm",
     "ReLU", "GELU", "SiLU", "Dropout", "Identity", "Flatten", "gelu", "silu", "dropout",

@@ -20,6 +20,7 @@ from ..array import NDArray
 from ..device import Device, as_device
 from ..errors import DeersError
 from ..tensor import Tensor, Var
+from .hooks import ModuleHooks, RemovableHandle
 
 
 class StateDictError(DeersError, ValueError):
@@ -41,6 +42,7 @@ class Module:
     """Base class: subclasses assign Vars and Modules as attributes and implement `forward`."""
 
     training: bool = True  # a class default, so subclasses need not call super().__init__()
+    _hooks: ModuleHooks | None = None  # created by the first register_*_hook (nn/hooks.py)
 
     def __init__(self) -> None:
         self.training = True
@@ -49,7 +51,20 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        if self._hooks is None:
+            return self.forward(*args, **kwargs)
+        return self._hooks.call(self, args, kwargs)
+
+    # ---- hooks (nn/hooks.py) ---------------------------------------------------------------------
+    def register_forward_pre_hook(self, fn: Any) -> RemovableHandle:
+        """Call fn(module, args) before every forward; a non-None result replaces args."""
+        hooks = self._hooks = self._hooks or ModuleHooks()
+        return hooks.add(hooks.pre, fn)
+
+    def register_forward_hook(self, fn: Any) -> RemovableHandle:
+        """Call fn(module, args, output) after every forward; a non-None result replaces output."""
+        hooks = self._hooks = self._hooks or ModuleHooks()
+        return hooks.add(hooks.post, fn)
 
     # ---- the tree ----------------------------------------------------------------------------------
     def _fields(self) -> Iterator[tuple[str, Any]]:
