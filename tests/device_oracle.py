@@ -43,6 +43,8 @@ OPS = {
     "tanh": (lambda x: x.tanh(), [F(3, 4)]),
     "sigmoid": (lambda x: x.sigmoid(), [F(3, 4)]),
     "relu": (lambda x: x.relu(), [F(3, 4)]),
+    "softplus": (lambda x: x.softplus(), [F(3, 4)]),
+    "softplus beta threshold": (lambda x: x.softplus(beta=2.0, threshold=1.5), [F(3, 4)]),
     "abs": (lambda x: x.abs(), [F(3, 4)]),
     "square": (lambda x: x.square(), [F(3, 4)]),
     # binary, broadcasting

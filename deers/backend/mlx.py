@@ -45,6 +45,7 @@ _UNARY = {
     "neg": mx.negative, "exp": mx.exp, "log": mx.log, "sqrt": mx.sqrt, "sin": mx.sin,
     "cos": mx.cos, "tanh": mx.tanh, "sigmoid": mx.sigmoid, "abs": mx.abs, "sign": mx.sign,
     "bitwise_not": mx.bitwise_invert,
+    "softplus": lambda x: mx.logaddexp(x, mx.array(0, dtype=x.dtype)),  # log(1 + exp(x)), never overflows
 }
 _BINARY = {
     "add": mx.add, "sub": mx.subtract, "mul": mx.multiply, "div": mx.divide, "pow": mx.power,
