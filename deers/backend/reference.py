@@ -68,8 +68,9 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def flat(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """x as a fresh contiguous flat buffer of `dtype` (rounded once when x was computed wider)."""
-    return np.array(x, dtype=dtype, order="C", copy=True).reshape(-1)
+    """A result computed here (never a view of an input) as a contiguous flat buffer of `dtype`,
+    rounded once when it was computed wider; copied only when its dtype or layout must change."""
+    return np.ascontiguousarray(x, dtype=dtype).reshape(-1)
 
 
 def check_index(idx: np.ndarray, size: int, op: str) -> None:
@@ -145,7 +146,7 @@ class ReferenceBackend:
     # 2. host transfer ----------------------------------------------------------------------------
     def from_numpy(self, array: np.ndarray, dtype: DType) -> np.ndarray:
         """A copy: a tensor never aliases the caller's array (in-place updates would leak into it)."""
-        return flat(array, dtype.numpy)
+        return np.array(array, dtype=dtype.numpy, order="C", copy=True).reshape(-1)
 
     def to_numpy(self, buf: np.ndarray, layout: Layout) -> np.ndarray:
         """A fresh host array of the layout's shape."""
@@ -217,7 +218,7 @@ class ReferenceBackend:
     @quiet
     def cast(self, a: np.ndarray, la: Layout, dtype: DType) -> np.ndarray:
         """The elements converted to `dtype` (one copy, row-major)."""
-        return flat(view(a, la), dtype.numpy)
+        return view(a, la).astype(dtype.numpy, order="C").reshape(-1)
 
     # 9. reductions -------------------------------------------------------------------------------
     @quiet

@@ -8,7 +8,7 @@ block sizes. The meta formats are documented in common.cuh and indexing.cu.
 
 The same layouts come back at every training step, so the planning functions are cached by their
 arguments (all plain tuples and numbers): a repeated call costs a dictionary lookup, not the
-planning (issue 14: the host time per launch).
+planning (the host time per launch matters on a GPU).
 """
 from __future__ import annotations
 
