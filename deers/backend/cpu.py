@@ -26,9 +26,9 @@ import numpy as np
 
 from ..dtype import DType, is_half_numpy
 from ..layout import Layout, contiguous_strides
-from . import COMPARISONS, cpu_attention, cpu_kernels, cpu_threads
+from . import cpu_attention, cpu_kernels, cpu_threads
 from .attention import check_attention
-from .reference import ReferenceBackend, check_dense, check_index, quiet, view
+from .reference import ReferenceBackend, check_dense, check_index, check_rope, quiet, view
 
 _UFUNCS = {  # unary names that are one NumPy ufunc, run with out= (no temporary)
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
@@ -210,7 +210,8 @@ class CPUBackend(ReferenceBackend):
                                          overwrite_logits)
 
     @quiet
-    def rmsnorm(self, x: np.ndarray, lx: Layout, w: np.ndarray, lw: Layout, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    def rmsnorm(self, x: np.ndarray, lx: Layout, w: np.ndarray, lw: Layout,
+                eps: float) -> tuple[np.ndarray, np.ndarray]:
         # saves four of the reference's five passes over x: one compiled loop
         if self.compiled is None or not self.compiled.supports(x, w):  # one f32 / f64 dtype
             return super().rmsnorm(x, lx, w, lw, eps)
@@ -235,10 +236,10 @@ class CPUBackend(ReferenceBackend):
     def rope(self, x: np.ndarray, lx: Layout, cos: np.ndarray, lcos: Layout, sin: np.ndarray, lsin: Layout,
              inverse: bool = False) -> np.ndarray:
         # saves copying a strided x (q, k: views of the qkv product) and the rotate-half temporaries
+        check_rope(lx.shape, lcos.shape, lsin.shape)
         c, s = view(cos, lcos), view(sin, lsin)
-        if (self.compiled is None or not self.compiled.supports(x, c, s) or lx.ndim > 4 or lx.ndim < 2
-                or lx.strides[-1] != 1 or lcos.shape != lx.shape[-2:] or lsin.shape != lx.shape[-2:] or lx.shape[-1] % 2):
-            return super().rope(x, lx, cos, lcos, sin, lsin, inverse)  # also raises the shape errors
+        if self.compiled is None or not self.compiled.supports(x, c, s) or lx.ndim > 4 or lx.strides[-1] != 1:
+            return super().rope(x, lx, cos, lcos, sin, lsin, inverse)
         return self.compiled.rope(x, lx.offset, lx.strides, lx.shape, c, s, inverse)
 
     @quiet

@@ -14,7 +14,6 @@ f16 / bf16 data is computed in f32 and rounded once (`wide`).
 """
 from __future__ import annotations
 
-from math import prod
 from typing import Sequence
 
 import numpy as np
@@ -338,7 +337,8 @@ class ReferenceBackend:
                 flat(grad, logits.dtype))
 
     @quiet
-    def rmsnorm(self, x: np.ndarray, lx: Layout, w: np.ndarray, lw: Layout, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    def rmsnorm(self, x: np.ndarray, lx: Layout, w: np.ndarray, lw: Layout,
+                eps: float) -> tuple[np.ndarray, np.ndarray]:
         """y = x rstd w over the last dim, rstd = 1 / sqrt(mean(x^2) + eps) per row (kept for the backward)."""
         xw = wide(view(x, lx))
         rstd = 1 / np.sqrt((xw * xw).sum(axis=-1, keepdims=True) / lx.shape[-1] + eps)  # mean over the last dim
@@ -398,7 +398,10 @@ class ReferenceBackend:
         """Each dense array *= factor[0], in place."""
         for buf, layout in arrays:
             check_dense(buf, layout, "array", "scale_")
-            buf[...] = wide(buf) * compute_dtype(buf.dtype).type(factor[0])
+            if is_half_numpy(buf.dtype):
+                buf[...] = wide(buf) * np.float32(factor[0])  # in f32, rounded once
+            else:
+                buf *= buf.dtype.type(factor[0])
 
     def synchronize(self) -> None:
         """NumPy is synchronous: nothing is ever queued."""
