@@ -63,6 +63,7 @@ def wide(x: np.ndarray) -> np.ndarray:
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype `wide` computes a dtype in."""
     return np.dtype(np.float32) if is_half_numpy(dtype) else dtype
 
 
@@ -153,12 +154,15 @@ class ReferenceBackend:
 
     # 3. random numbers ---------------------------------------------------------------------------
     def seed(self, seed: int) -> None:
+        """Restart the generator (NumPy's PCG64) from `seed`."""
         self.rng = np.random.default_rng(seed)
 
     def get_rng_state(self) -> dict:
+        """The generator's state, for set_rng_state."""
         return self.rng.bit_generator.state
 
     def set_rng_state(self, state: dict) -> None:
+        """Put the generator back where get_rng_state saw it."""
         self.rng.bit_generator.state = state
 
     def randn(self, numel: int, dtype: DType) -> np.ndarray:
