@@ -27,6 +27,16 @@ class BackendUnavailable(DeviceError):
     """A device was asked for whose backend package is not installed."""
 
 
+class NotImplementedOnDevice(DeersError, NotImplementedError):
+    """A backend lacks a primitive name of the shared vocabulary (say a unary function the reference
+    backend has and this device has no kernel for yet): "softplus is not implemented on cuda:0"."""
+
+
+class BackendContractError(DeersError, TypeError):
+    """An object installed as a backend (`deers.backend.use_backend`) does not implement the
+    contract: a primitive is missing or its parameters differ from the `Backend` Protocol's."""
+
+
 def describe(t) -> str:
     """One operand as `shape (2, 3) f32 cpu` for error messages."""
     return f"shape {tuple(t.shape)} {t.dtype.name} {t.device}"

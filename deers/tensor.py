@@ -198,6 +198,8 @@ class Tensor:
     def tanh(self) -> "Tensor": return _unary.unary(_unary.Tanh, self)
     def sigmoid(self) -> "Tensor": return _unary.unary(_unary.Sigmoid, self)
     def relu(self) -> "Tensor": return _unary.unary(_unary.Relu, self)
+    def softplus(self, beta: float = 1.0, threshold: float = 20.0) -> "Tensor":
+        return _unary.softplus(self, beta, threshold)
     def abs(self) -> "Tensor": return _unary.unary(_unary.Abs, self)
     def sign(self) -> "Tensor": return _unary.unary(_unary.Sign, self)
     def rsqrt(self) -> "Tensor": return _unary.rsqrt(self)

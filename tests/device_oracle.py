@@ -3,8 +3,8 @@
 `check_against_cpu(name, layout, dtype, device, tol)` runs OPS[name] on CPU tensors and on
 tensors of `device` that read the very same buffer layout (contiguous, permuted, narrowed or
 broadcast, as tests/helpers.make_input builds them), then compares the forward and every input's
-gradient. The reference is the CPU backend in f32 (f64 for f64) on the same values rounded to the
-tested dtype. tests/test_backend_mlx.py and tests/test_cuda_kernels.py parametrize over it.
+gradient. The reference is the CPU device computed by the reference backend (the oracle,
+deers/backend/reference.py) in f32 (f64 for f64) on the same values rounded to the tested dtype. tests/test_backend_mlx.py and tests/test_cuda_kernels.py parametrize over it.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 
 import deers
 from deers.array import NDArray
-from deers.backend import backend_for
+from deers.backend import backend_for, use_backend
+from deers.backend.reference import ReferenceBackend
 from deers.fused.attention import apply_rope, causal_attention, causal_softmax
 from deers.fused.rms_norm import rms_norm
 from helpers import make_input
@@ -43,6 +44,8 @@ OPS = {
     "tanh": (lambda x: x.tanh(), [F(3, 4)]),
     "sigmoid": (lambda x: x.sigmoid(), [F(3, 4)]),
     "relu": (lambda x: x.relu(), [F(3, 4)]),
+    "softplus": (lambda x: x.softplus(), [F(3, 4)]),
+    "softplus beta threshold": (lambda x: x.softplus(beta=2.0, threshold=1.5), [F(3, 4)]),
     "abs": (lambda x: x.abs(), [F(3, 4)]),
     "square": (lambda x: x.square(), [F(3, 4)]),
     # binary, broadcasting
@@ -148,8 +151,20 @@ def assert_close(got: deers.Tensor, expected: deers.Tensor, dtype: deers.DType, 
         np.testing.assert_array_equal(got.numpy(), expected.numpy(), err_msg=what)
 
 
+ORACLE = ReferenceBackend()
+
+
 def check_against_cpu(name: str, layout: str, dtype: deers.DType, device, tol: dict) -> None:
-    """Run OPS[name] on cpu and `device` inputs; compare the forward and every input's gradient."""
+    """Run OPS[name] on cpu and `device` inputs; compare the forward and every input's gradient.
+    The cpu side computes on the reference backend."""
+    previous = use_backend("cpu", ORACLE)
+    try:
+        _check_against_cpu(name, layout, dtype, device, tol)
+    finally:
+        use_backend("cpu", previous)
+
+
+def _check_against_cpu(name: str, layout: str, dtype: deers.DType, device, tol: dict) -> None:
     fn, specs = OPS[name]
     rng = np.random.default_rng(0)
     arrays = [rng.uniform(s[2], s[3], s[1]) if isinstance(s, tuple) else np.asarray(s) for s in specs]

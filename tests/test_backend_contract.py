@@ -1,12 +1,16 @@
 """Every backend satisfies the numbered contract of deers.backend, checked on the backends alone
 (no NDArray, no Tensor): each item is a method with the Protocol's parameters in order, `name`
-is unique per device, the shared vocabulary (UnaryFn, BinaryFn, ReduceFn) runs everywhere, and
-each fused primitive (items 14-20, 22) matches a NumPy reference on non-contiguous operands.
+is unique per device, the shared vocabulary (UnaryFn, BinaryFn, ReduceFn) runs everywhere (a
+unary name missing from a backend's own `unary_names` raises NotImplementedOnDevice), and each
+fused primitive (items 14-20, 22) matches a NumPy reference on non-contiguous operands.
 
-Backends: the CPU one always, on NumPy alone, and again with its compiled kernels when numba
-imports ("cpu-compiled": backend/cpu_compiled.py); MLX when `mlx` imports; CUDA through the emulator
-(tests/cuda_emulator.py: the real CUDABackend with its kernels compiled by g++) when g++ is there,
-and on a real GPU when CuPy sees one.
+Every primitive of every backend is also compared with the reference backend, the oracle
+(`test_primitive_matches_the_reference_backend`), on the same strided operands.
+
+Backends: the reference backend (backend/reference.py); the fast CPU one, on NumPy alone, and
+again with its compiled kernels when numba imports ("cpu-compiled": backend/cpu_compiled.py); MLX
+when `mlx` imports; CUDA through the emulator (tests/cuda_emulator.py: the real CUDABackend with
+its kernels compiled by g++) when g++ is there, and on a real GPU when CuPy sees one.
 """
 from __future__ import annotations
 
@@ -17,16 +21,21 @@ import pytest
 
 import deers
 from deers.backend import (BINARY_NAMES, COMPARISONS, CONTRACT, REDUCE_NAMES, UNARY_NAMES, Backend, BinaryFn,
-                           ReduceFn, UnaryFn, _instances)
+                           ReduceFn, UnaryFn, _instances, check_backend)
+from deers.backend.reference import ReferenceBackend
 from deers.device import Device
+from deers.errors import NotImplementedOnDevice
 from deers.layout import Layout
 from test_ops import UNARY
 
 F32 = deers.f32
-NAMES = {"cpu": "cpu", "mlx": "mps", "cuda": "cuda:0"}
+NAMES = {"reference": "cpu", "cpu": "cpu", "mlx": "mps", "cuda": "cuda:0"}
+ORACLE = ReferenceBackend()
 
 
 def _make(kind: str):
+    if kind == "reference":
+        return ReferenceBackend()
     if kind in ("cpu", "cpu-compiled"):
         from deers.backend.cpu import CPUBackend
 
@@ -52,7 +61,7 @@ def _make(kind: str):
     return CUDABackend(0, runtime=HostRuntime())
 
 
-@pytest.fixture(scope="module", params=["cpu", "cpu-compiled", "mlx", "cuda", "cuda-gpu"])
+@pytest.fixture(scope="module", params=["reference", "cpu", "cpu-compiled", "mlx", "cuda", "cuda-gpu"])
 def backend(request):
     b = _make(request.param)
     b.kind = request.param.removesuffix("-gpu").removesuffix("-compiled")
@@ -98,6 +107,7 @@ def test_contract_lists_every_numbered_item():
 
 def test_backend_implements_every_item_with_the_protocols_parameters(backend):
     assert isinstance(backend, Backend)
+    check_backend(backend)  # what use_backend checks
     for item in CONTRACT:
         method = getattr(backend, item, None)
         assert callable(method), f"{type(backend).__name__} lacks {item}"
@@ -167,9 +177,40 @@ def test_vocabulary_tables_cover_the_shared_names():
 
     assert set(UNARY_REFERENCE) == set(UnaryFn) and set(BINARY_REFERENCE) == set(BinaryFn)
     assert COMPARISONS <= BINARY_NAMES
-    assert set(plan.UNARY_OPS) == UNARY_NAMES
+    assert ORACLE.unary_names == UNARY_NAMES  # the reference backend computes every name
+    assert set(plan.UNARY_OPS) <= UNARY_NAMES  # CUDA computes those it has a code for
     assert set(plan.BINARY_OPS) | set(plan.COMPARE_OPS) == BINARY_NAMES and set(plan.COMPARE_OPS) == COMPARISONS
     assert set(plan.REDUCE_OPS) | {ReduceFn.ARGMAX.value} == REDUCE_NAMES
+
+
+def float_unary_names() -> list[str]:
+    """The unary names the reference backend computes on float data (bitwise_not is not one)."""
+    names = []
+    for name in sorted(UNARY_NAMES):
+        try:
+            ORACLE.unary(name, *put(ORACLE, np.ones(3)))
+        except TypeError:
+            continue
+        names.append(name)
+    return names
+
+
+def test_the_reference_backend_computes_each_unary_name_as_numpy_does():
+    x = np.random.default_rng(0).uniform(0.2, 2.0, (3, 4)) * np.array([1, -1, 1, -1])  # log, sqrt: NaN for x < 0
+    for name in float_unary_names():
+        got = get(ORACLE, ORACLE.unary(name, *put(ORACLE, x, deers.f64)), x.shape)
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_allclose(got, UNARY_REFERENCE[UnaryFn(name)](x), rtol=1e-12, err_msg=name)
+
+
+def test_a_unary_name_a_backend_lacks_says_so(backend):
+    """Which names a backend computes is its own `unary_names` (for CUDA its kernel codes); any
+    other name of the vocabulary raises NotImplementedOnDevice naming the function and device."""
+    assert backend.unary_names <= UNARY_NAMES
+    a, la = put(backend, np.ones((2, 3)))
+    for name in sorted(UNARY_NAMES - backend.unary_names):
+        with pytest.raises(NotImplementedOnDevice, match=f"{name} is not implemented on {backend.name}"):
+            backend.unary(name, a, la)
 
 
 def test_every_unary_binary_and_reduce_name_runs_on_a_strided_layout(backend):
@@ -178,10 +219,10 @@ def test_every_unary_binary_and_reduce_name_runs_on_a_strided_layout(backend):
     x[0, 0], y[0, 0] = 1.0, 1.0  # an equal pair for the comparisons
     a, la = put(backend, x)
     b, lb = put(backend, y)
-    for fn in set(UnaryFn) - INTEGER_ONLY:
-        expected = UNARY_REFERENCE[fn](x)
-        np.testing.assert_allclose(get(backend, backend.unary(fn.value, a, la), x.shape), expected, rtol=1e-5,
-                                   err_msg=fn.value)
+    for name in sorted(set(float_unary_names()) & backend.unary_names):
+        expected = get(ORACLE, ORACLE.unary(name, *put(ORACLE, x)), x.shape)
+        np.testing.assert_allclose(get(backend, backend.unary(name, a, la), x.shape), expected, rtol=1e-5,
+                                   err_msg=name)
     for fn in set(BinaryFn) - INTEGER_ONLY:
         got = backend.to_numpy(backend.binary(fn.value, a, la, b, lb), Layout(x.shape))
         expected = BINARY_REFERENCE[fn](x.astype(np.float32), y.astype(np.float32))
@@ -586,3 +627,90 @@ def test_causal_attention_stays_finite_and_exact_for_any_score_size(backend, siz
     expected = attention_reference(q, k, v, dy, 0.5)
     np.testing.assert_allclose(get(backend, p, (1, 2, 70, 70)), expected[1], atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(get(backend, y, q.shape), expected[0], atol=1e-4, rtol=1e-4)
+
+
+# ---- every primitive against the oracle ------------------------------------------------------------
+def _oracle_cases():
+    """(id, call): call(backend) runs one primitive on strided operands made from fixed values and
+    returns its results as float64 host arrays, so a backend and the reference backend compare."""
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((2, 3, 6, 8))
+    g = rng.standard_normal((2, 3, 6, 8))
+    w = rng.uniform(0.5, 1.5, 8)
+    logits, targets = rng.standard_normal((6, 9)) * 2, np.array([3, -100, 0, 8, 8, 1])
+    angle = np.arange(6)[:, None] * np.tile(10000.0 ** (-np.arange(4) * 2 / 8), 2)[None, :]
+    q, k, v = (rng.standard_normal((2, 3, 6, 8)) for _ in range(3))
+    a, b = rng.standard_normal((2, 5, 7)), rng.standard_normal((2, 7, 4))
+    idx = np.array([2, 0, 2, 4])
+    idx2 = np.array([[1, 0, 1], [4, 4, 0]])
+    lp = Layout((2, 3, 6, 6))
+
+    def rows(backend, bufs_shapes):
+        return [get(backend, buf, shape) for buf, shape in bufs_shapes]
+
+    def softmax(log, causal, scale):
+        def call(be):
+            y = be.softmax(*put(be, x), log, causal=causal, scale=scale)
+            dx = be.softmax_backward(y, Layout(x.shape), *put(be, g), log, causal=causal, scale=scale)
+            return rows(be, [(y, x.shape), (dx, x.shape)])
+        return call
+
+    def cross_entropy(be):
+        loss, count, grad = be.cross_entropy(*put(be, logits), *put(be, targets, deers.i64, pad=10 ** 6), -100, 0.1)
+        return rows(be, [(loss, (1,)), (grad, logits.shape)]) + [get(be, count, (1,))]
+
+    def rmsnorm(be):
+        y, r = be.rmsnorm(*put(be, x), *put(be, w), 1e-5)
+        dx, dw = be.rmsnorm_backward(*put(be, g), *put(be, x), *put(be, w), r, Layout((36,)))
+        return rows(be, [(y, x.shape), (r, (36,)), (dx, x.shape), (dw, (8,))])
+
+    def rope(be):
+        tables = [*put(be, np.cos(angle)), *put(be, np.sin(angle))]
+        return rows(be, [(be.rope(*put(be, x), *tables, inverse=inverse), x.shape) for inverse in (False, True)])
+
+    def attention(be):
+        ops = [put(be, t) for t in (q, k, v)]
+        y, p = be.causal_attention(*ops[0], *ops[1], *ops[2], 0.35)
+        grads = be.causal_attention_backward(*ops[0], *ops[1], *ops[2], p, lp, *put(be, g), 0.35)
+        return rows(be, [(y, x.shape), (p, lp.shape)] + [(d, x.shape) for d in grads])
+
+    def adamw(be):
+        p0, m0, v0 = x.reshape(-1), g.reshape(-1) * 0.1, np.abs(g.reshape(-1))
+        state = [be.from_numpy(t.astype(np.float32), F32) for t in (p0, m0, v0)]
+        dense = Layout((p0.size,))
+        be.adamw_step([(state[0], dense)], [put(be, q.reshape(-1))], [(state[1], dense)], [(state[2], dense)],
+                      1e-2, 0.9, 0.95, 1e-8, 0.1, 3)
+        return rows(be, [(s, (p0.size,)) for s in state])
+
+    return [
+        ("softmax", softmax(False, False, 1.0)), ("log_softmax scaled", softmax(True, False, 0.4)),
+        ("causal softmax", softmax(False, True, 0.4)), ("causal log_softmax", softmax(True, True, 1.0)),
+        ("cross_entropy", cross_entropy), ("rmsnorm", rmsnorm), ("rope", rope), ("causal_attention", attention),
+        ("adamw_step", adamw),
+        ("matmul", lambda be: rows(be, [(be.matmul(*put(be, a), *put(be, b)), (2, 5, 4))])),
+        ("reduce", lambda be: rows(be, [(be.reduce(name, *put(be, x), (1, 3)), (2, 1, 6, 1))
+                                        for name in ("sum", "max", "min")])),
+        ("where", lambda be: rows(be, [(be.where(*put(be, x > 0, deers.bool_, pad=False), *put(be, x), *put(be, g)),
+                                        x.shape)])),
+        ("cast", lambda be: rows(be, [(be.cast(*put(be, x * 10), deers.i64), x.shape)])),
+        ("index_select", lambda be: rows(be, [(be.index_select(*put(be, a[0]), 0, *put(be, idx, deers.i64, pad=0)),
+                                               (4, 7))])),
+        ("index_add", lambda be: rows(be, [(be.index_add((5, 7), F32, 0, *put(be, idx, deers.i64, pad=0),
+                                                         *put(be, a[0, :4])), (5, 7))])),
+        ("gather", lambda be: rows(be, [(be.gather(*put(be, a[0]), 0, *put(be, idx2, deers.i64, pad=0)), (2, 3))])),
+        ("scatter_add", lambda be: rows(be, [(be.scatter_add((5, 7), F32, 0, *put(be, idx2, deers.i64, pad=0),
+                                                             *put(be, a[0, :2, :3])), (5, 7))])),
+        ("sum_of_squares", lambda be: rows(be, [(be.sum_of_squares([put(be, x), put(be, w)]), (1,))])),
+    ]
+
+
+ORACLE_CASES = dict(_oracle_cases())
+
+
+@pytest.mark.parametrize("case", sorted(ORACLE_CASES))
+def test_primitive_matches_the_reference_backend(backend, case):
+    if backend.kind == "reference":
+        pytest.skip("the oracle itself")
+    call = ORACLE_CASES[case]
+    for got, want in zip(call(backend), call(ORACLE), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4, err_msg=case)

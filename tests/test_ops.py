@@ -20,6 +20,16 @@ def _sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
+def _softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta x)) / beta, linear where beta x > threshold (PyTorch's rule)."""
+    return np.where(beta * x > threshold, x, np.logaddexp(0, beta * x) / beta)
+
+
+def functional(x):
+    """Where activations live as functions: torch.nn.functional for a torch tensor, deers.nn otherwise."""
+    return torch.nn.functional if lib(x) is torch else deers.nn
+
+
 # ---- unary -------------------------------------------------------------------------------------
 UNARY = {
     "neg": (lambda x: x.neg(), np.negative, False),
@@ -32,6 +42,9 @@ UNARY = {
     "relu": (lambda x: x.relu(), lambda x: np.maximum(x, 0), False),
     "sigmoid": (lambda x: x.sigmoid(), _sigmoid, False),
     "tanh": (lambda x: x.tanh(), np.tanh, False),
+    "softplus": (lambda x: functional(x).softplus(x), _softplus, False),
+    "softplus beta threshold": (lambda x: functional(x).softplus(x, beta=2.0, threshold=1.5),
+                                lambda x: _softplus(x, 2.0, 1.5), False),
     "abs": (lambda x: x.abs(), np.abs, False),
     "sign": (lambda x: x.sign(), np.sign, False),
     "square": (lambda x: x.square(), np.square, False),
@@ -60,6 +73,19 @@ def test_unary(name):
 def test_sigmoid_is_stable_for_large_inputs():
     x = deers.tensor([-1000.0, 0.0, 1000.0])
     np.testing.assert_allclose(x.sigmoid().numpy(), [0.0, 0.5, 1.0])
+
+
+def test_softplus_method_module_and_large_inputs():
+    x = deers.tensor([-1000.0, -3.0, 0.0, 3.0, 1000.0]).attach()
+    y = x.softplus()
+    np.testing.assert_allclose(y.numpy(), _softplus(x.numpy().astype(np.float64)), rtol=1e-6)
+    sigmoid = np.exp(-np.logaddexp(0, -x.numpy().astype(np.float64)))  # d softplus/dx, without overflow
+    np.testing.assert_allclose(y.backward(deers.ones(5))[x].numpy(), sigmoid, rtol=1e-6)
+    layer = deers.nn.Softplus(beta=0.5, threshold=1.0)
+    np.testing.assert_allclose(layer(x).numpy(), _softplus(x.numpy(), 0.5, 1.0), rtol=1e-6)
+    assert "beta=0.5" in repr(layer)
+    with pytest.raises(DTypeError, match="softplus"):
+        deers.tensor([1, 2]).softplus()
 
 
 # ---- binary, with broadcasting --------------------------------------------------------------------

@@ -3,12 +3,26 @@
 A backend stores data in flat *buffers* (a 1-D array of one dtype) and reads them through a
 `Layout` (shape, strides, offset, all in elements). Every primitive takes `(buffer, layout)`
 pairs — the fused ones too — and returns a fresh contiguous buffer unless it says otherwise.
-The numbered list below is the whole contract, written as the typed `Backend` Protocol; the CPU
-backend (NumPy) is the oracle every other backend is tested against, and a test checks that the
-three backends implement every item.
+The numbered list below is the whole contract, written as the typed `Backend` Protocol.
+
+The reference backend (`reference.py`, `ReferenceBackend`) writes every item as the plain NumPy
+expression of its math; it is the oracle every other backend is tested against
+(tests/test_backend_contract.py). The default CPU backend (`cpu.py`, `CPUBackend`) is a subclass
+of it that overrides single primitives where that pays (threaded GEMMs, blocked fused kernels,
+numba loops); CUDA (`cuda/`) and MLX (`mlx.py`) implement the contract on their devices.
 
 Only `deers/array.py` (NDArray) calls a backend. Everything above it — ops, optimizers, losses,
 distributed, examples — goes through NDArray's methods, so a backend never sees autograd.
+
+`backend_for(device)` returns the one backend object of a device (created on first use);
+`use_backend(device, backend)` installs another one — the reference backend, or one you wrote —
+after checking it implements the contract, and returns the previous one:
+
+    from deers.backend import use_backend
+    from deers.backend.reference import ReferenceBackend
+    previous = use_backend("cpu", ReferenceBackend())   # tensors made from now on compute on it
+    ...
+    use_backend("cpu", previous)
 
 Duties every backend keeps (the NDArray layer relies on them):
 - Buffers: a 1-D array object with `.size` (elements) and `.dtype` (its NumPy dtype, or the
@@ -30,13 +44,17 @@ Duties every backend keeps (the NDArray layer relies on them):
   unspecified value instead (as PyTorch's CUDA).
 - `name` is unique per device ("cpu", "mps", "cuda:0", "cuda:1"): random-number states are
   saved and restored by it.
+- `unary_names` lists the UnaryFn names the backend computes; any other name raises
+  `NotImplementedOnDevice` ("softplus is not implemented on cuda:0"). The reference backend has
+  them all, so a new unary function runs on the CPU as soon as it is there.
 - Asynchronous backends (CUDA, MLX) may return before the work is done; `to_numpy` waits.
 
-Backends other than the CPU one are imported only when asked for, so `import deers` works
-without CuPy or MLX. `backend_for(device)` returns the one backend instance of a device.
+Backends other than the CPU ones are imported only when asked for, so `import deers` works
+without CuPy or MLX.
 """
 from __future__ import annotations
 
+import inspect
 from enum import Enum
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -44,7 +62,7 @@ import numpy as np
 
 from ..device import Device, as_device
 from ..dtype import DType
-from ..errors import BackendUnavailable
+from ..errors import BackendContractError, BackendUnavailable, NotImplementedOnDevice
 from ..layout import Layout
 
 
@@ -63,6 +81,7 @@ class UnaryFn(str, Enum):
     RELU = "relu"
     ABS = "abs"
     SIGN = "sign"
+    SOFTPLUS = "softplus"  # log(1 + exp(x))
     BITWISE_NOT = "bitwise_not"  # integers and bool only (bool: logical not)
 
 
@@ -110,6 +129,7 @@ class Backend(Protocol):
     """The numbered primitives a backend implements. `Buf` below is the backend's buffer type."""
 
     name: str  # unique per device: "cpu", "mps", "cuda:0", ...
+    unary_names: frozenset  # the UnaryFn names item 4 computes; others raise NotImplementedOnDevice
 
     # 1. allocation: uninitialised / filled flat buffers of `numel` elements
     def empty(self, numel: int, dtype: DType) -> Any: ...
@@ -236,6 +256,44 @@ class Backend(Protocol):
 CONTRACT = tuple(name for name in Backend.__dict__ if not name.startswith("_") and callable(Backend.__dict__[name]))
 
 
+def not_implemented(name: str, backend: Any) -> NotImplementedOnDevice:
+    """The error a backend raises for a vocabulary name it has no kernel for."""
+    return NotImplementedOnDevice(f"{name} is not implemented on {backend.name} ({type(backend).__name__}); "
+                                  f"it computes {', '.join(sorted(backend.unary_names))}")
+
+
+def check_backend(backend: Any) -> None:
+    """Raise BackendContractError unless `backend` implements the contract: a str `name`, a
+    `unary_names` set, and every CONTRACT item a method taking the Protocol's parameters in order
+    (same names, same defaults; extra parameters only with defaults)."""
+    kind = type(backend).__name__
+    if not isinstance(getattr(backend, "name", None), str):
+        raise BackendContractError(f"{kind} is not a backend: it needs a str `name` unique per device")
+    if not isinstance(getattr(backend, "unary_names", None), (set, frozenset)):
+        raise BackendContractError(f"{kind} is not a backend: it needs `unary_names`, the set of UnaryFn names "
+                                   "its unary() computes")
+    for item in CONTRACT:
+        method = getattr(backend, item, None)
+        if not callable(method):
+            raise BackendContractError(f"{kind} is not a backend: it lacks contract item {item}{_signature(item)}")
+        wanted = list(inspect.signature(getattr(Backend, item)).parameters.values())[1:]  # without self
+        got = list(inspect.signature(method).parameters.values())
+        mismatch = [p.name for p in got[:len(wanted)]] != [p.name for p in wanted] or any(
+            want.default is not inspect.Parameter.empty and have.default != want.default
+            for want, have in zip(wanted, got)) or any(
+            extra.default is inspect.Parameter.empty for extra in got[len(wanted):])
+        if mismatch:
+            raise BackendContractError(f"{kind}.{item}{inspect.signature(method)} does not take the contract's "
+                                       f"parameters {item}{_signature(item)}")
+
+
+def _signature(item: str) -> str:
+    """The Protocol's parameters of a contract item, without self: "(a, la, out=None)"."""
+    params = list(inspect.signature(getattr(Backend, item)).parameters.values())[1:]
+    return "(" + ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                           for p in params) + ")"
+
+
 # ---- one backend instance per device ------------------------------------------------------------
 _instances: dict = {}
 _last_seed: dict = {"seed": None}  # set by seed_all, so a backend created later starts seeded too
@@ -253,6 +311,22 @@ def backend_for(device: "Device | str") -> Backend:
     return backend
 
 
+def use_backend(device: "Device | str", backend: "Backend | None") -> "Backend | None":
+    """Install `backend` as the object that computes on `device` and return the one it replaces
+    (None when none was created yet); None uninstalls, so the default is created on next use.
+
+    The object is checked first (`check_backend`: BackendContractError names what is missing).
+    Arrays keep the backend they were made with, so install it before making the model's tensors.
+    """
+    device = as_device(device)
+    if backend is not None:
+        check_backend(backend)
+    previous = _instances.pop(device, None)
+    if backend is not None:
+        _instances[device] = backend
+    return previous
+
+
 def seed_all(seed: int) -> None:
     """Seed every backend created so far and, on creation, every backend created later.
 
@@ -268,7 +342,7 @@ def _create(device: Device) -> Backend:
     if device.kind == "cpu":
         from .cpu import CPUBackend
 
-        return CPUBackend()
+        return CPUBackend()  # the reference backend's fast subclass
     if device.kind == "cuda":
         try:
             from .cuda import CUDABackend

@@ -4,8 +4,9 @@
     S >= T, and query row t sees the key positions s <= t + S - T (the last T of S are the
     queries' own; the first S - T come from a KV cache).
 
-The CUDA and MLX backends compute it this way, with their own GEMM and causal softmax; the CPU
-backend has a blocked kernel of its own (cpu_attention.py) and is tested against this form.
+The CUDA and MLX backends compute it this way, with their own GEMM and causal softmax; the
+reference backend writes the same math over whole NumPy arrays, and the fast CPU backend has a
+blocked kernel of its own (cpu_attention.py), tested against both.
 Every operand is a (buffer, layout) pair of the calling backend, as in the contract.
 """
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """The CPU backend's compiled kernels: one pass where NumPy needs several (optional: pip install 'deers[fast]').
 
 NumPy runs an element-wise formula as one pass over memory per operation, and a few of its loops
-are slow: np.maximum(x, 0) and np.sign take 3-7x as long as an add. Numba compiles each kernel
-below to one loop over the elements, vectorised by LLVM, so RMSNorm's forward is one read and one
-write instead of five passes and a ReLU one pass at an add's speed. The NumPy code in cpu.py and
-cpu_kernels.py stays the readable reference: the backend calls these only when numba imports (and
-DEERS_COMPILED is not "0"), only for contiguous float32 / float64 operands, and
-tests/test_backend_contract.py runs every item on both.
+are slow (np.maximum(x, 0) and np.sign are several times slower than an add). Numba compiles each
+kernel below to one loop over the elements, vectorised by LLVM, so RMSNorm's forward is one read
+and one write instead of five passes and a ReLU one pass at an add's speed. The reference backend
+(reference.py) stays the readable definition: the fast backend calls these only when numba
+imports (and DEERS_COMPILED is not "0"), only for contiguous float32 / float64 operands, and
+tests/test_backend_contract.py runs every item with and without them.
 
-Each kernel is compiled on its first call for its dtypes (~0.1-0.6 s each) and cached on disk
+Each kernel is compiled on its first call for its dtypes (a fraction of a second) and cached on disk
 (`cache=True`: next to this file, or numba's user cache when the package is read-only), so later
 processes load it in milliseconds. `nogil=True` lets the backend's pool threads run one at once.
 Floating-point: reductions may be reassociated (`reassoc`, so sums use SIMD lanes, as NumPy's do)

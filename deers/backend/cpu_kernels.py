@@ -1,5 +1,5 @@
-"""The CPU backend's fused kernels, written for speed on NumPy: softmax (causal too),
-cross-entropy, RoPE and AdamW.
+"""The fast CPU backend's fused kernels, written for speed on NumPy: softmax (causal too),
+cross-entropy and AdamW. reference.py has the same math as plain expressions.
 
 Two habits make them fast. (1) Work in blocks small enough to stay in cache, so the several
 NumPy passes a formula needs read cache, not memory. (2) Split the blocks across threads: NumPy
@@ -17,7 +17,7 @@ import numpy as np
 
 from .cpu_threads import MIN_SHARE_ELEMENTS, RowPool, rows_per_share
 
-BLOCK_BYTES = 1 << 19  # 512 KiB of one operand per AdamW block: fewer NumPy calls; measured best here
+BLOCK_BYTES = 1 << 19  # 512 KiB of one operand per AdamW block: in cache, yet few NumPy calls
 ROW_BLOCK_BYTES = 1 << 20  # cross-entropy rows per block: ~1 MiB (fewer, longer NumPy calls per thread)
 EINSUM_ROW_MAX = 4096  # row_sums: einsum up to this many columns, the pairwise sum beyond
 CAUSAL_CHUNK_BYTES = 1 << 19  # (T, S) score slices per chunk of the causal softmax: ~512 KiB
@@ -35,13 +35,12 @@ def keep_freed_memory() -> bool:
 
     By default glibc gives big freed blocks back to the system (mmap'd blocks at once, the heap's
     top when more than a few MiB are free), so the next step's arrays of the same sizes come back
-    as fresh pages that fault in and are zeroed one 4 KiB page at a time: ~2,500 faults per tiny
-    GPT step, ~33,000 per headline step, 25-30% and 10-15% of those steps measured here. With
-    these two settings the step reuses the memory the previous one freed (as PyTorch's caching
-    allocators do); the cost is that the process's resident memory does not shrink after a peak.
-    Process-wide, so it is applied once, when the CPU backend is created, and it can be declined:
-    DEERS_KEEP_FREED_MEMORY=0. Elsewhere than glibc (macOS, musl) nothing changes. Blocks over
-    32 MiB are BufferCache's.
+    as fresh pages that fault in and are zeroed one 4 KiB page at a time, thousands of faults per
+    training step. With these two settings the step reuses the memory the previous one freed (as
+    PyTorch's caching allocators do); the cost is that the process's resident memory does not
+    shrink after a peak. Process-wide: cpu.process_settings applies it when the fast backend is
+    created, and DEERS_KEEP_FREED_MEMORY=0 declines it. Elsewhere than glibc (macOS, musl) nothing
+    changes. Blocks over 32 MiB are BufferCache's.
     """
     if os.environ.get(KEEP_FREED_ENV, "1") == "0":
         return False
@@ -57,9 +56,8 @@ class BufferCache:
     """Large result buffers kept for reuse, so a step does not fault in fresh pages each time.
 
     glibc returns blocks over 32 MiB to the kernel when they are freed, so a buffer that big made
-    anew every step (the headline GPT's 206 MB logits, its 38 MB lm_head gradient) is zeroed page
-    by page on first touch every step: 16 ms per 206 MB here, against 8 ms to write it when
-    reused. The cache holds up to `max_bytes` of such buffers and hands one out again only when
+    anew every step (a GPT's logits, its lm_head gradient) is zeroed page by page on first touch
+    every step, which costs about as much again as writing it. The cache holds up to `max_bytes` of such buffers and hands one out again only when
     nothing but the cache refers to it (its reference count says so), so a live array's buffer is
     never reused. Smaller requests go straight to np.empty (glibc's heap already reuses them).
     """
@@ -90,11 +88,10 @@ class BufferCache:
 
 def row_sums(a: np.ndarray) -> np.ndarray:
     """a.sum(axis=-1, keepdims=True) for floats. Rows up to EINSUM_ROW_MAX go through einsum's sum
-    of products: 3-5x faster than NumPy's reduction on short rows (one thread: (4, 6, 256, 256)
-    440 -> 129 us; (2048, 64) 65 -> 13 us) and pure NumPy, so it never depends on how many
-    threads OpenBLAS was last set to. einsum adds in sequence within its SIMD lanes, so longer
-    rows (a vocabulary-wide softmax) keep NumPy's pairwise sum: measured relative error, f32
-    rows of exp values, 4e-7 vs 1e-7 at 4096 columns but 1.2e-6 vs 1e-7 at 50257."""
+    of products, several times faster than NumPy's reduction on short rows (attention's) and pure
+    NumPy, so it never depends on how many threads OpenBLAS was last set to. einsum adds in
+    sequence within its SIMD lanes, whose rounding error grows with the row, so longer rows (a
+    vocabulary-wide softmax) keep NumPy's more accurate pairwise sum."""
     if a.shape[-1] > EINSUM_ROW_MAX:
         return a.sum(axis=-1, keepdims=True)
     return np.einsum("...j->...", a)[..., None]
@@ -102,9 +99,9 @@ def row_sums(a: np.ndarray) -> np.ndarray:
 
 def select(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """np.where(c, a, b) for a and b of one dtype, by bits: out = b ^ ((a ^ b) & mask), mask all
-    ones where c. NumPy's where branches per element, ~4 ns each when the mask is random (as a
-    ReLU's is); these four passes take ~0.6 ns (786k f32: 2.9 ms -> 0.47 ms). Exact for any
-    values, NaN payloads included."""
+    ones where c. NumPy's where branches per element, which a random mask (as a ReLU's) makes
+    mispredict; these four branch-free passes are several times faster. Exact for any values,
+    NaN payloads included."""
     bits = np.dtype(f"u{a.itemsize}")
     out = np.empty(np.broadcast_shapes(c.shape, a.shape, b.shape), a.dtype)
     mask = c.astype(bits)  # 0 or 1
@@ -215,10 +212,20 @@ def adamw_step(pool: RowPool, arrays: list[tuple[np.ndarray, np.ndarray, np.ndar
                 p *= decay
             p -= t
 
-    # Threads by elements, not blocks: a tiny model's 20 small weights are 20 blocks but 164k
-    # elements, cheaper on one thread (compiled: 144 against 276 us; NumPy: 388 against 680 us).
+    # Threads by elements, not blocks: a small model's many small weights are many blocks but few
+    # elements, cheaper on one thread than handed off.
     total = sum(arr[0].size for arr in arrays)
     pool.run(len(blocks), work, min_per_thread=-(-len(blocks) * MIN_SHARE_ELEMENTS // max(total, 1)))
+
+
+def _normalize(o: np.ndarray, log: bool) -> None:
+    """o = z - max(z) per row, in place to log_softmax(z) = o - log(sum(exp(o))) or softmax(z) =
+    exp(o) / sum(exp(o)) (the max subtracted keeps exp finite)."""
+    if log:
+        o -= np.log(row_sums(np.exp(o)))
+    else:
+        np.exp(o, out=o)
+        o /= row_sums(o)
 
 
 def softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.ndarray:
@@ -234,11 +241,7 @@ def softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) -> np.n
                 np.multiply(xs, x.dtype.type(scale), out=o)
                 xs = o
             np.subtract(xs, xs.max(axis=1, keepdims=True), out=o)
-            if log:  # x - max - log(sum(exp(x - max)))
-                o -= np.log(row_sums(np.exp(o)))
-            else:  # exp(x - max) / sum
-                np.exp(o, out=o)
-                o /= row_sums(o)
+            _normalize(o, log)
 
     pool.run(rows_total, rows, min_per_thread=rows_per_share(c))
     return out
@@ -252,8 +255,7 @@ def causal_softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) 
     max and the exp, and the slices go in chunks of about CAUSAL_CHUNK_BYTES over the threads.
     Every element is computed, the hidden half too, but each pass over a contiguous chunk is
     one long loop: faster in NumPy than skipping the hidden columns in row blocks, whose passes
-    run row by row (measured here: (4, 6, 256, 256) 2.75 -> 2.1 ms, (8, 12, 1024, 1024) 190 ->
-    114 ms). A row that sees no column (t < T - S) is all 0 (log: -inf).
+    run row by row. A row that sees no column (t < T - S) is all 0 (log: -inf).
     """
     t_rows, s_cols = x.shape[-2], x.shape[-1]
     offset = s_cols - t_rows  # row t sees columns s <= t + offset
@@ -272,11 +274,7 @@ def causal_softmax(pool: RowPool, x: np.ndarray, log: bool, scale: float = 1.0) 
             np.multiply(slices[i:j], factor, out=o)
             o += mask
             o -= o.max(axis=-1, keepdims=True)
-            if log:  # z - max - log(sum(exp(z - max)))
-                o -= np.log(row_sums(np.exp(o)))
-            else:  # exp(z - max) / sum
-                np.exp(o, out=o)
-                o /= row_sums(o)
+            _normalize(o, log)
 
     pool.run(slices.shape[0], chunks, min_per_thread=max(per_chunk, rows_per_share(t_rows * s_cols)))
     if first:  # rows that see nothing: their -inf - (-inf) made NaN above
@@ -315,41 +313,4 @@ def softmax_backward(pool: RowPool, y: np.ndarray, g: np.ndarray, log: bool, cau
                 o *= y.dtype.type(scale)
 
     pool.run(rows_total, rows, min_per_thread=rows_per_share(c))
-    return out
-
-
-def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, inverse: bool) -> np.ndarray:
-    """Rotary embedding, rotate-half convention, of x (..., T, hd) by tables cos, sin (T, hd):
-
-    y = x cos + rotate_half(x) sin with rotate_half(x) = [-x2, x1] (x1, x2 the two halves of hd);
-    inverse: y = x cos - rotate_half(x) sin. Written as y = x cos + swap(x) [-s1, s2], swap
-    exchanging the halves: two full-width products and one add, where the half-width form needed
-    six passes over 16-element rows (headline q: 606 -> 200 us). The swap is one copy of x seen
-    as (..., T, 2) elements of `half` values each (a void dtype of half * itemsize bytes), read
-    backwards: NumPy moves each half as one block, 3-4x faster than a float copy whose inner loop
-    is half a row (tiny GPT q, (8, 4, 64, 16): 59 -> 17 us). A strided x (q, k are views of the
-    qkv product) is copied the same way first: full-width passes over a strided view ran 4x
-    slower than over a contiguous one (tiny q: 83 -> 53 us a call; contiguous: 63 -> 39 us).
-    """
-    t, hd = cos.shape
-    half = hd // 2
-    signed = np.empty_like(sin)  # [-s1, s2]; inverse: [s1, -s2]
-    np.negative(sin[:, :half], out=signed[:, :half])
-    signed[:, half:] = sin[:, half:]
-    if inverse:
-        np.negative(signed, out=signed)
-    halves = np.dtype((np.void, half * x.itemsize))  # one element = one half of a row
-    swapped = np.empty(x.shape, x.dtype)
-    if x.flags.c_contiguous:
-        np.copyto(swapped.view(halves), x.view(halves)[..., ::-1])  # (..., T, 2) halves, exchanged
-        out = np.multiply(x, cos)
-    else:
-        if x.strides[-1] != x.itemsize:  # the void view needs whole rows contiguous
-            x = np.ascontiguousarray(x)
-        out = np.empty(x.shape, x.dtype)
-        np.copyto(out.view(halves), x.view(halves))  # a contiguous copy of x, half a row at a time
-        np.copyto(swapped.view(halves), out.view(halves)[..., ::-1])
-        out *= cos
-    swapped *= signed
-    out += swapped
     return out

@@ -4,17 +4,14 @@ NumPy ufuncs and matmul release the GIL, so Python threads really run on several
 `RowPool.run(n, fn)` calls `fn(start, stop)` on contiguous ranges of [0, n), one per thread, and
 waits for all of them; the fused kernels (cpu_kernels.py) and the GEMMs (`matmul` below) use it.
 
-Why GEMMs too: NumPy's OpenBLAS keeps threads of its own, and after each GEMM they spin (for
-~0.1 s, `sched_yield` in a loop) waiting for the next one. On a 2-core machine the next op of a
-training step, a softmax on two threads, then shares its cores with a spinning thread: measured
-here, a (4, 6, 256, 256) causal softmax took 3.1 ms alone and 5.6 ms right after a GEMM. So for
-each large GEMM the backend sets OpenBLAS to one thread (`openblas_setter`; setting it costs
-~0.3 us) and splits the GEMM into one share per pool thread itself: 163-199 GFLOP/s on the
-training step's shapes against 183-190 with OpenBLAS's own two threads, and nothing spins after
-it. A small GEMM (under MIN_SPLIT_FLOPS) is not worth our hand-off, which costs ~60-140 us on
-this VM; it goes to OpenBLAS's own threads instead, whose spinning workers start it sooner (a
-tiny GPT's step, all small GEMMs, was 10-15% faster that way than on one thread in 7 of 8
-alternating process pairs).
+Why GEMMs too: NumPy's OpenBLAS keeps threads of its own, and after each GEMM they spin for a
+while (`sched_yield` in a loop) waiting for the next one. The next op of a training step, say a
+softmax on the pool's threads, would then share its cores with a spinning thread and run much
+slower. So for each large GEMM the backend sets OpenBLAS to one thread (`openblas_setter`; a
+cheap call) and splits the GEMM into one share per pool thread itself: as fast as OpenBLAS's own
+threads on a training step's shapes, and nothing spins after it. A small GEMM (under
+MIN_SPLIT_FLOPS) is not worth the pool's hand-off (waking a thread costs tens of microseconds);
+it goes to OpenBLAS's own threads instead, whose spinning workers start it sooner.
 """
 from __future__ import annotations
 
@@ -25,21 +22,14 @@ from math import prod
 
 import numpy as np
 
+from .reference import quiet  # NumPy's warnings off: kept per thread, so each share is wrapped
+
 OWN_BLAS_ENV = "DEERS_OWN_BLAS_THREADS"  # "0": leave NumPy's BLAS threads as they are
-# Handing a range to another thread and waiting for it costs ~60-140 us on this VM (waking an idle
+# Handing a range to another thread and waiting for it costs tens of microseconds (waking an idle
 # core), so work is split only where each thread gets several times that:
-MIN_SHARE_ELEMENTS = 1 << 18  # element-wise work per thread at least (~100-300 us of NumPy passes)
-MIN_SPLIT_FLOPS = 1 << 26  # GEMMs under ~67 MFLOP (~700 us on one core) go to OpenBLAS's own threads
+MIN_SHARE_ELEMENTS = 1 << 18  # element-wise work per thread at least (a few NumPy passes over 256k elements)
+MIN_SPLIT_FLOPS = 1 << 26  # GEMMs under ~67 MFLOP go to OpenBLAS's own threads
 MIN_SHARE = 16  # rows (or columns) per thread at least, when a GEMM is split along M (or N)
-
-
-def quiet(fn, *args):
-    """fn(*args) with NumPy's floating-point warnings off (NumPy keeps that setting per thread).
-
-    The kernels' infinities and NaNs are the documented results (an all -inf softmax row is NaN,
-    as in PyTorch); a RuntimeWarning about them would only leak NumPy's internals to the user."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
-        return fn(*args)
 
 
 def usable_cores() -> int:
@@ -64,15 +54,16 @@ class RowPool:
 
     def run(self, n: int, fn, min_per_thread: int = 1) -> None:
         parts = min(self.threads, max(1, n // max(min_per_thread, 1)))
+        run = quiet(fn)  # the kernels' infinities and NaNs are documented results, not warnings
         if parts == 1:
-            quiet(fn, 0, n)
+            run(0, n)
             return
         if self._executor is None or self._pid != os.getpid():  # a forked child has none of its threads
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="deers-cpu")
             self._pid = os.getpid()
         bounds = [n * i // parts for i in range(parts + 1)]
-        futures = [self._executor.submit(quiet, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-        quiet(fn, bounds[0], bounds[1])  # this thread takes the first range
+        futures = [self._executor.submit(run, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        run(bounds[0], bounds[1])  # this thread takes the first range
         for future in futures:
             future.result()
 

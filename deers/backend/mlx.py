@@ -35,7 +35,7 @@ import numpy as np
 from ..dtype import DType, bf16
 from ..errors import DTypeError
 from ..layout import Layout
-from . import COMPARISONS, attention, mlx_kernels
+from . import COMPARISONS, attention, mlx_kernels, not_implemented
 
 _MX_DTYPES = {
     "f16": mx.float16, "f32": mx.float32, "f64": mx.float64, "bf16": mx.bfloat16,
@@ -45,6 +45,7 @@ _UNARY = {
     "neg": mx.negative, "exp": mx.exp, "log": mx.log, "sqrt": mx.sqrt, "sin": mx.sin,
     "cos": mx.cos, "tanh": mx.tanh, "sigmoid": mx.sigmoid, "abs": mx.abs, "sign": mx.sign,
     "bitwise_not": mx.bitwise_invert,
+    "softplus": lambda x: mx.logaddexp(x, mx.array(0, dtype=x.dtype)),  # log(1 + exp(x)), never overflows
 }
 _BINARY = {
     "add": mx.add, "sub": mx.subtract, "mul": mx.multiply, "div": mx.divide, "pow": mx.power,
@@ -154,6 +155,7 @@ class MLXBackend:
     """MLX implementation of the backend contract (see deers.backend) for device "mps"."""
 
     name = "mps"
+    unary_names = frozenset(_UNARY) | {"relu"}  # the UnaryFn names unary() computes
 
     def __init__(self):
         self.key = mx.random.key(int(np.random.SeedSequence().entropy % (2 ** 63)))
@@ -210,6 +212,8 @@ class MLXBackend:
 
     # 4-8. element-wise -------------------------------------------------------------------------
     def unary(self, name: str, a: mx.array, la: Layout, out: mx.array | None = None) -> mx.array:
+        if name not in self.unary_names:
+            raise not_implemented(name, self)
         x = _view(a, la)
         if name == "relu":
             res = mx.maximum(x, mx.array(0, dtype=x.dtype))

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from ..autograd import Op
+from ..backend.reference import check_rope
 from ..creation import tensor
 from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..ops.compare import where
@@ -57,10 +58,7 @@ def apply_rope_reference(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def _check_rope(x: Tensor, cos: Tensor, sin: Tensor) -> None:
-    T, hd = x.shape[-2], x.shape[-1]
-    if hd % 2 or cos.shape != (T, hd) or sin.shape != (T, hd):
-        raise ShapeError(f"rope: x {describe(x)} needs an even last dim and cos/sin tables of shape ({T}, {hd}), "
-                         f"got cos {describe(cos)} and sin {describe(sin)}")
+    check_rope(x.shape, cos.shape, sin.shape)  # the shape rule, shared with the backends' rope (ShapeError)
     if cos.device != x.device or sin.device != x.device:
         raise DeviceError(f"rope: x {describe(x)} and cos {describe(cos)} are on different devices")
     if cos.dtype is not x.dtype or sin.dtype is not x.dtype:

@@ -5,7 +5,7 @@
     store = ParamStore(device="cpu"); vb = store.root()
     fc = Linear(768, 3072, bias=False, vb=vb.pp("blocks").pp(0).pp("mlp").pp("fc"), init=Normal(0.0, 0.02))
 """
-from .activations import GELU, Dropout, Flatten, Identity, ReLU, SiLU, dropout, gelu, silu
+from .activations import GELU, Dropout, Flatten, Identity, ReLU, SiLU, Softplus, dropout, gelu, silu, softplus
 from .containers import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
 from .layers import Embedding, LayerNorm, Linear, RMSNorm
 from .hooks import RemovableHandle
@@ -17,5 +17,5 @@ __all__ = [
     "ContainerError", "LoadResult", "RemovableHandle",
     "ParamStore", "ParamPath", "Init", "Normal", "Uniform", "Constant", "kaiming_uniform",
     "Linear", "Embedding", "RMSNorm", "LayerNorm",
-    "ReLU", "GELU", "SiLU", "Dropout", "Identity", "Flatten", "gelu", "silu", "dropout",
+    "ReLU", "GELU", "SiLU", "Softplus", "Dropout", "Identity", "Flatten", "gelu", "silu", "softplus", "dropout",
 ]

@@ -1,4 +1,4 @@
-"""Parameter-free layers: ReLU, GELU (tanh approximation or exact), SiLU, Dropout, Identity, Flatten.
+"""Parameter-free layers: ReLU, GELU (tanh approximation or exact), SiLU, Softplus, Dropout, Identity, Flatten.
 
 The exact GELU needs erf, which is not a backend primitive, so it is one Op here whose forward
 evaluates erf with the Abramowitz-Stegun 7.1.26 formula (absolute error below 1.5e-7, under f32
@@ -12,6 +12,7 @@ from ..array import NDArray
 from ..autograd import Op
 from ..creation import rand
 from ..ops.operands import require_float
+from ..ops.unary import softplus
 from ..tensor import Tensor, apply
 from .module import Module
 
@@ -109,6 +110,20 @@ class SiLU(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return silu(x)
+
+
+class Softplus(Module):
+    """log(1 + exp(beta x)) / beta, linear where beta x > threshold (deers.nn.softplus)."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        super().__init__()
+        self.beta, self.threshold = beta, threshold
+
+    def forward(self, x: Tensor) -> Tensor:
+        return softplus(x, self.beta, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
 
 
 class Dropout(Module):

@@ -97,6 +97,27 @@ class Sigmoid(UnaryOp):
         return (g * (self.y * (1.0 - self.y)),)
 
 
+class Softplus(UnaryOp):
+    """y = log(1 + exp(beta x)) / beta, and y = x where beta x > threshold (PyTorch's softplus:
+    there the two differ by less than exp(-threshold) / beta)."""
+
+    fn, float_only, saves = UnaryFn.SOFTPLUS, True, "input"
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        self.beta, self.threshold = beta, threshold
+
+    def forward(self, a: NDArray) -> NDArray:
+        z = a * self.beta  # beta x
+        if self.needs(0):
+            self.x = a
+        return (z > self.threshold).where(a, z.unary(self.fn) / self.beta)
+
+    def backward(self, g):
+        # d/dx log(1 + exp(beta x)) / beta = exp(beta x) / (1 + exp(beta x)) = sigmoid(beta x); 1 where linear
+        z = self.x * self.beta
+        return ((z > self.threshold).where(g, g * z.unary(UnaryFn.SIGMOID)),)
+
+
 class Relu(UnaryOp):
     fn, saves = UnaryFn.RELU, "output"
 
@@ -126,6 +147,13 @@ def unary(op: "type[UnaryOp]", x: Tensor) -> Tensor:
         raise DTypeError(f"neg: negating a bool tensor is not supported ({describe(x)}), as in PyTorch; "
                          "use ~x for logical not")
     return apply(op(), x)
+
+
+def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta element-wise, linear (x) where beta x > threshold, as
+    torch.nn.functional.softplus."""
+    require_float("softplus", x)
+    return apply(Softplus(beta, threshold), x)
 
 
 # ---- composite: written from the ops above and the binary ops, no backward of their own ---------

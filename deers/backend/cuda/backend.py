@@ -17,7 +17,7 @@ import numpy as np
 from ...dtype import DType, as_dtype, i64
 from ...errors import BackendUnavailable
 from ...layout import Layout
-from .. import attention
+from .. import attention, not_implemented
 from . import gemm, plan
 from .deferred import DeferredErrors
 from .fused import FusedKernels
@@ -53,6 +53,8 @@ class CUDABackend(FusedKernels):
     `runtime` defaults to the CuPy runtime of GPU `index`; the tests pass a CPU emulation of it.
     `name` is "cuda:{index}": random-number states are saved and restored per GPU by it.
     """
+
+    unary_names = frozenset(plan.UNARY_OPS)  # the UnaryFn names with a kernel code in elementwise.cu
 
     def __init__(self, index: int = 0, runtime=None):
         self.index = index
@@ -142,6 +144,8 @@ class CUDABackend(FusedKernels):
 
     # 4-8. element-wise -------------------------------------------------------------------------
     def unary(self, name: str, a, la: Layout, out=None):
+        if name not in self.unary_names:
+            raise not_implemented(name, self)
         sfx = plan.suffix(a.dtype)
         if name == "bitwise_not" and sfx == "bool":  # not b is b ^ true (the bool kernels compute in int)
             return self.scalar("bitwise_xor", a, la, True, out=out)

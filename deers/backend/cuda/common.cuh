@@ -117,6 +117,8 @@ DEV float m_exp(float x) { return expf(x); }
 DEV double m_exp(double x) { return exp(x); }
 DEV float m_log(float x) { return logf(x); }
 DEV double m_log(double x) { return log(x); }
+DEV float m_log1p(float x) { return log1pf(x); }
+DEV double m_log1p(double x) { return log1p(x); }
 DEV float m_sqrt(float x) { return sqrtf(x); }
 DEV double m_sqrt(double x) { return sqrt(x); }
 DEV float m_sin(float x) { return sinf(x); }

@@ -19,6 +19,7 @@
 #define UNARY_ABS 10
 #define UNARY_SIGN 11
 #define UNARY_BITWISE_NOT 12
+#define UNARY_SOFTPLUS 13
 
 #define BINARY_ADD 0
 #define BINARY_SUB 1
@@ -56,6 +57,7 @@ template <typename A> DEV A unary_float(int op, A x) {
         case UNARY_RELU: return (is_nan(x) || x > (A)0) ? x : (A)0;
         case UNARY_ABS: return m_abs(x);
         case UNARY_SIGN: return is_nan(x) ? x : (A)((x > (A)0) - (x < (A)0));
+        case UNARY_SOFTPLUS: return (x > (A)0 ? x : (A)0) + m_log1p(m_exp(-m_abs(x)));  // log(1 + e^x), never overflows
     }
     return x;
 }

@@ -8,7 +8,7 @@ block sizes. The meta formats are documented in common.cuh and indexing.cu.
 
 The same layouts come back at every training step, so the planning functions are cached by their
 arguments (all plain tuples and numbers): a repeated call costs a dictionary lookup, not the
-planning (issue 14: the host time per launch).
+planning (the host time per launch matters on a GPU).
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def all_kernel_names() -> list[str]:
 # ---- op codes (the #defines of elementwise.cu and common.cuh) --------------------------------------
 UNARY_OPS = {"neg": 0, "exp": 1, "log": 2, "sqrt": 3, "sin": 5, "cos": 6, "tanh": 7,
              "sigmoid": 8, "relu": 9, "abs": 10, "sign": 11,
-             "bitwise_not": 12}  # the codes of elementwise.cu's UNARY_* defines
+             "bitwise_not": 12, "softplus": 13}  # the codes of elementwise.cu's UNARY_* defines
 INT_UNARY_OPS = ("neg", "relu", "abs", "sign", "bitwise_not")
 BINARY_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "pow": 4, "maximum": 5, "minimum": 6,
               "floor_divide": 7, "remainder": 8, "bitwise_and": 9, "bitwise_or": 10, "bitwise_xor": 11}

@@ -1,4 +1,4 @@
-// Rotary position embedding, rotate-half convention (DESIGN.md), on x of shape (..., T, hd) in
+// Rotary position embedding, rotate-half convention (docs/design.md), on x of shape (..., T, hd) in
 // any strided layout, with (T, hd) cos/sin tables whose two halves repeat ([c, c]):
 //   forward   y1 = x1 c - x2 s,  y2 = x2 c + x1 s     (x1 = x[..., :hd/2], x2 = x[..., hd/2:])
 //   inverse   y1 = x1 c + x2 s,  y2 = x2 c - x1 s     (the transpose: the backward of forward)
