@@ -159,7 +159,7 @@ def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> G
             continue
         op = node._op
         if isinstance(grad, list):  # a single region goes on to a view's backward; otherwise they are written now
-            grad = grad[0] if len(grad) == 1 and isinstance(op, View) else write_regions(grad)
+            grad = grad[0] if len(grad) == 1 and type(op) is View else write_regions(grad)
         if op is None:
             if grad.storage_id() in claimed or not grad.is_dense():
                 grad = grad.copy()
