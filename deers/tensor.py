@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .array import NDArray
-from .autograd import Grads, Op, UnitGrad, grad_mode, run_backward
+from .autograd import Grads, Op, UnitGrad, grad_mode
 from .backend import BinaryFn
 from .device import Device, as_device
 from .dtype import DType, as_dtype, is_dtype_name
@@ -418,3 +418,6 @@ from .ops import split as _split  # noqa: E402
 from .ops import stats as _stats  # noqa: E402
 from .ops import triangle as _triangle  # noqa: E402
 from .ops import unary as _unary  # noqa: E402
+# The engine backward runs: deers.autograd.run_backward's walk, with view gradients written into one
+# buffer (fewer passes; the same gradients, tests/test_view_grads.py). It needs the view ops above.
+from .view_grads import run_backward  # noqa: E402

@@ -114,6 +114,33 @@ def test_no_grad_records_nothing_and_restores_the_mode():
         y.sum().backward()
 
 
+def test_grad_mode_objects_switch_as_in_pytorch():
+    """no_grad()/enable_grad() switch on entering (making one changes nothing) and work as
+    decorators; set_grad_enabled switches at once, and as a decorator only inside the function."""
+    made = deers.no_grad()
+    assert deers.is_grad_enabled()  # not yet entered
+    with made:
+        assert not deers.is_grad_enabled()
+    assert deers.is_grad_enabled()
+
+    @deers.no_grad()
+    def inference(w):
+        return w * 2.0, deers.is_grad_enabled()
+
+    @deers.set_grad_enabled(False)
+    def also_inference(w):
+        return w * 2.0
+
+    assert deers.is_grad_enabled()  # decorating switched nothing
+    w = Var(deers.ones(2))
+    y, enabled = inference(w)
+    assert not y.requires_grad and not enabled and deers.is_grad_enabled()
+    assert not also_inference(w).requires_grad and deers.is_grad_enabled()
+    with deers.no_grad():
+        assert (deers.enable_grad()(lambda: w * 2.0))().requires_grad
+        assert not deers.is_grad_enabled()
+
+
 def test_detach_shares_the_buffer_and_stops_the_gradient():
     w = Var(deers.tensor([1.0, 2.0]))
     d = w.detach()

@@ -5,8 +5,9 @@ against central differences in float64 and PyTorch (`check_op`), on contiguous, 
 narrowed and broadcast inputs:
   - MatMul.backward makes each input's gradient in that input's memory order, so a Linear
     weight (x @ W.T) gets a dense gradient and the engine does not copy it;
-  - a view's backward (narrow, slicing) gives a Region; the engine writes the regions of one
-    input (q, k, v of a qkv projection) into one zero buffer instead of adding zero arrays;
+  - the engine `Tensor.backward` runs (deers/view_grads.py) keeps a view's gradient (narrow,
+    slicing) as a Region and writes the regions of one input (q, k, v of a qkv projection) into
+    one buffer instead of adding zero arrays (tests/test_view_grads.py: the plain engine agrees);
   - Relu.backward is g * sign(y) (2 passes, not 3: compare, cast, multiply).
 Then a count of the backend calls of a small GPT's backward, so the savings cannot be lost
 silently, and the aliasing rules the in-place accumulation must keep.

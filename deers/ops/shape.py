@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..array import NDArray
-from ..autograd import Op, Region
+from ..autograd import Op
 from ..dtype import i64, promote_types
 from ..errors import DeviceError, ShapeError, describe
 from ..layout import Layout, infer_shape, normalize_dim
@@ -83,13 +83,8 @@ class Reshape(Op):
         self.input_shape = a.shape
         return a.reshape(self.shape)
 
-    def backward(self, g):  # reshape back
-        layout = g.layout.reshape(self.input_shape)
-        if layout is not None:
-            return (g.as_layout(layout),)
-        # A layout that cannot be reshaped as a view (q from transpose(1, 2)) is copied when the
-        # engine writes it: a view before this reshape (q's narrow of qkv) writes it into its window.
-        return (Region(g, self.input_shape, g.dtype, g.device, lambda whole: whole.reshape(self.shape), whole=True),)
+    def backward(self, g):  # reshape back (a copy when g's strides cannot be viewed so)
+        return (g.reshape(self.input_shape),)
 
 
 def reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -126,10 +121,10 @@ def unsqueeze(x: Tensor, dim: int) -> Tensor:
 
 class View(Op):
     """A strided sub-view (narrow, slicing, integer indexing) given as a layout function;
-    `span` (dim, start, stop) when it is a narrow."""
+    `span` (dim, start, stop) when it is a narrow (deers/view_grads.py reads it to know when
+    the gradients of several narrows tile their input)."""
 
     name = "view"
-    takes_region = True
 
     def __init__(self, make_layout, span: "tuple[int, int, int] | None" = None):
         self.make_layout = make_layout
@@ -139,15 +134,11 @@ class View(Op):
         self.input = (a.shape, a.dtype, a.device)
         return a.as_layout(self.make_layout(a.layout))
 
-    def backward(self, g):  # the gradient lands in the same view of a zero array (the engine writes it)
+    def backward(self, g):  # elements the view read get g, the others 0: g written into the same view of zeros
         shape, dtype, device = self.input
-        if isinstance(g, Region):  # a region of this view's output: its layout seen through this view
-            inner, outer = g.make_layout, self.make_layout
-            through = lambda whole: inner(outer(whole))  # noqa: E731
-            if through(Layout(shape)) is not None:  # the span holds exactly when g covered this view's output
-                return (Region(g.grad, shape, dtype, device, through, self.span if g.whole else None),)
-            g = g.materialize()
-        return (Region(g, shape, dtype, device, self.make_layout, self.span),)
+        grad = NDArray.full(shape, 0, dtype, device)
+        grad.as_layout(self.make_layout(grad.layout)).assign(g)
+        return (grad,)
 
 
 def require_dims(x: Tensor, op: str) -> None:
