@@ -13,6 +13,7 @@ import threading
 from typing import Callable
 
 from .array import NDArray
+from .hooks import run_grad_hooks
 from .profiler import profiling
 
 
@@ -30,6 +31,7 @@ class Op:
 
     name = "op"
     differentiable = True  # False: the output never has a gradient (comparisons, argmax, integer casts)
+    fused = False  # True: forward or backward calls a fused backend primitive (items 14-22)
     needs_input_grad: tuple[bool, ...] = ()
     graph_retained = False
 
@@ -241,6 +243,8 @@ def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> G
         grad = pending.pop(id(node), None)
         if grad is None:  # no path from root's gradient reaches this node
             continue
+        if node._grad_hooks is not None:  # Tensor.register_hook
+            grad = run_grad_hooks(node, grad)
         if node._op is None:  # a leaf: hand its gradient to the store
             if grad.storage_id() in claimed or not grad.is_dense():
                 grad = grad.copy()

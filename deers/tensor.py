@@ -16,6 +16,7 @@ from .backend import BinaryFn
 from .device import Device, as_device
 from .dtype import DType, as_dtype, is_dtype_name
 from .errors import DeviceError, DTypeError, ShapeError, describe
+from .hooks import RemovableHandle, add_hook
 from .profiler import profiling
 
 
@@ -41,7 +42,7 @@ def apply(op: Op, *inputs: "Tensor") -> "Tensor":
 class Tensor:
     """An n-d array on a device that can record the operations applied to it."""
 
-    __slots__ = ("data", "requires_grad", "_op", "_inputs", "__weakref__")
+    __slots__ = ("data", "requires_grad", "_op", "_inputs", "_grad_hooks", "__weakref__")
     __array_ufunc__ = None  # so `numpy_value * tensor` defers to Tensor.__rmul__ instead of looping
 
     def __init__(self, data: "NDArray | Tensor", requires_grad: bool = False, _op: Op | None = None,
@@ -56,6 +57,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self._op = _op
         self._inputs = _inputs
+        self._grad_hooks: dict | None = None  # register_hook's functions, by handle key
 
     # ---- metadata ------------------------------------------------------------------------------
     @property
@@ -157,6 +159,15 @@ class Tensor:
             seed = grad.data.cast(self.dtype)
         _inplace.check_graph(self)  # no saved array was changed in place since its op saved it
         return run_backward(self, seed, grads if grads is not None else Grads(), retain_graph)
+
+    def register_hook(self, fn) -> RemovableHandle:
+        """Call fn(grad) when backward has computed this tensor's whole gradient (every use summed);
+        a Tensor it returns replaces the gradient passed on (a leaf's: the one stored in Grads)."""
+        if not self.requires_grad:
+            raise RuntimeError(f"register_hook: {describe(self)} does not require grad, so no gradient reaches it")
+        if self._grad_hooks is None:
+            self._grad_hooks = {}
+        return add_hook(self._grad_hooks, fn)
 
     def detach(self) -> "Tensor":
         """The same values, cut from the graph (shares the buffer)."""

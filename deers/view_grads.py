@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from .array import NDArray
 from .autograd import Grads, _FreedOp, topo_sort
+from .hooks import run_grad_hooks
 from .layout import Layout
 from .ops.shape import Reshape, View
 from .profiler import profiling
@@ -160,6 +161,8 @@ def run_backward(root, out_grad: NDArray, grads: Grads, retain_graph: bool) -> G
         op = node._op
         if isinstance(grad, list):  # a single region goes on to a view's backward; otherwise they are written now
             grad = grad[0] if len(grad) == 1 and type(op) is View else write_regions(grad)
+        if node._grad_hooks is not None:  # Tensor.register_hook: the hooks see a plain array
+            grad = run_grad_hooks(node, grad.materialize() if isinstance(grad, Region) else grad)
         if op is None:
             if grad.storage_id() in claimed or not grad.is_dense():
                 grad = grad.copy()

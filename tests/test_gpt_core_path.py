@@ -91,7 +91,7 @@ def calls_a_fused_primitive(cls: type) -> bool:
 
 
 def is_fused(op: Op) -> bool:
-    return getattr(type(op), "fused", False)
+    return type(op).fused
 
 
 def test_the_derivation_finds_the_fused_primitives_and_methods():
@@ -103,7 +103,7 @@ def test_the_fused_marks_match_the_code():
     """`fused = True` exactly on the Op classes of deers.fused and those that call a fused primitive."""
     derived = {cls for cls in all_op_classes()
                if cls.__module__.startswith("deers.fused.") or calls_a_fused_primitive(cls)}
-    marked = {cls for cls in all_op_classes() if getattr(cls, "fused", False)}
+    marked = {cls for cls in all_op_classes() if cls.fused}
     assert {cls.__name__ for cls in derived} >= {"Softmax", "CausalAttention", "RoPE", "RMSNormOp",
                                                  "CrossEntropy", "LinearCrossEntropy", "CausalSoftmax"}
     assert marked == derived, (f"unmarked: {sorted(c.__name__ for c in derived - marked)}, "

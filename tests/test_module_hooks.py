@@ -103,3 +103,62 @@ def test_same_semantics_as_torch():
         m.register_forward_pre_hook(lambda module, args: (args[0] * 3,))
         m.register_forward_hook(lambda module, args, out: out + 1)
     np.testing.assert_allclose(mine(deers.tensor(x)).numpy(), layer(torch.tensor(x)).detach().numpy(), rtol=1e-5)
+
+
+# ---- Tensor.register_hook -------------------------------------------------------------------------
+@pytest.mark.parametrize("engine", ["plain", "view_grads"])
+def test_tensor_hook_sees_and_replaces_the_gradient(engine, monkeypatch):
+    import sys
+
+    from deers import autograd, view_grads
+
+    tensor_module = sys.modules["deers.tensor"]  # (deers.tensor is also the function)
+
+    monkeypatch.setattr(tensor_module, "run_backward",
+                        autograd.run_backward if engine == "plain" else view_grads.run_backward)
+    w = deers.Var(deers.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
+    h = w * 2.0
+    parts = h.narrow(1, 0, 2), h.narrow(1, 2, 1)  # view gradients: regions in the view_grads engine
+    seen = []
+    h.register_hook(lambda g: seen.append(g.numpy().copy()))
+    handle = h.register_hook(lambda g: g * 10.0)
+    loss = (parts[0] * parts[0]).sum() + parts[1].sum() + h.sum()  # h used three times: one summed gradient
+    grads = loss.backward(retain_graph=True)
+    dh = np.concatenate([2 * h.numpy()[:, :2], np.ones((2, 1))], axis=1) + 1.0
+    np.testing.assert_allclose(seen[0], dh)  # called once, with the whole gradient
+    np.testing.assert_allclose(grads[w].numpy(), dh * 10.0 * 2.0)
+    handle.remove()
+    np.testing.assert_allclose(loss.backward()[w].numpy(), dh * 2.0)
+
+
+def test_leaf_hook_replaces_the_stored_gradient():
+    w = deers.Var(deers.tensor([1.0, -2.0]))
+    w.register_hook(lambda g: g.clamp(-0.5, 0.5))
+    grads = (w * 3.0).sum().backward()
+    np.testing.assert_allclose(grads[w].numpy(), [0.5, 0.5])
+
+
+def test_tensor_hook_errors():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        deers.tensor([1.0]).register_hook(lambda g: g)
+    w = deers.Var(deers.tensor([1.0, 2.0]))
+    w.register_hook(lambda g: g.sum())
+    with pytest.raises(ValueError, match=r"shape \(2,\) returned \(\)"):
+        (w * 1.0).sum().backward()
+
+
+def test_tensor_hooks_match_torch():
+    torch = pytest.importorskip("torch")
+    x0 = np.array([0.5, -1.0, 2.0])
+    results = []
+    for lib, make in ((torch, lambda v: torch.tensor(v, requires_grad=True)), (deers, lambda v: deers.Var(deers.tensor(v)))):
+        x = make(x0)
+        y = x * x
+        y.register_hook(lambda g: g * 3)
+        z = (y * x).sum()
+        if lib is torch:
+            z.backward()
+            results.append(x.grad.numpy())
+        else:
+            results.append(z.backward()[x].numpy())
+    np.testing.assert_allclose(results[1], results[0])

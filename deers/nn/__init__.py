@@ -8,7 +8,7 @@
 from .activations import GELU, Dropout, Flatten, Identity, ReLU, SiLU, Softplus, dropout, gelu, silu, softplus
 from .containers import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
 from .layers import Embedding, LayerNorm, Linear, RMSNorm
-from .hooks import RemovableHandle
+from ..hooks import RemovableHandle
 from .module import ContainerError, LoadResult, Module, StateDictError
 from .params import Constant, Init, Normal, ParamPath, ParamStore, Uniform, kaiming_uniform
 

@@ -20,7 +20,7 @@ from ..array import NDArray
 from ..device import Device, as_device
 from ..errors import DeersError
 from ..tensor import Tensor, Var
-from .hooks import ModuleHooks, RemovableHandle
+from ..hooks import ModuleHooks, RemovableHandle
 
 
 class StateDictError(DeersError, ValueError):
@@ -42,7 +42,7 @@ class Module:
     """Base class: subclasses assign Vars and Modules as attributes and implement `forward`."""
 
     training: bool = True  # a class default, so subclasses need not call super().__init__()
-    _hooks: ModuleHooks | None = None  # created by the first register_*_hook (nn/hooks.py)
+    _hooks: ModuleHooks | None = None  # created by the first register_*_hook (deers/hooks.py)
 
     def __init__(self) -> None:
         self.training = True
@@ -55,7 +55,7 @@ class Module:
             return self.forward(*args, **kwargs)
         return self._hooks.call(self, args, kwargs)
 
-    # ---- hooks (nn/hooks.py) ---------------------------------------------------------------------
+    # ---- hooks (deers/hooks.py) ---------------------------------------------------------------------
     def register_forward_pre_hook(self, fn: Any) -> RemovableHandle:
         """Call fn(module, args) before every forward; a non-None result replaces args."""
         hooks = self._hooks = self._hooks or ModuleHooks()
