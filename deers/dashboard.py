@@ -128,7 +128,8 @@ def logit_lens_figure(layers: Sequence[Sequence[Sequence[tuple[Any, float]]]], t
     ax.imshow(probs, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
     for i, layer in enumerate(layers):
         for t, cell in enumerate(layer):
-            ax.text(t, i, repr(str(cell[0][0]))[1:-1][:10], ha="center", va="center", fontsize=7)
+            ax.text(t, i, repr(str(cell[0][0]))[1:-1][:10], ha="center", va="center", fontsize=7,
+                    color="white" if cell[0][1] > 0.6 else "black")  # readable on the dark cells
     ax.set_xticks(range(T), [repr(str(tok))[1:-1] for tok in tokens], rotation=45, fontsize=7)
     ax.set_yticks(range(n_layer), ["embed"] + [f"block {i}" for i in range(n_layer - 1)], fontsize=7)
     ax.set_title("logit lens: each layer's top next-token guess (colour: its probability)", fontsize=9)
