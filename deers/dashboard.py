@@ -77,11 +77,14 @@ def diagnostics_dashboard(history: Sequence[dict], path: "str | Path", title: st
         for row in history:
             for name, value in values_of(row).items():
                 series.setdefault(name, []).append(value)
+        log = "entropy" not in label
         for name, values in series.items():
+            if log:  # a zero (no update at lr 0) has no place on a log axis: a gap, not a cliff
+                values = [v if v > 0 else float("nan") for v in values]
             ax.plot(steps[:len(values)], values, label=name, linewidth=1.2)
         ax.set_title(label)
         ax.set_xlabel("step")
-        if series and "entropy" not in label:
+        if series and log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if series:
