@@ -223,7 +223,7 @@ class Tensor:
     def le(self, other) -> "Tensor": return _compare.compare(BinaryFn.LE, self, other)
     def gt(self, other) -> "Tensor": return _compare.compare(BinaryFn.GT, self, other)
     def ge(self, other) -> "Tensor": return _compare.compare(BinaryFn.GE, self, other)
-    def masked_fill(self, mask: "Tensor", value: float) -> "Tensor": return _compare.masked_fill(self, mask, value)
+    def masked_fill(self, mask: "Tensor", value) -> "Tensor": return _compare.masked_fill(self, mask, value)
     def where(self, condition: "Tensor", other) -> "Tensor": return _compare.where(condition, self, other)
 
     # ---- bitwise and logical (deers/ops/bitwise.py): integers and bool; &, |, ^ commute ---------
@@ -305,10 +305,12 @@ class Tensor:
     def sum(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.sum(self, dim, keepdim)
     def mean(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.mean(self, dim, keepdim)
     def max(self, dim=None, keepdim: bool = False):
-        """x.max(): the largest value; x.max(dim): the pair (values, indices), like PyTorch."""
+        """x.max(): the largest value; x.max(dim): the pair (values, indices); x.max(other_tensor):
+        the element-wise maximum, like PyTorch."""
         return _reduce.max(self, dim, keepdim)
     def min(self, dim=None, keepdim: bool = False):
-        """x.min(): the smallest value; x.min(dim): the pair (values, indices), like PyTorch."""
+        """x.min(): the smallest value; x.min(dim): the pair (values, indices); x.min(other_tensor):
+        the element-wise minimum, like PyTorch."""
         return _reduce.min(self, dim, keepdim)
     def amax(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.amax(self, dim, keepdim)
     def amin(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.amin(self, dim, keepdim)
@@ -329,9 +331,11 @@ class Tensor:
     def log_softmax(self, dim: int = -1) -> "Tensor": return _reduce.log_softmax(self, dim)
 
     # ---- everyday functions (deers/ops/stats.py, scan.py, split.py, flip.py, triangle.py) ----------
-    def var(self, dim=None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> "Tensor":
+    def var(self, dim=None, correction: "float | None" = 1, keepdim: bool = False,
+            unbiased: bool | None = None) -> "Tensor":
         return _stats.var(self, dim, correction, keepdim, unbiased)
-    def std(self, dim=None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> "Tensor":
+    def std(self, dim=None, correction: "float | None" = 1, keepdim: bool = False,
+            unbiased: bool | None = None) -> "Tensor":
         return _stats.std(self, dim, correction, keepdim, unbiased)
     def norm(self, p=2, dim=None, keepdim: bool = False) -> "Tensor": return _stats.norm(self, p, dim, keepdim)
     def cumsum(self, dim: int) -> "Tensor": return _scan.cumsum(self, dim)

@@ -7,6 +7,7 @@ attributes of the modules that hold it.
 """
 from __future__ import annotations
 
+from ..autograd import no_grad
 from ..device import Device
 from ..dtype import DType
 from ..errors import ShapeError, describe
@@ -65,22 +66,32 @@ class Linear(Module):
 class Embedding(Module):
     """A lookup table (num_embeddings, embedding_dim): ids of shape (...) -> vectors (..., dim).
 
-    Default init N(0, 1) as in PyTorch; GPT uses `init=Normal(0.0, 0.02)`.
+    Default init N(0, 1) as in PyTorch; GPT uses `init=Normal(0.0, 0.02)`. With `padding_idx`, as
+    in PyTorch, that row starts at zero and never receives a gradient.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, vb: ParamPath | None = None,
                  init: Init | None = None, device: "Device | str | None" = None,
-                 dtype: "DType | str | None" = None):
+                 dtype: "DType | str | None" = None, padding_idx: int | None = None):
         super().__init__()
         vb = _path(vb, device, dtype)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = vb.get((num_embeddings, embedding_dim), "weight", init=init or Normal(0.0, 1.0))
+        self.padding_idx = padding_idx
+        if padding_idx is not None:
+            if not isinstance(padding_idx, int) or not -num_embeddings <= padding_idx < num_embeddings:
+                raise IndexError(f"Embedding({num_embeddings}, {embedding_dim}): padding_idx must be an int in "
+                                 f"[-{num_embeddings}, {num_embeddings}), got {padding_idx!r}")
+            self.padding_idx = padding_idx % num_embeddings
+            with no_grad():
+                self.weight[self.padding_idx] = 0.0
 
     def forward(self, ids: Tensor) -> Tensor:
-        return embedding(self.weight, ids)
+        return embedding(self.weight, ids, self.padding_idx)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
 
 
 class RMSNorm(Module):

@@ -8,11 +8,13 @@ rounded to some dtype.
 """
 from __future__ import annotations
 
+import math
+
 from ..array import NDArray
 from ..autograd import Op
 from ..backend import COMPARISONS, BinaryFn
 from ..dtype import bool_
-from ..errors import DeviceError, ShapeError, describe
+from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor, apply
 from .operands import as_operand, broadcast_pair, check_number, grad_broadcast, result_type
@@ -80,6 +82,25 @@ def where(condition: Tensor, a, b) -> Tensor:
     return apply(Where(), condition, grad_broadcast(a, shape), grad_broadcast(b, shape))
 
 
-def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
-    """x with `value` wherever mask is true (mask broadcasts against x)."""
-    return where(mask, value, x)
+def masked_fill(x: Tensor, mask: Tensor, value) -> Tensor:
+    """x with `value` wherever the bool `mask` is true (mask broadcasts against x), like PyTorch:
+    the value is a Python number or a 0-d tensor, cast to x's dtype (an i64 tensor filled with 0.5
+    holds 0); a 0-d tensor value receives the gradient of the filled places."""
+    if not isinstance(mask, Tensor) or mask.dtype is not bool_:
+        got = describe(mask) if isinstance(mask, Tensor) else type(mask).__name__
+        raise DTypeError(f"masked_fill: mask must be a bool tensor, got {got}; compare first (mask != 0)")
+    if isinstance(value, Tensor):
+        if value.ndim != 0:
+            raise ShapeError(f"masked_fill: value must be a Python number or a 0-d tensor, got {describe(value)}; "
+                             "for one value per element use where(mask, values, x)")
+        if value.device != x.device:
+            raise DeviceError(f"masked_fill: value {describe(value)} is not on the device of {describe(x)}")
+    else:
+        check_number("masked_fill", value)
+        if x.dtype is bool_:
+            value = bool(value)
+        elif not x.dtype.is_float and isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"masked_fill: {value} does not fit the integer tensor {describe(x)}")
+            value = math.trunc(value)  # C's float-to-int cast, as PyTorch: 0.5 -> 0, -1.5 -> -1
+    return where(mask, as_operand(value, x.dtype, x), x)

@@ -41,9 +41,28 @@ def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
     return apply(IndexSelect(d), x, index)
 
 
-def embedding(weight: Tensor, ids: Tensor) -> Tensor:
-    """weight[ids]: (V, D) rows picked by ids of shape (...) -> (..., D)."""
-    return index_select(weight, 0, ids)
+def embedding(weight: Tensor, ids: Tensor, padding_idx: int | None = None) -> Tensor:
+    """weight[ids]: (V, D) rows picked by ids of shape (...) -> (..., D), like torch.embedding.
+
+    With `padding_idx` (negative counts from V), the row at that id gets no gradient: its looked-up
+    vectors pass through `where(ids != padding_idx, out, out.detach())`, the same values with the
+    gradient stopped there."""
+    from .compare import where
+
+    if not isinstance(weight, Tensor) or not isinstance(ids, Tensor):
+        raise TypeError(f"embedding: expected Tensors (weight, ids), got {type(weight).__name__} and "
+                        f"{type(ids).__name__}")
+    if weight.ndim != 2:
+        raise ShapeError(f"embedding: weight must be 2-D (num_embeddings, embedding_dim), got {describe(weight)}")
+    out = index_select(weight, 0, ids)  # (..., D)
+    if padding_idx is None:
+        return out
+    if not isinstance(padding_idx, int) or not -weight.shape[0] <= padding_idx < weight.shape[0]:
+        raise IndexError(f"embedding: padding_idx must be an int in [-{weight.shape[0]}, {weight.shape[0]}) for "
+                         f"weight {describe(weight)}, got {padding_idx!r}")
+    padding_idx %= weight.shape[0]
+    keep = ids.ne(padding_idx).reshape(ids.shape + (1,))  # (..., 1)
+    return where(keep, out, out.detach())
 
 
 class Gather(Op):

@@ -23,11 +23,20 @@ from .operands import require_float
 
 
 def _axes(x: Tensor, dim, op: str) -> tuple[int, ...]:
+    """The sorted dims a reduction runs over: None and () mean every dim (as in PyTorch); a dim
+    named twice, as in (0, -3) of a 3-d tensor, raises."""
     if dim is None:
         return tuple(range(x.ndim))
     if isinstance(dim, int):
         dim = (dim,)
-    return tuple(sorted({normalize_dim(d, x.ndim, op) for d in dim}))
+    axes = [normalize_dim(d, x.ndim, op) for d in dim]
+    if not axes:
+        return tuple(range(x.ndim))
+    if len(set(axes)) != len(axes):
+        repeated = next(a for a in axes if axes.count(a) > 1)
+        raise ShapeError(f"{op}: dim {repeated} appears more than once in dim={tuple(dim)} for {describe(x)}; "
+                         "name each dim once")
+    return tuple(sorted(axes))
 
 
 def _count(x: Tensor, axes: tuple[int, ...]) -> int:
@@ -147,7 +156,10 @@ def _pick(x: Tensor, d: int, indices_kept: Tensor, keepdim: bool) -> ValuesIndic
 
 
 def max(x: Tensor, dim=None, keepdim: bool = False) -> "Tensor | ValuesIndices":
-    """max(x): the largest value. max(x, dim): (values, indices) along one dim, like PyTorch."""
+    """max(x): the largest value. max(x, dim): (values, indices) along one dim. max(x, other) with
+    a Tensor: the element-wise maximum (broadcast and promoted), like PyTorch."""
+    if isinstance(dim, Tensor):
+        return _elementwise("max", x, dim, keepdim)
     if dim is None:
         return amax(x, None, keepdim)
     d = _one_dim(x, dim, "max")
@@ -155,11 +167,24 @@ def max(x: Tensor, dim=None, keepdim: bool = False) -> "Tensor | ValuesIndices":
 
 
 def min(x: Tensor, dim=None, keepdim: bool = False) -> "Tensor | ValuesIndices":
-    """min(x): the smallest value. min(x, dim): (values, indices) along one dim, like PyTorch."""
+    """min(x): the smallest value. min(x, dim): (values, indices) along one dim. min(x, other) with
+    a Tensor: the element-wise minimum (broadcast and promoted), like PyTorch."""
+    if isinstance(dim, Tensor):
+        return _elementwise("min", x, dim, keepdim)
     if dim is None:
         return amin(x, None, keepdim)
     d = _one_dim(x, dim, "min")
     return _pick(x, d, argmin(x, d, keepdim=True), keepdim)
+
+
+def _elementwise(op: str, x: Tensor, other: Tensor, keepdim: bool) -> Tensor:
+    """max(x, other) / min(x, other): torch.maximum / torch.minimum."""
+    from .binary import maximum, minimum
+
+    if keepdim:
+        raise TypeError(f"{op}: keepdim belongs to {op}(x, dim); {op}(x, other) with a Tensor is element-wise "
+                        f"and takes no keepdim ({describe(x)} and {describe(other)})")
+    return maximum(x, other) if op == "max" else minimum(x, other)
 
 
 class ArgMax(ReduceOp):

@@ -17,10 +17,18 @@ from .operands import require_float
 from .reduce import _axes, _count, _drop, amax, amin, mean, sum
 
 
-def var(x: Tensor, dim=None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
-    """sum((x - mean)^2) / (n - correction) over `dim` (PyTorch's default correction=1;
-    unbiased=False is correction=0)."""
+def var(x: Tensor, dim=None, correction: "float | None" = 1, keepdim: bool = False,
+        unbiased: bool | None = None) -> Tensor:
+    """sum((x - mean)^2) / (n - correction) over `dim` (PyTorch's default correction=1, also when
+    correction=None; unbiased=False is correction=0). As in PyTorch, a bool where the dim goes,
+    x.var(True), is `unbiased`, and so is a bool second argument, x.var(1, False)."""
     require_float("var", x)
+    if isinstance(dim, bool):  # torch's overload var(unbiased): x.var(False) is the biased variance of all
+        dim, unbiased = None, dim
+    if isinstance(correction, bool):  # var(dim, unbiased, keepdim)
+        correction, unbiased = 1, correction if unbiased is None else unbiased
+    if correction is None:
+        correction = 1
     if unbiased is not None:
         correction = 1 if unbiased else 0
     axes = _axes(x, dim, "var")
@@ -31,7 +39,8 @@ def var(x: Tensor, dim=None, correction: int = 1, keepdim: bool = False, unbiase
     return squares * (1.0 / divisor if divisor else math.inf)  # a sum of squares >= 0: 0 * inf is nan, as 0 / 0
 
 
-def std(x: Tensor, dim=None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> Tensor:
+def std(x: Tensor, dim=None, correction: "float | None" = 1, keepdim: bool = False,
+        unbiased: bool | None = None) -> Tensor:
     """sqrt(var(x, dim, correction))."""
     return var(x, dim, correction, keepdim, unbiased).sqrt()
 
