@@ -170,3 +170,116 @@ def test_var_reads_a_bool_as_unbiased_and_correction_none_as_one(device):
         for ours, theirs in [(x.var(True), t.var(True)), (x.var(False), t.var(False)), (x.var(1, False), t.var(1, False)),
                              (x.std(correction=None), t.std(correction=None))]:
             np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5)
+
+
+# ---- cross_entropy and nll_loss in PyTorch's forms ------------------------------------------------------
+def _np_cross_entropy(x, t, w=None, reduction="mean", s=0.0, log_probs=False, ignore=-100):
+    """NumPy reference: x (N, C, d...) or (C,); t indices (N, d...) / () or probabilities like x."""
+    x = np.moveaxis(x[None] if x.ndim == 1 else x, 1, -1)  # (N, d..., C)
+    lq = x if log_probs else x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+    c = x.shape[-1]
+    w = np.ones(c) if w is None else w
+    if t.dtype.kind == "f":
+        p = np.moveaxis(t[None] if t.ndim == 1 else t, 1, -1) * (1 - s) + s / c
+        per = -(lq * p * w).sum(-1)
+        out = {"none": per, "sum": per.sum(), "mean": per.sum() / per.size}[reduction]
+    else:
+        t = t[None] if t.ndim == 0 else t
+        valid = t != ignore
+        safe = np.where(valid, t, 0)
+        wt = np.where(valid, w[safe], 0.0)
+        per = -np.take_along_axis(lq, safe[..., None], -1)[..., 0] * wt * (1 - s) - np.where(valid, (lq * w).sum(-1), 0) * s / c
+        out = {"none": per, "sum": per.sum(), "mean": per.sum() / wt.sum()}[reduction]
+    return out.reshape(()) if reduction == "none" and per.shape == (1,) else out
+
+
+def _ce(lib_fn, x, t, **kw):
+    """Call cross_entropy / nll_loss in Deers or torch; a `weight` array becomes a tensor of that library."""
+    if "weight" in kw:
+        kw["weight"] = (torch.tensor if torch is not None and isinstance(x, torch.Tensor) else deers.tensor)(kw["weight"])
+    if torch is not None and isinstance(x, torch.Tensor):
+        return getattr(torch.nn.functional, lib_fn)(x, t, **kw)
+    return getattr(deers.loss, lib_fn)(x, t, **kw)
+
+
+CE_CASES = {
+    "(N, C, d1, d2) indices": ((2, 4, 3, 2), "index"),
+    "(C,) unbatched": ((5,), "index"),
+    "(N, C) probabilities": ((3, 4), "prob"),
+    "(N, C, d) probabilities": ((2, 3, 4), "prob"),
+    "(C,) unbatched probabilities": ((4,), "prob"),
+}
+
+
+def _ce_data(shape, kind, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    classes = shape[0] if len(shape) == 1 else shape[1]
+    if kind == "prob":
+        t = rng.random(shape)
+        t = t / t.sum(axis=0 if len(shape) == 1 else 1, keepdims=True)
+    else:
+        t = rng.integers(0, classes, shape[:1] + shape[2:] if len(shape) > 1 else ())
+        if t.ndim:
+            t.reshape(-1)[0] = -100
+    return x, t, rng.random(classes) + 0.5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", sorted(CE_CASES))
+def test_cross_entropy_and_nll_take_pytorchs_forms(case, device):
+    shape, kind = CE_CASES[case]
+    x, t, w = _ce_data(shape, kind)
+    dtype = "f32" if device == "mps" else "f64"
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "f32" else dict(rtol=1e-12, atol=1e-13)
+    xt, tt = deers.tensor(x, dtype=dtype, device=device), deers.tensor(t, dtype=dtype if kind == "prob" else "i64", device=device)
+    for reduction in ("mean", "sum", "none"):
+        for kw in ({}, {"weight": w}, {"label_smoothing": 0.1}, {"weight": w, "label_smoothing": 0.3}):
+            kw_d = dict(kw, reduction=reduction)
+            if "weight" in kw:
+                kw_d["weight"] = deers.tensor(w, dtype=dtype, device=device)
+            ours = deers.loss.cross_entropy(xt, tt, **kw_d)
+            want = _np_cross_entropy(x, t, kw.get("weight"), reduction, kw.get("label_smoothing", 0.0))
+            assert ours.shape == np.shape(want), (case, reduction, kw)
+            np.testing.assert_allclose(ours.numpy(), want, **tol, err_msg=f"{case} {reduction} {kw}")
+            if torch is not None:
+                theirs = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(t), reduction=reduction,
+                                                           **{k: torch.tensor(v) if k == "weight" else v for k, v in kw.items()})
+                np.testing.assert_allclose(ours.numpy(), theirs.numpy(), **tol)
+            if kind == "index" and "label_smoothing" not in kw:
+                lq = xt.log_softmax(dim=0 if len(shape) == 1 else 1)
+                ours = deers.loss.nll_loss(lq, tt, **kw_d)
+                np.testing.assert_allclose(ours.numpy(), _np_cross_entropy(lq.numpy().astype(np.float64), t, kw.get("weight"),
+                                                                           reduction, log_probs=True), **tol)
+
+
+@pytest.mark.parametrize("case", sorted(CE_CASES))
+def test_cross_entropy_new_forms_gradients(case):
+    """Finite differences in f64 and torch, for the logits, the probability targets and with weight=."""
+    shape, kind = CE_CASES[case]
+    x, t, w = _ce_data(shape, kind, seed=1)
+    for kw in ({"weight": w, "label_smoothing": 0.2}, {"reduction": "none"}):
+        check_op(lambda a, b: _ce("cross_entropy", a, b, **kw), x, t, layouts=("contiguous", "permuted"))
+    if kind == "index":
+        lq = np.log(np.exp(x) / np.exp(x).sum(axis=0 if len(shape) == 1 else 1, keepdims=True))
+        check_op(lambda a, b: _ce("nll_loss", a, b, weight=w), lq, t, layouts=("contiguous",))
+
+
+def test_cross_entropy_form_errors():
+    x = deers.zeros(2, 5, 5)
+    with pytest.raises(ShapeError, match=r"fit both the classes at dim 1.*reshape to \(N, C\)"):
+        deers.loss.cross_entropy(x, deers.zeros(2, 5, dtype="i64"))
+    assert deers.loss.cross_entropy(deers.zeros(2, 5, 4), deers.zeros(2, 5, dtype="i64"), reduction="none").shape == (2, 5)
+    assert deers.loss.cross_entropy(deers.zeros(2, 5, 4), deers.zeros(2, 4, dtype="i64"), reduction="none").shape == (2, 4)
+    with pytest.raises(ShapeError, match=r"cross_entropy: expected scores \(N, C\)"):
+        deers.loss.cross_entropy(deers.zeros(2, 5, 4), deers.zeros(3, dtype="i64"))
+    with pytest.raises(ShapeError, match=r"weight must have one entry per class, shape \(5,\)"):
+        deers.loss.cross_entropy(deers.zeros(3, 5), deers.zeros(3, dtype="i64"), weight=deers.ones(4))
+    with pytest.raises(DeersError, match="weight .* must have the scores' dtype"):
+        deers.loss.nll_loss(deers.zeros(3, 5), deers.zeros(3, dtype="i64"), weight=deers.ones(5, dtype="f64"))
+    with pytest.raises(ValueError, match="ignore_index=0 is for class indices"):
+        deers.loss.cross_entropy(deers.zeros(3, 5), deers.ones(3, 5), ignore_index=0)
+    with pytest.raises(DeersError, match=r"nll_loss: targets must be i64 class indices"):
+        deers.loss.nll_loss(deers.zeros(3, 5), deers.ones(3, 5))
+    everything_ignored = deers.loss.nll_loss(deers.zeros(3, 5), deers.full((3,), -100, dtype="i64"), weight=deers.ones(5))
+    assert math.isnan(everything_ignored.item())  # 0 / 0, as in PyTorch
