@@ -327,8 +327,8 @@ class Tensor:
         return _sort.argsort(self, dim, descending, stable)
     def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
         return _sort.topk(self, k, dim, largest, sorted)
-    def softmax(self, dim: int = -1) -> "Tensor": return _reduce.softmax(self, dim)
-    def log_softmax(self, dim: int = -1) -> "Tensor": return _reduce.log_softmax(self, dim)
+    def softmax(self, dim: int = -1, dtype=None) -> "Tensor": return _reduce.softmax(self, dim, dtype)
+    def log_softmax(self, dim: int = -1, dtype=None) -> "Tensor": return _reduce.log_softmax(self, dim, dtype)
 
     # ---- everyday functions (deers/ops/stats.py, scan.py, split.py, flip.py, triangle.py) ----------
     def var(self, dim=None, correction: "float | None" = 1, keepdim: bool = False,
@@ -338,7 +338,7 @@ class Tensor:
             unbiased: bool | None = None) -> "Tensor":
         return _stats.std(self, dim, correction, keepdim, unbiased)
     def norm(self, p=2, dim=None, keepdim: bool = False) -> "Tensor": return _stats.norm(self, p, dim, keepdim)
-    def cumsum(self, dim: int) -> "Tensor": return _scan.cumsum(self, dim)
+    def cumsum(self, dim: int, dtype=None) -> "Tensor": return _scan.cumsum(self, dim, dtype)
     def split(self, split_size, dim: int = 0) -> tuple: return _split.split(self, split_size, dim)
     def chunk(self, chunks: int, dim: int = 0) -> tuple: return _split.chunk(self, chunks, dim)
     def unbind(self, dim: int = 0) -> tuple: return _split.unbind(self, dim)
@@ -366,9 +366,9 @@ class Tensor:
     view = reshape
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
         return _shape.flatten(self, start_dim, end_dim)
-    def squeeze(self, dim: int | None = None) -> "Tensor": return _shape.squeeze(self, dim)
+    def squeeze(self, dim=None) -> "Tensor": return _shape.squeeze(self, dim)
     def unsqueeze(self, dim: int) -> "Tensor": return _shape.unsqueeze(self, dim)
-    def narrow(self, dim: int, start: int, length: int) -> "Tensor": return _shape.narrow(self, dim, start, length)
+    def narrow(self, dim: int, start, length: int) -> "Tensor": return _shape.narrow(self, dim, start, length)
     def compact(self) -> "Tensor": return _shape.compact(self)
     contiguous = compact
 

@@ -283,3 +283,100 @@ def test_cross_entropy_form_errors():
         deers.loss.nll_loss(deers.zeros(3, 5), deers.ones(3, 5))
     everything_ignored = deers.loss.nll_loss(deers.zeros(3, 5), deers.full((3,), -100, dtype="i64"), weight=deers.ones(5))
     assert math.isnan(everything_ignored.item())  # 0 / 0, as in PyTorch
+
+
+# ---- groups of valid input that used to raise ------------------------------------------------------------
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+@pytest.mark.parametrize("p, dim, keepdim", [(-1, None, False), (-2, 1, True), (-0.5, (0, 2), False), (3, -1, False),
+                                             ("nuc", (1, 2), False), ("nuc", (2, 0), True)])
+def test_norm_with_negative_p_and_nuc(p, dim, keepdim):
+    check_op(lambda x: x.norm(p, dim, keepdim), _rand(2, 3, 4) + 0.1, layouts=("contiguous", "permuted"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_norm_forms_on_devices(device):
+    a = np.array([[3.0, 0.0], [0.0, -4.0]], np.float32)
+    x = deers.tensor(a, device=device)
+    assert x.norm("nuc").item() == pytest.approx(7.0, rel=1e-6)
+    assert x.norm(-1).item() == 0.0  # a zero makes sum |x|^-1 infinite: the norm is 0, as in PyTorch
+    np.testing.assert_allclose(deers.tensor([[1.0, 2.0], [1.0, -2.0]], device=device).norm(-1, dim=0).numpy(), [0.5, 1.0])
+    with pytest.raises(ShapeError, match="p='nuc' is a matrix norm"):
+        deers.zeros(2, 3, 4, device=device).norm("nuc")
+    with pytest.raises(ValueError, match="'fro' or 'nuc'"):
+        x.norm("max")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_squeeze_with_a_tuple_and_narrow_with_a_0d_start(device):
+    x = deers.zeros(1, 3, 1, device=device)
+    assert x.squeeze((0, 2)).shape == (3,) and x.squeeze([0, 1]).shape == (3, 1) and x.squeeze((-1,)).shape == (1, 3)
+    with pytest.raises(ShapeError, match="more than once"):
+        x.squeeze((0, 0))
+    y = deers.tensor(np.arange(12.0).reshape(3, 4), device=device)
+    np.testing.assert_array_equal(y.narrow(1, deers.tensor(1, device=device), 2).numpy(), np.arange(12.0).reshape(3, 4)[:, 1:3])
+    np.testing.assert_array_equal(y.narrow(0, deers.tensor(-1), 1).numpy(), [[8.0, 9.0, 10.0, 11.0]])
+    for bad in (deers.tensor([1]), deers.tensor(1.0)):
+        with pytest.raises(TypeError, match="narrow: start must be an int or a 0-d integer tensor"):
+            y.narrow(1, bad, 2)
+    if torch is not None:
+        assert tuple(torch.zeros(1, 3, 1).squeeze((0, 2)).shape) == (3,)
+        assert torch.arange(12.0).reshape(3, 4).narrow(1, torch.tensor(1), 2).tolist() == y.narrow(1, deers.tensor(1), 2).tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_size_tensors(device):
+    for shape, dim in [((5, 0, 0), 1), ((5, 0, 0), -1), ((0,), 0), ((3, 0), 1), ((0, 3), 0)]:
+        for name in ("softmax", "log_softmax"):
+            x = deers.zeros(*shape, device=device).attach()
+            out = getattr(x, name)(dim)
+            assert out.shape == shape and out.dtype is deers.f32
+            assert out.backward(deers.zeros(*shape, device=device))[x].shape == shape
+    a, b = deers.zeros(5, 5, 0, device=device).attach(), deers.zeros(0, 5, device=device).attach()
+    product = a @ b
+    assert product.shape == (5, 5, 5) and (product.numpy() == 0).all()  # an empty sum is 0
+    grads = product.sum().backward()
+    assert grads[a].shape == (5, 5, 0) and grads[b].shape == (0, 5)
+    joined = deers.cat([deers.zeros(0, dtype="f64", device=device), deers.ones(2, 3, device=device)])
+    assert joined.shape == (2, 3) and joined.dtype is deers.f64  # the skipped legacy (0,) still promotes
+    assert deers.cat([deers.zeros(0, device=device), deers.ones(2, 3, device=device)], 1).shape == (2, 3)
+    assert deers.cat([deers.zeros(0, device=device), deers.zeros(0, device=device)]).shape == (0,)
+    x = deers.ones(3, 4, device=device).attach()
+    for index_shape in [(0,), (3, 0), (0, 5)]:
+        out = x.gather(1, deers.zeros(*index_shape, dtype="i64", device=device))
+        assert out.shape == index_shape
+        assert (out.sum().backward()[x].numpy() == 0).all()
+    if torch is not None:
+        assert tuple(torch.cat([torch.zeros(0, dtype=torch.float64), torch.ones(2, 3)]).shape) == (2, 3)
+        assert tuple(torch.ones(3, 4).gather(1, torch.zeros(0, 5, dtype=torch.long)).shape) == (0, 5)
+        assert tuple((torch.zeros(5, 5, 0) @ torch.zeros(0, 5)).shape) == (5, 5, 5)
+
+
+EINSUM_NEW = [
+    ("...ij->...ji", [(2, 3, 4)]),
+    ("ii->i", [(3, 3)]),
+    ("ii", [(3, 3)]),
+    ("bii->bi", [(2, 3, 3)]),
+    ("ij,ij->ij", [(3, 1), (1, 4)]),
+    ("...ij,...jk->...ik", [(2, 1, 3, 4), (3, 4, 2)]),
+    ("i,i,i", [(3,), (3,), (3,)]),
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
+    ("ij...,jk...->ik...", [(2, 3, 2), (3, 4, 2)]),
+    ("iji->j", [(3, 2, 3)]),
+]
+
+
+@pytest.mark.parametrize("equation, shapes", EINSUM_NEW, ids=[e[0] for e in EINSUM_NEW])
+def test_einsum_with_ellipsis_diagonals_broadcasting_and_more_operands(equation, shapes):
+    arrays = [_rand(*s, seed=i) for i, s in enumerate(shapes)]
+    einsum = lambda *xs: (torch if torch is not None and isinstance(xs[0], torch.Tensor) else deers).einsum(equation, *xs)  # noqa: E731
+    check_op(einsum, *arrays, reference=lambda *xs: np.einsum(equation, *xs), layouts=("contiguous", "permuted"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_einsum_new_forms_on_devices(device):
+    a = _rand(2, 3, 3).astype(np.float32)
+    ours = deers.einsum("...ii->...i", deers.tensor(a, device=device))
+    np.testing.assert_allclose(ours.numpy(), np.einsum("...ii->...i", a), rtol=1e-6)

@@ -83,6 +83,8 @@ def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:
     """out[i][j] = x[i][index[i][j]] (for dim=1), like torch.gather."""
     _check_index("gather", x, index)
     d = normalize_dim(dim, x.ndim, "gather")
+    if index.numel() == 0:  # as PyTorch: an empty index of any shape gives an empty result of its shape
+        return x.flatten().narrow(0, 0, 0).reshape(index.shape)
     if x.ndim == 0 and index.ndim <= 1:  # as PyTorch: a 0-d input is read as the 1-element vector
         return apply(Gather(0), x.reshape(1), index.reshape(index.numel())).reshape(index.shape)
     if index.ndim != x.ndim or any(s > t for i, (s, t) in enumerate(zip(index.shape, x.shape)) if i != d):

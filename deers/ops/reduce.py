@@ -265,10 +265,16 @@ class Softmax(Op):
         return (y.softmax_backward(g, self.log),)
 
 
-def _softmax(x: Tensor, dim, log: bool) -> Tensor:
+def _softmax(x: Tensor, dim, log: bool, dtype=None) -> Tensor:
     from .shape import transpose
 
+    if dtype is not None:  # as PyTorch: the input is cast first (an integer tensor with dtype=f32 works)
+        x = x.to_dtype(dtype)
     require_float("log_softmax" if log else "softmax", x)
+    if x.numel() == 0:  # nothing to normalize: an empty result of x's shape (no kernel gets an empty row)
+        if isinstance(dim, int):
+            normalize_dim(dim, x.ndim, "log_softmax" if log else "softmax")
+        return x * 0.0
     if x.ndim == 0:  # dim 0 or -1, as PyTorch: the softmax of one element is 1 (log: 0)
         normalize_dim(dim, 0, "log_softmax" if log else "softmax")
         return _softmax(x.reshape(1), 0, log).reshape(())
@@ -281,9 +287,11 @@ def _softmax(x: Tensor, dim, log: bool) -> Tensor:
     return transpose(apply(Softmax(log), transpose(x, d, x.ndim - 1)), d, x.ndim - 1)
 
 
-def softmax(x: Tensor, dim=-1) -> Tensor:
-    return _softmax(x, dim, log=False)
+def softmax(x: Tensor, dim=-1, dtype=None) -> Tensor:
+    """exp(x) / sum(exp(x)) along `dim`; with dtype=, x is cast to it first (as in PyTorch)."""
+    return _softmax(x, dim, log=False, dtype=dtype)
 
 
-def log_softmax(x: Tensor, dim=-1) -> Tensor:
-    return _softmax(x, dim, log=True)
+def log_softmax(x: Tensor, dim=-1, dtype=None) -> Tensor:
+    """x - logsumexp(x) along `dim`; with dtype=, x is cast to it first (as in PyTorch)."""
+    return _softmax(x, dim, log=True, dtype=dtype)
