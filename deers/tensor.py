@@ -204,10 +204,11 @@ class Tensor:
     def square(self) -> "Tensor": return _unary.square(self)
 
     # ---- element-wise: binary (deers/ops/binary.py), with a Tensor or a Python number -----------
-    def add(self, other) -> "Tensor": return _binary.add(self, other)
-    def sub(self, other) -> "Tensor": return _binary.sub(self, other)
+    def add(self, other, alpha=1) -> "Tensor": return _binary.add(self, other, alpha)
+    def sub(self, other, alpha=1) -> "Tensor": return _binary.sub(self, other, alpha)
     def mul(self, other) -> "Tensor": return _binary.mul(self, other)
-    def div(self, other) -> "Tensor": return _binary.div(self, other)
+    def div(self, other, rounding_mode: str | None = None) -> "Tensor":
+        return _binary.div(self, other, rounding_mode)
     def floor_divide(self, other) -> "Tensor": return _binary.floor_divide(self, other)
     def remainder(self, other) -> "Tensor": return _binary.remainder(self, other)
     def pow(self, exponent) -> "Tensor": return _binary.pow(self, exponent)

@@ -380,3 +380,86 @@ def test_einsum_new_forms_on_devices(device):
     a = _rand(2, 3, 3).astype(np.float32)
     ours = deers.einsum("...ii->...i", deers.tensor(a, device=device))
     np.testing.assert_allclose(ours.numpy(), np.einsum("...ii->...i", a), rtol=1e-6)
+
+
+# ---- keyword arguments people type -----------------------------------------------------------------------
+DIV_A = np.array([-7, 7, -6, 6, 5, -5, 0, 9])
+DIV_B = np.array([2, 2, -3, -4, -2, 3, 3, -1])
+DIV_WANT = {"trunc": np.trunc(DIV_A / DIV_B), "floor": np.floor_divide(DIV_A, DIV_B)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["trunc", "floor"])
+def test_div_rounding_mode(mode, device):
+    for dtype in ("i64", "f32"):
+        a, b = deers.tensor(DIV_A, dtype=dtype, device=device), deers.tensor(DIV_B, dtype=dtype, device=device)
+        out = a.div(b, rounding_mode=mode)
+        assert out.dtype.name == dtype
+        np.testing.assert_array_equal(out.numpy(), DIV_WANT[mode])
+        by_number = np.trunc(DIV_A / -2) if mode == "trunc" else np.floor_divide(DIV_A, -2)
+        np.testing.assert_array_equal(a.div(-2, rounding_mode=mode).numpy(), by_number)
+        if torch is not None:
+            t = torch.tensor(DIV_A).to(torch.float32 if dtype == "f32" else torch.int64)
+            assert out.tolist() == t.div(torch.tensor(DIV_B).to(t.dtype), rounding_mode=mode).tolist()
+    x = deers.tensor([2.5, -2.5], device=device).attach()
+    assert x.div(2, rounding_mode=mode).requires_grad is False  # piecewise constant: no gradient flows
+    assert x.div(2).dtype is deers.f32 and deers.tensor([3, 4]).div(2).tolist() == [1.5, 2.0]
+    with pytest.raises(ValueError, match="div: rounding_mode must be None, 'trunc' or 'floor'"):
+        x.div(2, rounding_mode="round")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_add_and_sub_take_alpha(device):
+    a, b = deers.tensor([1.0, 2.0], device=device), deers.tensor([10.0, 20.0], device=device)
+    assert a.add(b, alpha=2).tolist() == [21.0, 42.0] and a.sub(b, alpha=0.5).tolist() == [-4.0, -8.0]
+    assert a.sub(3.0, alpha=2).tolist() == [-5.0, -4.0]
+    ints = deers.tensor([1, 2], device=device)
+    assert ints.add(ints, alpha=3).tolist() == [4, 8] and ints.add(ints, alpha=3).dtype is deers.i64
+    with pytest.raises(DeersError, match="add: alpha=0.5 is a float but the result is i64"):
+        ints.add(ints, alpha=0.5)
+    flags = deers.tensor([True, False], device=device)
+    assert flags.add(flags, alpha=2).dtype is deers.bool_
+    if torch is not None:
+        assert torch.tensor([1, 2]).add(torch.tensor([1, 2]), alpha=3).tolist() == [4, 8]
+    check_op(lambda x, y: x.sub(y, alpha=-1.5), _rand(3, 4), _rand(4, seed=1), layouts=("contiguous",),
+             reference=lambda x, y: x + 1.5 * y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dtype_keyword_on_softmax_log_softmax_cumsum(device):
+    ints = deers.tensor([1, 2, 3], device=device)
+    soft = ints.softmax(0, dtype=deers.f32)
+    assert soft.dtype is deers.f32
+    np.testing.assert_allclose(soft.numpy(), np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum(), rtol=1e-6)
+    assert ints.log_softmax(-1, dtype="f32").dtype is deers.f32
+    assert ints.cumsum(0, dtype=deers.f32).tolist() == [1.0, 3.0, 6.0]
+    assert deers.tensor([1.5, 2.0], device=device).cumsum(0, dtype="i64").tolist() == [1, 3]
+    with pytest.raises(DeersError, match="softmax"):
+        deers.ones(2, device=device).softmax(0, dtype="i64")
+    if torch is not None:
+        assert torch.tensor([1.5, 2.0]).cumsum(0, dtype=torch.long).tolist() == [1, 3]
+    if device != "mps":
+        check_op(lambda x: x.float().softmax(1, dtype=deers.f64 if isinstance(x, deers.Tensor) else torch.float64),
+                 _rand(2, 3), layouts=("contiguous",), atol=1e-6, grad_atol=1e-4, eps=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(4,), (3, 4), (2, 3, 4)], ids=str)
+def test_layer_norm_over_trailing_dims(shape):
+    x = _rand(2, 5, *shape) if len(shape) < 3 else _rand(2, *shape)
+    weight, bias = _rand(*shape, seed=1), _rand(*shape, seed=2)
+
+    def fn(x, w, b):
+        if isinstance(x, deers.Tensor):
+            return deers.nn.layer_norm(x, shape, w, b, eps=1e-5)
+        return torch.nn.functional.layer_norm(x, shape, w, b, eps=1e-5)
+
+    def reference(x, w, b):
+        dims = tuple(range(x.ndim - len(shape), x.ndim))
+        centered = x - x.mean(dims, keepdims=True)
+        return centered / np.sqrt((centered ** 2).mean(dims, keepdims=True) + 1e-5) * w + b
+
+    check_op(fn, x, weight, bias, reference=reference, layouts=("contiguous", "permuted"), atol=1e-10)
+    layer = deers.nn.LayerNorm(shape, dtype="f64")
+    assert layer.weight.shape == shape and layer(deers.tensor(x)).shape == x.shape
+    with pytest.raises(ShapeError, match="must end in"):
+        layer(deers.zeros(2, 7))

@@ -8,6 +8,7 @@
 from .activations import GELU, Dropout, Flatten, Identity, ReLU, SiLU, dropout, gelu, silu
 from .containers import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
 from .layers import Embedding, LayerNorm, Linear, RMSNorm
+from .layers import layer_norm
 from .module import ContainerError, LoadResult, Module, StateDictError
 from .params import Constant, Init, Normal, ParamPath, ParamStore, Uniform, kaiming_uniform
 
@@ -17,4 +18,5 @@ __all__ = [
     "ParamStore", "ParamPath", "Init", "Normal", "Uniform", "Constant", "kaiming_uniform",
     "Linear", "Embedding", "RMSNorm", "LayerNorm",
     "ReLU", "GELU", "SiLU", "Dropout", "Identity", "Flatten", "gelu", "silu", "dropout",
+    "layer_norm",
 ]

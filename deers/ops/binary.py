@@ -172,12 +172,29 @@ def _is_bool(x) -> bool:
     return x.dtype is bool_ if isinstance(x, Tensor) else isinstance(x, bool)
 
 
-def add(a: Tensor, b) -> Tensor:
-    return binary(Add, a, b)
+def _scaled(name: str, a: Tensor, b, alpha):
+    """alpha * b for add/sub(a, b, alpha=), with PyTorch's rules: a float alpha needs a float result,
+    and for bool results alpha acts as a bool."""
+    if alpha is None or (alpha == 1 and not isinstance(alpha, bool)):
+        return b
+    check_number(name, alpha)
+    dtype = result_type(a, b)
+    if dtype is bool_:
+        return (b & bool(alpha)) if isinstance(b, Tensor) else bool(b) and bool(alpha)
+    if not dtype.is_float and isinstance(alpha, float):
+        raise DTypeError(f"{name}: alpha={alpha} is a float but the result is {dtype.name} ({describe(a)}); "
+                         "for integer results alpha must be an int, as in PyTorch")
+    return b * alpha
 
 
-def sub(a: Tensor, b) -> Tensor:
-    return binary(Sub, a, b)
+def add(a: Tensor, b, alpha=1) -> Tensor:
+    """a + alpha * b (alpha a Python number, 1 by default, as in torch.add)."""
+    return binary(Add, a, _scaled("add", a, b, alpha))
+
+
+def sub(a: Tensor, b, alpha=1) -> Tensor:
+    """a - alpha * b (alpha a Python number, 1 by default, as in torch.sub)."""
+    return binary(Sub, a, _scaled("sub", a, b, alpha))
 
 
 def rsub(a: Tensor, value) -> Tensor:
@@ -189,8 +206,28 @@ def mul(a: Tensor, b) -> Tensor:
     return binary(Mul, a, b)
 
 
-def div(a: Tensor, b) -> Tensor:
-    return binary(Div, a, b)
+def div(a: Tensor, b, rounding_mode: "str | None" = None) -> Tensor:
+    """a / b, like torch.div: true division (integers give the default float) when rounding_mode is
+    None; "floor" rounds the quotient down (a // b), "trunc" rounds it toward zero; both keep
+    integers integer. The rounded quotients are piecewise constant: they carry no gradient
+    (PyTorch's is zero)."""
+    if rounding_mode is None:
+        return binary(Div, a, b)
+    if rounding_mode not in ("floor", "trunc"):
+        raise ValueError(f"div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
+    a, b = a.detach(), (b.detach() if isinstance(b, Tensor) else b)
+    floored = binary(FloorDivide, a, b)  # floor(a / b), in the promoted dtype
+    if rounding_mode == "floor":
+        return floored
+    if floored.dtype.is_float:  # trunc(a / b) of the rounded true quotient, as PyTorch computes it
+        from .compare import where
+
+        quotient = binary(Div, a, b)
+        return where(quotient < 0, -binary(FloorDivide, -quotient, 1), binary(FloorDivide, quotient, 1))
+    # integers: floor and trunc differ by one where the division is inexact and the signs differ
+    inexact = binary(Remainder, a, b).ne(0)
+    signs_differ = (a < 0) ^ (b < 0)  # b may be a Python int: then (b < 0) is a Python bool
+    return floored + (inexact & signs_differ).to_dtype(floored.dtype)
 
 
 def rdiv(a: Tensor, value) -> Tensor:
