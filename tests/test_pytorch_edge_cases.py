@@ -463,3 +463,30 @@ def test_layer_norm_over_trailing_dims(shape):
     assert layer.weight.shape == shape and layer(deers.tensor(x)).shape == x.shape
     with pytest.raises(ShapeError, match="must end in"):
         layer(deers.zeros(2, 7))
+
+
+# ---- the same rows on the CUDA backend (its kernels emulated on the CPU, or a real GPU when present) -------
+@pytest.fixture(scope="module", params=["emulated", "gpu"])
+def cuda(request):
+    from cuda_emulator import cuda_backend_fixture
+
+    yield from cuda_backend_fixture(request)
+
+
+def test_the_edge_cases_on_cuda(cuda):
+    test_erf_and_erfc_match_math_to_the_dtype_rounding("cuda")
+    test_a_dim_named_twice_raises_and_an_empty_dim_tuple_reduces_everything("cuda")
+    test_masked_fill_takes_a_number_or_a_0d_value_and_a_bool_mask("cuda")
+    test_embedding_needs_a_2d_weight_and_takes_padding_idx("cuda")
+    test_max_and_min_of_two_tensors_are_element_wise("cuda")
+    test_var_reads_a_bool_as_unbiased_and_correction_none_as_one("cuda")
+    for case in sorted(CE_CASES):
+        test_cross_entropy_and_nll_take_pytorchs_forms(case, "cuda")
+    test_norm_forms_on_devices("cuda")
+    test_squeeze_with_a_tuple_and_narrow_with_a_0d_start("cuda")
+    test_zero_size_tensors("cuda")
+    test_einsum_new_forms_on_devices("cuda")
+    for mode in ("trunc", "floor"):
+        test_div_rounding_mode(mode, "cuda")
+    test_add_and_sub_take_alpha("cuda")
+    test_dtype_keyword_on_softmax_log_softmax_cumsum("cuda")
