@@ -236,12 +236,39 @@ def rdiv(a: Tensor, value) -> Tensor:
 
 
 def pow(a: Tensor, exponent) -> Tensor:
-    return binary(Pow, a, exponent)
+    return _pow(a, exponent, reverse=False)
 
 
 def rpow(a: Tensor, base) -> Tensor:
     """base ** a."""
-    return binary(Pow, a, base, reverse=True)
+    return _pow(a, base, reverse=True)
+
+
+def _pow(a: Tensor, other, reverse: bool) -> Tensor:
+    """a ** other (other ** a when reverse). Integer powers follow PyTorch: a negative exponent
+    tensor gives 1 for base 1, +-1 for base -1 and 0 otherwise; a negative Python exponent raises."""
+    from .compare import where
+
+    if not isinstance(other, Tensor):
+        check_number("pow", other)
+    dtype = result_type(a, other)
+    base, exponent = (other, a) if reverse else (a, other)
+    if dtype.is_float or dtype is bool_:
+        return binary(Pow, a, other, reverse)
+    if not isinstance(exponent, Tensor):
+        if exponent < 0:
+            raise DTypeError(f"pow: an integer tensor ({describe(a)}) to the negative power {exponent} is not "
+                             "an integer, as in PyTorch; cast to a float dtype first")
+        return binary(Pow, a, other, reverse)
+    negative = exponent < 0
+    safe = where(negative, 0, exponent)  # the exponent with its negative entries set to 0
+    powers = binary(Pow, safe, base, reverse=True) if reverse else binary(Pow, base, safe)
+    minus_one = 1 - binary(Remainder, exponent, 2) * 2  # (-1)^e for the base -1
+    if isinstance(base, Tensor):  # 1 / base^|e| rounded toward zero
+        special = cast(where(base == 1, 1, where(base == -1, minus_one, 0)), dtype)
+    else:
+        special = cast(minus_one, dtype) if base == -1 else (1 if base == 1 else 0)
+    return where(negative, special, powers)
 
 
 def floor_divide(a: Tensor, b) -> Tensor:

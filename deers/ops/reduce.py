@@ -242,6 +242,8 @@ def logsumexp(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
     require_float("logsumexp", x)
     axes = _axes(x, dim, "logsumexp")
+    if _count(x, axes) == 0:  # an empty sum is 0 and its log -inf, as in PyTorch (there is no max to shift by)
+        return sum(x.exp(), axes, keepdim).log()
     peak = amax(x.detach(), axes, keepdim=True)
     peak = where(peak == -math.inf, 0.0, peak)  # a row of only -inf: shift by 0, the result is -inf
     out = sum((x - peak).exp(), axes, keepdim=True).log() + peak
