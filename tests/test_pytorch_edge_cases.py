@@ -496,6 +496,24 @@ def test_chunk_of_an_empty_dim_tril_of_bool_logsumexp_of_nothing(device):
         assert torch.zeros(2, 0).logsumexp(1).tolist() == [-math.inf, -math.inf]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_argmax_keepdim_index_select_0d_and_bool_dims(device):
+    x = deers.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]], device=device)
+    assert x.argmax(keepdim=True).shape == (1, 1) and x.argmax(keepdim=True).tolist() == [[3]]
+    assert x.argmin(keepdim=True).tolist() == [[4]] and x.argmax().shape == ()
+    picked = x.index_select(0, deers.tensor(1, device=device))  # a 0-d index is one index: (1, 3)
+    assert picked.shape == (1, 3) and picked.tolist() == [[7.0, 0.0, 3.0]]
+    assert x[deers.tensor(1, device=device)].shape == (3,)  # indexing with a 0-d tensor drops the dim, like x[1]
+    assert deers.embedding(x, deers.tensor(0, device=device)).shape == (3,)
+    with pytest.raises(TypeError, match="sum: dim must be an int or a tuple of ints, got True"):
+        x.sum(True)
+    if torch is not None:
+        t = torch.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]])
+        assert tuple(t.argmax(keepdim=True).shape) == (1, 1) and tuple(t.index_select(0, torch.tensor(1)).shape) == (1, 3)
+        with pytest.raises(TypeError):
+            t.sum(True)
+
+
 # ---- the same rows on the CUDA backend (its kernels emulated on the CPU, or a real GPU when present) -------
 @pytest.fixture(scope="module", params=["emulated", "gpu"])
 def cuda(request):
@@ -523,3 +541,4 @@ def test_the_edge_cases_on_cuda(cuda):
     test_dtype_keyword_on_softmax_log_softmax_cumsum("cuda")
     # integer powers are not run: the CUDA backend has no integer pow kernel (it raises a TypeError)
     test_chunk_of_an_empty_dim_tril_of_bool_logsumexp_of_nothing("cuda")
+    test_argmax_keepdim_index_select_0d_and_bool_dims("cuda")

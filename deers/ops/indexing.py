@@ -31,7 +31,16 @@ class IndexSelect(Op):
 
 
 def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
-    """Pick whole slices along `dim` by an i64 index tensor of any shape (embedding lookup at dim 0)."""
+    """Pick whole slices along `dim` by an i64 index tensor; a 0-d index counts as one index, shape
+    (1,), as in PyTorch (which takes 0-d and 1-d indices), and an index of more dims puts its
+    shape in place of `dim` (as embedding does at dim 0)."""
+    if isinstance(index, Tensor) and index.ndim == 0 and x.ndim > 0:
+        index = index.reshape(1)
+    return select_positions(x, dim, index)
+
+
+def select_positions(x: Tensor, dim: int, index: Tensor) -> Tensor:
+    """x's slices along `dim` at the positions `index` of any shape: (..., *index.shape, ...)."""
     _check_index("index_select", x, index)
     d = normalize_dim(dim, x.ndim, "index_select")
     if x.ndim == 0:  # as PyTorch: one index (0) picks the element, the result is 0-d
@@ -54,7 +63,7 @@ def embedding(weight: Tensor, ids: Tensor, padding_idx: int | None = None) -> Te
                         f"{type(ids).__name__}")
     if weight.ndim != 2:
         raise ShapeError(f"embedding: weight must be 2-D (num_embeddings, embedding_dim), got {describe(weight)}")
-    out = index_select(weight, 0, ids)  # (..., D)
+    out = select_positions(weight, 0, ids)  # (..., D)
     if padding_idx is None:
         return out
     if not isinstance(padding_idx, int) or not -weight.shape[0] <= padding_idx < weight.shape[0]:

@@ -29,6 +29,8 @@ def _axes(x: Tensor, dim, op: str) -> tuple[int, ...]:
         return tuple(range(x.ndim))
     if isinstance(dim, int):
         dim = (dim,)
+    if any(isinstance(d, bool) for d in dim):  # True is not dim 1
+        raise TypeError(f"{op}: dim must be an int or a tuple of ints, got {dim!r} for {describe(x)}")
     axes = [normalize_dim(d, x.ndim, op) for d in dim]
     if not axes:
         return tuple(range(x.ndim))
@@ -200,9 +202,15 @@ class ArgMax(ReduceOp):
 
 
 def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
-    """Index of the largest element along `dim` (over the flattened tensor when dim is None)."""
+    """Index of the largest element along `dim` (over the flattened tensor when dim is None; with
+    keepdim the result then has every dim, of size 1, as in PyTorch)."""
     axes = None if dim is None else (normalize_dim(dim, x.ndim, "argmax"),)
-    return apply(ArgMax(axes, keepdim), x)
+    return _keep_all(apply(ArgMax(axes, keepdim), x), x, dim, keepdim)
+
+
+def _keep_all(index: Tensor, x: Tensor, dim, keepdim: bool) -> Tensor:
+    """argmax/argmin over everything with keepdim=True: the index shaped (1, ..., 1) like x."""
+    return index.reshape((1,) * x.ndim) if dim is None and keepdim else index
 
 
 class ArgMin(Op):
@@ -230,9 +238,10 @@ class ArgMin(Op):
 
 
 def argmin(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
-    """Index of the smallest element along `dim` (over the flattened tensor when dim is None)."""
+    """Index of the smallest element along `dim` (over the flattened tensor when dim is None; with
+    keepdim the result then has every dim, of size 1, as in PyTorch)."""
     axes = None if dim is None else (normalize_dim(dim, x.ndim, "argmin"),)
-    return apply(ArgMin(axes, keepdim), x)
+    return _keep_all(apply(ArgMin(axes, keepdim), x), x, dim, keepdim)
 
 
 def logsumexp(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
