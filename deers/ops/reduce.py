@@ -27,10 +27,10 @@ def _axes(x: Tensor, dim, op: str) -> tuple[int, ...]:
     named twice, as in (0, -3) of a 3-d tensor, raises."""
     if dim is None:
         return tuple(range(x.ndim))
+    if isinstance(dim, bool) or (isinstance(dim, (tuple, list)) and any(isinstance(d, bool) for d in dim)):
+        raise TypeError(f"{op}: dim must be an int or a tuple of ints, got {dim!r} for {describe(x)}")  # True is not 1
     if isinstance(dim, int):
         dim = (dim,)
-    if any(isinstance(d, bool) for d in dim):  # True is not dim 1
-        raise TypeError(f"{op}: dim must be an int or a tuple of ints, got {dim!r} for {describe(x)}")
     axes = [normalize_dim(d, x.ndim, op) for d in dim]
     if not axes:
         return tuple(range(x.ndim))
