@@ -514,6 +514,29 @@ def test_argmax_keepdim_index_select_0d_and_bool_dims(device):
             t.sum(True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_dtype_rules_of_alpha_trunc_bool_pow_and_fill(device):
+    small = deers.tensor([1, 2, 3], dtype="u8", device=device)
+    flags = deers.tensor([True, False, True], device=device)
+    assert small.add(flags, alpha=2).dtype is deers.u8  # alpha * b is formed in the result's dtype
+    assert small.add(flags, alpha=2).tolist() == [3, 2, 5]
+    with pytest.raises(DeersError, match="sub: subtraction with a bool operand"):
+        small.sub(True, alpha=3)
+    inf = deers.tensor([1.0, -1.0, 0.0, 7.0], device=device).div(deers.tensor([0.0, 0.0, 0.0, 2.0], device=device),
+                                                                   rounding_mode="trunc")
+    assert inf.numpy()[:2].tolist() == [math.inf, -math.inf] and math.isnan(inf.numpy()[2]) and inf.numpy()[3] == 3.0
+    assert small.div(-1, rounding_mode="trunc").tolist() == [0, 0, 0]  # -1 wraps to 255 in u8, as the divisor
+    assert (flags ** True).tolist() == [True, False, True] and (flags ** False).tolist() == [True, True, True]
+    filled = deers.zeros(3, dtype="u8", device=device).fill_(-1)
+    assert filled.tolist() == [255, 255, 255]  # wraps, as PyTorch
+    assert deers.zeros(2, dtype="i64", device=device).fill_(2.7).tolist() == [2, 2]  # rounds toward zero
+    if torch is not None:
+        assert torch.tensor([1, 2, 3], dtype=torch.uint8).add(torch.tensor([True, False, True]), alpha=2).dtype == torch.uint8
+        assert torch.zeros(3, dtype=torch.uint8).fill_(-1).tolist() == [255, 255, 255]
+        assert torch.zeros(2, dtype=torch.long).fill_(2.7).tolist() == [2, 2]
+        assert torch.tensor([1.0, -1.0]).div(torch.tensor([0.0, 0.0]), rounding_mode="trunc").tolist() == [math.inf, -math.inf]
+
+
 # ---- the same rows on the CUDA backend (its kernels emulated on the CPU, or a real GPU when present) -------
 @pytest.fixture(scope="module", params=["emulated", "gpu"])
 def cuda(request):
@@ -542,3 +565,4 @@ def test_the_edge_cases_on_cuda(cuda):
     # integer powers are not run: the CUDA backend has no integer pow kernel (it raises a TypeError)
     test_chunk_of_an_empty_dim_tril_of_bool_logsumexp_of_nothing("cuda")
     test_argmax_keepdim_index_select_0d_and_bool_dims("cuda")
+    test_dtype_rules_of_alpha_trunc_bool_pow_and_fill("cuda")

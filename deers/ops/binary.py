@@ -14,14 +14,16 @@ backward of its own.
 """
 from __future__ import annotations
 
+import math
+
 from ..array import NDArray
 from ..autograd import Op
 from ..backend import BinaryFn
 from ..tensor import Tensor, apply
-from ..dtype import bool_
+from ..dtype import bool_, i64
 from ..errors import DTypeError, describe
 from .convert import cast
-from .operands import check_number, operands, result_type
+from .operands import as_operand, check_number, operands, result_type
 
 
 class BinaryOp(Op):
@@ -158,14 +160,19 @@ class Minimum(_Extreme):
 def binary(op: "type[BinaryOp]", a: Tensor, b, reverse: bool = False) -> Tensor:
     """op(a, b), or op(b, a) when reverse; b is a Tensor or a Python number (a 0-d constant); both
     in their promoted dtype."""
+    _check_bools(op, a, b)
+    a, b = operands(op.fn.value, a, b, op.float_result)
+    return apply(op(), b, a) if reverse else apply(op(), a, b)
+
+
+def _check_bools(op: "type[BinaryOp]", a, b) -> None:
+    """PyTorch's refusals: subtraction with a bool operand, // and % of two bools."""
     if op is Sub and (_is_bool(a) or _is_bool(b)):
         raise DTypeError(f"sub: subtraction with a bool operand is not supported ({describe(a)}), as in PyTorch; "
                          "for masks use x ^ y or ~x, or cast to an integer type")
     if op in (FloorDivide, Remainder) and _is_bool(a) and _is_bool(b):
         raise DTypeError(f"{op.fn.value}: not defined for two bool operands ({describe(a)}), as in PyTorch; "
                          "cast to an integer type")
-    a, b = operands(op.fn.value, a, b, op.float_result)
-    return apply(op(), b, a) if reverse else apply(op(), a, b)
 
 
 def _is_bool(x) -> bool:
@@ -184,7 +191,7 @@ def _scaled(name: str, a: Tensor, b, alpha):
     if not dtype.is_float and isinstance(alpha, float):
         raise DTypeError(f"{name}: alpha={alpha} is a float but the result is {dtype.name} ({describe(a)}); "
                          "for integer results alpha must be an int, as in PyTorch")
-    return b * alpha
+    return cast(b, dtype) * alpha if isinstance(b, Tensor) else b * alpha  # scaled in the result's dtype
 
 
 def add(a: Tensor, b, alpha=1) -> Tensor:
@@ -194,6 +201,7 @@ def add(a: Tensor, b, alpha=1) -> Tensor:
 
 def sub(a: Tensor, b, alpha=1) -> Tensor:
     """a - alpha * b (alpha a Python number, 1 by default, as in torch.sub)."""
+    _check_bools(Sub, a, b)  # before alpha turns a bool b into a number
     return binary(Sub, a, _scaled("sub", a, b, alpha))
 
 
@@ -223,10 +231,12 @@ def div(a: Tensor, b, rounding_mode: "str | None" = None) -> Tensor:
         from .compare import where
 
         quotient = binary(Div, a, b)
-        return where(quotient < 0, -binary(FloorDivide, -quotient, 1), binary(FloorDivide, quotient, 1))
+        rounded = where(quotient < 0, -binary(FloorDivide, -quotient, 1), binary(FloorDivide, quotient, 1))
+        return where(quotient.abs() < math.inf, rounded, quotient)  # inf and nan stay as they are
     # integers: floor and trunc differ by one where the division is inexact and the signs differ
+    b = as_operand(b, floored.dtype, a)  # a Python int as the divisor floor_divide used (-1 wraps in u8)
     inexact = binary(Remainder, a, b).ne(0)
-    signs_differ = (a < 0) ^ (b < 0)  # b may be a Python int: then (b < 0) is a Python bool
+    signs_differ = (a < 0) ^ (b < 0)
     return floored + (inexact & signs_differ).to_dtype(floored.dtype)
 
 
@@ -253,12 +263,16 @@ def _pow(a: Tensor, other, reverse: bool) -> Tensor:
         check_number("pow", other)
     dtype = result_type(a, other)
     base, exponent = (other, a) if reverse else (a, other)
-    if dtype.is_float or dtype is bool_:
+    if dtype is bool_:  # bool ** bool, as PyTorch: base ** True = base, base ** False = True
+        return base | ~exponent if isinstance(exponent, Tensor) else (base | (not exponent))
+    if dtype.is_float:
         return binary(Pow, a, other, reverse)
     if not isinstance(exponent, Tensor):
         if exponent < 0:
             raise DTypeError(f"pow: an integer tensor ({describe(a)}) to the negative power {exponent} is not "
                              "an integer, as in PyTorch; cast to a float dtype first")
+        return binary(Pow, a, other, reverse)
+    if exponent.dtype is not i64:  # u8 and bool exponents are never negative
         return binary(Pow, a, other, reverse)
     negative = exponent < 0
     safe = where(negative, 0, exponent)  # the exponent with its negative entries set to 0

@@ -8,8 +8,6 @@ rounded to some dtype.
 """
 from __future__ import annotations
 
-import math
-
 from ..array import NDArray
 from ..autograd import Op
 from ..backend import COMPARISONS, BinaryFn
@@ -17,7 +15,7 @@ from ..dtype import bool_
 from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor, apply
-from .operands import as_operand, broadcast_pair, check_number, grad_broadcast, result_type
+from .operands import as_operand, broadcast_pair, check_number, grad_broadcast, number_for, result_type
 
 
 class Compare(Op):
@@ -97,10 +95,5 @@ def masked_fill(x: Tensor, mask: Tensor, value) -> Tensor:
             raise DeviceError(f"masked_fill: value {describe(value)} is not on the device of {describe(x)}")
     else:
         check_number("masked_fill", value)
-        if x.dtype is bool_:
-            value = bool(value)
-        elif not x.dtype.is_float and isinstance(value, float):
-            if not math.isfinite(value):
-                raise ValueError(f"masked_fill: {value} does not fit the integer tensor {describe(x)}")
-            value = math.trunc(value)  # C's float-to-int cast, as PyTorch: 0.5 -> 0, -1.5 -> -1
+        value = number_for("masked_fill", value, x.dtype)  # as PyTorch casts: 0.5 -> 0 in an i64 tensor
     return where(mask, as_operand(value, x.dtype, x), x)
