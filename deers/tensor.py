@@ -303,8 +303,9 @@ class Tensor:
     def __ixor__(self, other) -> "Tensor": return _inplace.augmented("bitwise_xor_", self, other)
 
     # ---- reductions --------------------------------------------------------------------------------
-    def sum(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.sum(self, dim, keepdim)
-    def mean(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.mean(self, dim, keepdim)
+    def sum(self, dim=None, keepdim: bool = False, dtype=None) -> "Tensor": return _reduce.sum(self, dim, keepdim, dtype)
+    def mean(self, dim=None, keepdim: bool = False, dtype=None) -> "Tensor":
+        return _reduce.mean(self, dim, keepdim, dtype)
     def max(self, dim=None, keepdim: bool = False):
         """x.max(): the largest value; x.max(dim): the pair (values, indices); x.max(other_tensor):
         the element-wise maximum, like PyTorch."""

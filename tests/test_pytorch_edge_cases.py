@@ -426,7 +426,7 @@ def test_add_and_sub_take_alpha(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_dtype_keyword_on_softmax_log_softmax_cumsum(device):
+def test_dtype_keyword_on_softmax_log_softmax_cumsum_sum_mean(device):
     ints = deers.tensor([1, 2, 3], device=device)
     soft = ints.softmax(0, dtype=deers.f32)
     assert soft.dtype is deers.f32
@@ -434,6 +434,8 @@ def test_dtype_keyword_on_softmax_log_softmax_cumsum(device):
     assert ints.log_softmax(-1, dtype="f32").dtype is deers.f32
     assert ints.cumsum(0, dtype=deers.f32).tolist() == [1.0, 3.0, 6.0]
     assert deers.tensor([1.5, 2.0], device=device).cumsum(0, dtype="i64").tolist() == [1, 3]
+    assert ints.sum(dtype="f32").dtype is deers.f32 and ints.mean(dtype=deers.f32).item() == pytest.approx(2.0)
+    assert deers.tensor([1.5, 2.5], device=device).sum(dtype="i64").item() == 3  # cast first, then summed
     with pytest.raises(DeersError, match="softmax"):
         deers.ones(2, device=device).softmax(0, dtype="i64")
     if torch is not None:
@@ -561,7 +563,7 @@ def test_the_edge_cases_on_cuda(cuda):
     for mode in ("trunc", "floor"):
         test_div_rounding_mode(mode, "cuda")
     test_add_and_sub_take_alpha("cuda")
-    test_dtype_keyword_on_softmax_log_softmax_cumsum("cuda")
+    test_dtype_keyword_on_softmax_log_softmax_cumsum_sum_mean("cuda")
     # integer powers are not run: the CUDA backend has no integer pow kernel (it raises a TypeError)
     test_chunk_of_an_empty_dim_tril_of_bool_logsumexp_of_nothing("cuda")
     test_argmax_keepdim_index_select_0d_and_bool_dims("cuda")

@@ -76,12 +76,18 @@ class Sum(ReduceOp):
         return (g.reshape(kept).broadcast_to(self.shape),)
 
 
-def sum(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+def sum(x: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+    """The sum over `dim` (int, tuple, None or () for all); with dtype=, x is cast to it first (as
+    in PyTorch); integer and bool inputs sum in i64."""
+    if dtype is not None:
+        x = x.to_dtype(dtype)
     return apply(Sum(_axes(x, dim, "sum"), keepdim), x)
 
 
-def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    """sum(x) * (1/n): composite, no backward of its own."""
+def mean(x: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+    """sum(x) * (1/n): composite, no backward of its own; with dtype=, x is cast to it first."""
+    if dtype is not None:
+        x = x.to_dtype(dtype)
     require_float("mean", x)
     axes = _axes(x, dim, "mean")
     count = _count(x, axes)
