@@ -22,7 +22,6 @@ which costs nothing because no gradient flows to them.
 from __future__ import annotations
 
 import math
-
 from numbers import Integral, Number
 
 import numpy as np
