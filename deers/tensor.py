@@ -306,14 +306,14 @@ class Tensor:
     def sum(self, dim=None, keepdim: bool = False, dtype=None) -> "Tensor": return _reduce.sum(self, dim, keepdim, dtype)
     def mean(self, dim=None, keepdim: bool = False, dtype=None) -> "Tensor":
         return _reduce.mean(self, dim, keepdim, dtype)
-    def max(self, dim=None, keepdim: bool = False):
-        """x.max(): the largest value; x.max(dim): the pair (values, indices); x.max(other_tensor):
-        the element-wise maximum, like PyTorch."""
-        return _reduce.max(self, dim, keepdim)
-    def min(self, dim=None, keepdim: bool = False):
-        """x.min(): the smallest value; x.min(dim): the pair (values, indices); x.min(other_tensor):
-        the element-wise minimum, like PyTorch."""
-        return _reduce.min(self, dim, keepdim)
+    def max(self, dim=None, keepdim: bool = False, other: "Tensor | None" = None):
+        """x.max(): the largest value; x.max(dim): the pair (values, indices); x.max(other_tensor)
+        (or other=): the element-wise maximum, like PyTorch."""
+        return _reduce.max(self, dim if other is None else other, keepdim)
+    def min(self, dim=None, keepdim: bool = False, other: "Tensor | None" = None):
+        """x.min(): the smallest value; x.min(dim): the pair (values, indices); x.min(other_tensor)
+        (or other=): the element-wise minimum, like PyTorch."""
+        return _reduce.min(self, dim if other is None else other, keepdim)
     def amax(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.amax(self, dim, keepdim)
     def amin(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.amin(self, dim, keepdim)
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> "Tensor":
@@ -344,7 +344,7 @@ class Tensor:
     def split(self, split_size, dim: int = 0) -> tuple: return _split.split(self, split_size, dim)
     def chunk(self, chunks: int, dim: int = 0) -> tuple: return _split.chunk(self, chunks, dim)
     def unbind(self, dim: int = 0) -> tuple: return _split.unbind(self, dim)
-    def flip(self, *dims) -> "Tensor": return _flip.flip(self, _dims(dims))
+    def flip(self, *args, dims=None) -> "Tensor": return _flip.flip(self, _dims(args, dims, "flip", "dims"))
     def tril(self, diagonal: int = 0) -> "Tensor": return _triangle.tril(self, diagonal)
     def triu(self, diagonal: int = 0) -> "Tensor": return _triangle.triu(self, diagonal)
 
@@ -360,11 +360,12 @@ class Tensor:
         return self
 
     # ---- views and shape ---------------------------------------------------------------------------
-    def permute(self, *axes) -> "Tensor": return _shape.permute(self, _dims(axes))
+    def permute(self, *args, dims=None) -> "Tensor": return _shape.permute(self, _dims(args, dims, "permute", "dims"))
     def transpose(self, dim0: int, dim1: int) -> "Tensor": return _shape.transpose(self, dim0, dim1)
     def broadcast_to(self, *shape) -> "Tensor": return _shape.broadcast_to(self, _dims(shape))
-    def expand(self, *shape) -> "Tensor": return _shape.broadcast_to(self, _dims(shape))
-    def reshape(self, *shape) -> "Tensor": return _shape.reshape(self, _dims(shape))
+    def expand(self, *args, size=None) -> "Tensor":
+        return _shape.broadcast_to(self, _dims(args, size, "expand", "size"))
+    def reshape(self, *args, shape=None) -> "Tensor": return _shape.reshape(self, _dims(args, shape, "reshape", "shape"))
     view = reshape
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
         return _shape.flatten(self, start_dim, end_dim)
@@ -398,8 +399,12 @@ class Var(Tensor):
         self.data.assign(src)
 
 
-def _dims(args: Sequence) -> tuple[int, ...]:
-    """Accept both x.reshape(2, 3) and x.reshape((2, 3))."""
+def _dims(args: Sequence, keyword=None, op: str = "", name: str = "") -> tuple[int, ...]:
+    """Accept x.reshape(2, 3), x.reshape((2, 3)) and, as PyTorch's keyword, x.reshape(shape=(2, 3))."""
+    if keyword is not None:
+        if args:
+            raise TypeError(f"{op}: give the {name} either positionally or as {name}=, not both")
+        return tuple(keyword) if isinstance(keyword, (tuple, list)) else (keyword,)
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         return tuple(args[0])
     return tuple(args)

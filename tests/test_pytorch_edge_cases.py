@@ -539,6 +539,18 @@ def test_dtype_rules_of_alpha_trunc_bool_pow_and_fill(device):
         assert torch.tensor([1.0, -1.0]).div(torch.tensor([0.0, 0.0]), rounding_mode="trunc").tolist() == [math.inf, -math.inf]
 
 
+def test_pytorch_keyword_names_of_shape_methods():
+    x = deers.tensor(np.arange(6.0).reshape(2, 3))
+    assert x.permute(dims=(1, 0)).shape == (3, 2) and x.reshape(shape=(-1,)).shape == (6,)
+    assert x.expand(size=(4, 2, 3)).shape == (4, 2, 3) and x.flip(dims=(0,)).tolist() == [[3, 4, 5], [0, 1, 2]]
+    assert x.max(other=x * 2).tolist() == (x * 2).tolist() and x.min(other=x * 2).tolist() == x.tolist()
+    with pytest.raises(TypeError, match="permute: give the dims either positionally or as dims=, not both"):
+        x.permute(1, 0, dims=(1, 0))
+    if torch is not None:
+        t = torch.arange(6.0).reshape(2, 3)
+        assert t.permute(dims=(1, 0)).shape == (3, 2) and t.max(other=t * 2).tolist() == (x * 2).tolist()
+
+
 # ---- the same rows on the CUDA backend (its kernels emulated on the CPU, or a real GPU when present) -------
 @pytest.fixture(scope="module", params=["emulated", "gpu"])
 def cuda(request):
