@@ -10,7 +10,7 @@ import numpy as np
 from ..array import NDArray
 from ..autograd import Op, Region
 from ..dtype import bool_, i64, promote_types
-from ..errors import DeviceError, ShapeError, describe
+from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..layout import Layout, infer_shape, normalize_dim
 from ..tensor import Tensor, apply
 from .convert import cast
@@ -168,7 +168,7 @@ def narrow(x: Tensor, dim: int, start: "int | Tensor", length: int) -> Tensor:
     require_dims(x, "narrow")
     if isinstance(start, Tensor):
         if start.ndim != 0 or start.dtype.is_float or start.dtype is bool_:
-            raise TypeError(f"narrow: start must be an int or a 0-d integer tensor, got {describe(start)}")
+            raise DTypeError(f"narrow: start must be an int or a 0-d integer tensor, got {describe(start)}")
         start = int(start.item())
     d = normalize_dim(dim, x.ndim, "narrow")
     if start < 0:
