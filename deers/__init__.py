@@ -21,7 +21,7 @@ from .ops.linalg import matmul
 from .ops.shape import cat, stack
 from .ops.einsum import einsum
 from .ops.flip import flip
-from .ops.reduce import amax, amin, argmax, argmin, ValuesIndices
+from .ops.reduce import amax, amin, argmax, argmin, max, min, ValuesIndices  # noqa: A004 (torch.max, torch.min)
 from .ops.scan import cumsum
 from .ops.sort import argsort, sort, topk
 from .ops.split import chunk, split, unbind

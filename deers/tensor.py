@@ -217,10 +217,11 @@ class Tensor:
     def square(self) -> "Tensor": return _unary.square(self)
 
     # ---- element-wise: binary (deers/ops/binary.py), with a Tensor or a Python number -----------
-    def add(self, other) -> "Tensor": return _binary.add(self, other)
-    def sub(self, other) -> "Tensor": return _binary.sub(self, other)
+    def add(self, other, alpha=1) -> "Tensor": return _binary.add(self, other, alpha)
+    def sub(self, other, alpha=1) -> "Tensor": return _binary.sub(self, other, alpha)
     def mul(self, other) -> "Tensor": return _binary.mul(self, other)
-    def div(self, other) -> "Tensor": return _binary.div(self, other)
+    def div(self, other, rounding_mode: str | None = None) -> "Tensor":
+        return _binary.div(self, other, rounding_mode)
     def floor_divide(self, other) -> "Tensor": return _binary.floor_divide(self, other)
     def remainder(self, other) -> "Tensor": return _binary.remainder(self, other)
     def pow(self, exponent) -> "Tensor": return _binary.pow(self, exponent)
@@ -236,7 +237,7 @@ class Tensor:
     def le(self, other) -> "Tensor": return _compare.compare(BinaryFn.LE, self, other)
     def gt(self, other) -> "Tensor": return _compare.compare(BinaryFn.GT, self, other)
     def ge(self, other) -> "Tensor": return _compare.compare(BinaryFn.GE, self, other)
-    def masked_fill(self, mask: "Tensor", value: float) -> "Tensor": return _compare.masked_fill(self, mask, value)
+    def masked_fill(self, mask: "Tensor", value) -> "Tensor": return _compare.masked_fill(self, mask, value)
     def where(self, condition: "Tensor", other) -> "Tensor": return _compare.where(condition, self, other)
 
     # ---- bitwise and logical (deers/ops/bitwise.py): integers and bool; &, |, ^ commute ---------
@@ -315,14 +316,17 @@ class Tensor:
     def __ixor__(self, other) -> "Tensor": return _inplace.augmented("bitwise_xor_", self, other)
 
     # ---- reductions --------------------------------------------------------------------------------
-    def sum(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.sum(self, dim, keepdim)
-    def mean(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.mean(self, dim, keepdim)
-    def max(self, dim=None, keepdim: bool = False):
-        """x.max(): the largest value; x.max(dim): the pair (values, indices), like PyTorch."""
-        return _reduce.max(self, dim, keepdim)
-    def min(self, dim=None, keepdim: bool = False):
-        """x.min(): the smallest value; x.min(dim): the pair (values, indices), like PyTorch."""
-        return _reduce.min(self, dim, keepdim)
+    def sum(self, dim=None, keepdim: bool = False, dtype=None) -> "Tensor": return _reduce.sum(self, dim, keepdim, dtype)
+    def mean(self, dim=None, keepdim: bool = False, dtype=None) -> "Tensor":
+        return _reduce.mean(self, dim, keepdim, dtype)
+    def max(self, dim=None, keepdim: bool = False, other: "Tensor | None" = None):
+        """x.max(): the largest value; x.max(dim): the pair (values, indices); x.max(other_tensor)
+        (or other=): the element-wise maximum, like PyTorch."""
+        return _reduce.max(self, dim if other is None else other, keepdim)
+    def min(self, dim=None, keepdim: bool = False, other: "Tensor | None" = None):
+        """x.min(): the smallest value; x.min(dim): the pair (values, indices); x.min(other_tensor)
+        (or other=): the element-wise minimum, like PyTorch."""
+        return _reduce.min(self, dim if other is None else other, keepdim)
     def amax(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.amax(self, dim, keepdim)
     def amin(self, dim=None, keepdim: bool = False) -> "Tensor": return _reduce.amin(self, dim, keepdim)
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> "Tensor":
@@ -338,20 +342,22 @@ class Tensor:
         return _sort.argsort(self, dim, descending, stable)
     def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
         return _sort.topk(self, k, dim, largest, sorted)
-    def softmax(self, dim: int = -1) -> "Tensor": return _reduce.softmax(self, dim)
-    def log_softmax(self, dim: int = -1) -> "Tensor": return _reduce.log_softmax(self, dim)
+    def softmax(self, dim: int = -1, dtype=None) -> "Tensor": return _reduce.softmax(self, dim, dtype)
+    def log_softmax(self, dim: int = -1, dtype=None) -> "Tensor": return _reduce.log_softmax(self, dim, dtype)
 
     # ---- everyday functions (deers/ops/stats.py, scan.py, split.py, flip.py, triangle.py) ----------
-    def var(self, dim=None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> "Tensor":
+    def var(self, dim=None, correction: "float | None" = 1, keepdim: bool = False,
+            unbiased: bool | None = None) -> "Tensor":
         return _stats.var(self, dim, correction, keepdim, unbiased)
-    def std(self, dim=None, correction: int = 1, keepdim: bool = False, unbiased: bool | None = None) -> "Tensor":
+    def std(self, dim=None, correction: "float | None" = 1, keepdim: bool = False,
+            unbiased: bool | None = None) -> "Tensor":
         return _stats.std(self, dim, correction, keepdim, unbiased)
     def norm(self, p=2, dim=None, keepdim: bool = False) -> "Tensor": return _stats.norm(self, p, dim, keepdim)
-    def cumsum(self, dim: int) -> "Tensor": return _scan.cumsum(self, dim)
+    def cumsum(self, dim: int, dtype=None) -> "Tensor": return _scan.cumsum(self, dim, dtype)
     def split(self, split_size, dim: int = 0) -> tuple: return _split.split(self, split_size, dim)
     def chunk(self, chunks: int, dim: int = 0) -> tuple: return _split.chunk(self, chunks, dim)
     def unbind(self, dim: int = 0) -> tuple: return _split.unbind(self, dim)
-    def flip(self, *dims) -> "Tensor": return _flip.flip(self, _dims(dims))
+    def flip(self, *args, dims=None) -> "Tensor": return _flip.flip(self, _dims(args, dims, "flip", "dims"))
     def tril(self, diagonal: int = 0) -> "Tensor": return _triangle.tril(self, diagonal)
     def triu(self, diagonal: int = 0) -> "Tensor": return _triangle.triu(self, diagonal)
 
@@ -367,17 +373,18 @@ class Tensor:
         return self
 
     # ---- views and shape ---------------------------------------------------------------------------
-    def permute(self, *axes) -> "Tensor": return _shape.permute(self, _dims(axes))
+    def permute(self, *args, dims=None) -> "Tensor": return _shape.permute(self, _dims(args, dims, "permute", "dims"))
     def transpose(self, dim0: int, dim1: int) -> "Tensor": return _shape.transpose(self, dim0, dim1)
     def broadcast_to(self, *shape) -> "Tensor": return _shape.broadcast_to(self, _dims(shape))
-    def expand(self, *shape) -> "Tensor": return _shape.broadcast_to(self, _dims(shape))
-    def reshape(self, *shape) -> "Tensor": return _shape.reshape(self, _dims(shape))
+    def expand(self, *args, size=None) -> "Tensor":
+        return _shape.broadcast_to(self, _dims(args, size, "expand", "size"))
+    def reshape(self, *args, shape=None) -> "Tensor": return _shape.reshape(self, _dims(args, shape, "reshape", "shape"))
     view = reshape
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
         return _shape.flatten(self, start_dim, end_dim)
-    def squeeze(self, dim: int | None = None) -> "Tensor": return _shape.squeeze(self, dim)
+    def squeeze(self, dim=None) -> "Tensor": return _shape.squeeze(self, dim)
     def unsqueeze(self, dim: int) -> "Tensor": return _shape.unsqueeze(self, dim)
-    def narrow(self, dim: int, start: int, length: int) -> "Tensor": return _shape.narrow(self, dim, start, length)
+    def narrow(self, dim: int, start, length: int) -> "Tensor": return _shape.narrow(self, dim, start, length)
     def compact(self) -> "Tensor": return _shape.compact(self)
     contiguous = compact
 
@@ -405,8 +412,12 @@ class Var(Tensor):
         self.data.assign(src)
 
 
-def _dims(args: Sequence) -> tuple[int, ...]:
-    """Accept both x.reshape(2, 3) and x.reshape((2, 3))."""
+def _dims(args: Sequence, keyword=None, op: str = "", name: str = "") -> tuple[int, ...]:
+    """Accept x.reshape(2, 3), x.reshape((2, 3)) and, as PyTorch's keyword, x.reshape(shape=(2, 3))."""
+    if keyword is not None:
+        if args:
+            raise TypeError(f"{op}: give the {name} either positionally or as {name}=, not both")
+        return tuple(keyword) if isinstance(keyword, (tuple, list)) else (keyword,)
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         return tuple(args[0])
     return tuple(args)

@@ -7,8 +7,8 @@
 """
 from .activations import GELU, Dropout, Flatten, Identity, ReLU, SiLU, Softplus, dropout, gelu, silu, softplus
 from .containers import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
-from .layers import Embedding, LayerNorm, Linear, RMSNorm
 from ..hooks import RemovableHandle
+from .layers import Embedding, LayerNorm, Linear, RMSNorm, layer_norm
 from .module import ContainerError, LoadResult, Module, StateDictError
 from .params import Constant, Init, Normal, ParamPath, ParamStore, Uniform, kaiming_uniform
 
@@ -18,4 +18,5 @@ __all__ = [
     "ParamStore", "ParamPath", "Init", "Normal", "Uniform", "Constant", "kaiming_uniform",
     "Linear", "Embedding", "RMSNorm", "LayerNorm",
     "ReLU", "GELU", "SiLU", "Softplus", "Dropout", "Identity", "Flatten", "gelu", "silu", "softplus", "dropout",
+    "layer_norm",
 ]

@@ -1,17 +1,17 @@
 """Parameter-free layers: ReLU, GELU (tanh approximation or exact), SiLU, Softplus, Dropout, Identity, Flatten.
 
 The exact GELU needs erf, which is not a backend primitive, so it is one Op here whose forward
-evaluates erf with the Abramowitz-Stegun 7.1.26 formula (absolute error below 1.5e-7, under f32
-rounding) and whose backward uses the exact derivative Phi(x) + x phi(x).
+evaluates the normal CDF as erfc(-x / sqrt 2) / 2 (deers/ops/special.py: accurate to the dtype's
+rounding, f64 included) and whose backward uses the exact derivative Phi(x) + x phi(x).
 """
 from __future__ import annotations
 
 import math
 
-from ..array import NDArray
 from ..autograd import Op
 from ..creation import rand
 from ..ops.operands import require_float
+from ..ops.special import erfc
 from ..ops.unary import softplus
 from ..tensor import Tensor, apply
 from .module import Module
@@ -19,20 +19,6 @@ from .module import Module
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-# Abramowitz & Stegun 7.1.26: erf(z) ~ 1 - (a1 t + ... + a5 t^5) exp(-z^2), t = 1 / (1 + p z), z >= 0
-_AS_P = 0.3275911
-_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
-
-
-def _erf(z: NDArray) -> NDArray:
-    """erf(z) for every element (odd symmetry handles z < 0)."""
-    magnitude = z.unary("abs")
-    t = 1.0 / (magnitude * _AS_P + 1.0)
-    poly = t * _AS_A[4]
-    for coefficient in reversed(_AS_A[:4]):  # Horner: t (a1 + t (a2 + t (a3 + t (a4 + t a5))))
-        poly = (poly + coefficient) * t
-    tail = poly * (-(magnitude * magnitude)).exp()
-    return z.sign() * (1.0 - tail)
 
 
 class GeluExact(Op):
@@ -42,7 +28,7 @@ class GeluExact(Op):
 
     def forward(self, a):
         self.a = a
-        self.cdf = (_erf(a * _INV_SQRT_2) + 1.0) * 0.5
+        self.cdf = erfc(a * -_INV_SQRT_2) * 0.5  # Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation for x << 0
         return a * self.cdf
 
     def backward(self, g):  # d x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi)

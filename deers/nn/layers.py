@@ -1,4 +1,4 @@
-"""Layers with parameters: Linear, Embedding, RMSNorm, LayerNorm.
+"""Layers with parameters: Linear, Embedding, RMSNorm, LayerNorm (and its function, layer_norm).
 
 Each takes an optional path builder `vb` (see deers.nn.params). With one, its Vars are created in
 that ParamStore under the path ("blocks.0.mlp.fc.weight"); without one (PyTorch style,
@@ -7,6 +7,7 @@ attributes of the modules that hold it.
 """
 from __future__ import annotations
 
+from ..autograd import no_grad
 from ..device import Device
 from ..dtype import DType
 from ..errors import ShapeError, describe
@@ -65,22 +66,32 @@ class Linear(Module):
 class Embedding(Module):
     """A lookup table (num_embeddings, embedding_dim): ids of shape (...) -> vectors (..., dim).
 
-    Default init N(0, 1) as in PyTorch; GPT uses `init=Normal(0.0, 0.02)`.
+    Default init N(0, 1) as in PyTorch; GPT uses `init=Normal(0.0, 0.02)`. With `padding_idx`, as
+    in PyTorch, that row starts at zero and never receives a gradient.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, vb: ParamPath | None = None,
                  init: Init | None = None, device: "Device | str | None" = None,
-                 dtype: "DType | str | None" = None):
+                 dtype: "DType | str | None" = None, padding_idx: int | None = None):
         super().__init__()
         vb = _path(vb, device, dtype)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = vb.get((num_embeddings, embedding_dim), "weight", init=init or Normal(0.0, 1.0))
+        self.padding_idx = padding_idx
+        if padding_idx is not None:
+            if not isinstance(padding_idx, int) or not -num_embeddings <= padding_idx < num_embeddings:
+                raise IndexError(f"Embedding({num_embeddings}, {embedding_dim}): padding_idx must be an int in "
+                                 f"[-{num_embeddings}, {num_embeddings}), got {padding_idx!r}")
+            self.padding_idx = padding_idx % num_embeddings
+            with no_grad():
+                self.weight[self.padding_idx] = 0.0
 
     def forward(self, ids: Tensor) -> Tensor:
-        return embedding(self.weight, ids)
+        return embedding(self.weight, ids, self.padding_idx)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
 
 
 class RMSNorm(Module):
@@ -102,27 +113,54 @@ class RMSNorm(Module):
 
 
 class LayerNorm(Module):
-    """LayerNorm(x) = (x - mean) / sqrt(var + eps) * weight + bias over the last dim (biased var)."""
+    """LayerNorm(x) = (x - mean) / sqrt(var + eps) * weight + bias over the trailing dims
+    `normalized_shape` (an int: the last dim; a tuple: that many trailing dims), biased var."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True, vb: ParamPath | None = None,
-                 device: "Device | str | None" = None, dtype: "DType | str | None" = None):
+    def __init__(self, normalized_shape: "int | tuple[int, ...]", eps: float = 1e-5, bias: bool = True,
+                 vb: ParamPath | None = None, device: "Device | str | None" = None,
+                 dtype: "DType | str | None" = None):
         super().__init__()
         vb = _path(vb, device, dtype)
-        self.dim, self.eps = dim, eps
-        self.weight = vb.get((dim,), "weight", init=Constant(1.0))
-        self.bias = vb.get((dim,), "bias", init=Constant(0.0)) if bias else None
+        self.dim, self.eps = normalized_shape, eps
+        self.normalized_shape = _normalized_shape("LayerNorm", normalized_shape)
+        self.weight = vb.get(self.normalized_shape, "weight", init=Constant(1.0))
+        self.bias = vb.get(self.normalized_shape, "bias", init=Constant(0.0)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_last_dim("LayerNorm", x, self.dim)
-        centered = x - x.mean(dim=-1, keepdim=True)  # (..., dim)
-        variance = (centered * centered).mean(dim=-1, keepdim=True)  # (..., 1)
-        y = centered * (variance + self.eps).rsqrt() * self.weight
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        if len(self.normalized_shape) > x.ndim or x.shape[x.ndim - len(self.normalized_shape):] != self.normalized_shape:
+            raise ShapeError(f"LayerNorm({self.dim}): input {describe(x)} must end in {self.normalized_shape}")
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
+
+
+def _normalized_shape(name: str, normalized_shape) -> tuple[int, ...]:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise TypeError(f"{name}: normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}")
+    return shape
+
+
+def layer_norm(x: Tensor, normalized_shape: "int | tuple[int, ...]", weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias, the statistics over the trailing dims
+    `normalized_shape` (biased var), like torch.nn.functional.layer_norm."""
+    shape = _normalized_shape("layer_norm", normalized_shape)
+    if len(shape) > x.ndim or x.shape[x.ndim - len(shape):] != shape:
+        raise ShapeError(f"layer_norm: input {describe(x)} must end in the normalized shape {shape}")
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and param.shape != shape:
+            raise ShapeError(f"layer_norm: {name} {describe(param)} must have the normalized shape {shape}")
+    dims = tuple(range(x.ndim - len(shape), x.ndim))
+    centered = x - x.mean(dim=dims, keepdim=True)  # (..., *shape)
+    variance = (centered * centered).mean(dim=dims, keepdim=True)  # (..., 1, ..., 1)
+    y = centered * (variance + eps).rsqrt()
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
 
 
 def _check_last_dim(name: str, x: Tensor, dim: int) -> None:

@@ -18,12 +18,14 @@ shape.py     views (permute, broadcast_to, reshape, narrow, indexing), compact, 
 linalg.py    matmul, linear (x @ W^T as one op, what nn.Linear records)
 indexing.py  gather, index_select, embedding
 scan.py      CumSum: running sums as a log-step scan of shifted adds (its backward the same scan reversed)
-stats.py     var, std (composites), Norm2 and the other vector norms
+stats.py     var, std (composites), Norm2 and the other vector norms, the nuclear norm (host SVD)
 split.py     split, chunk, unbind: views made with narrow and indexing
 flip.py      flip (index_select with reversed positions), used by negative-step slices
 advanced_index.py  several tensor indices and bool masks in getitem, placed by PyTorch's rule
 triangle.py  tril, triu: where with a triangle mask
-einsum.py    einsum for one or two operands: sum, permute, reshape and one batched matmul
+einsum.py    einsum ("...", diagonals, broadcasting, any number of operands): sums, permutes, reshapes and
+             one batched matmul per pair of operands
+special.py   erf and erfc from core array ops, to the dtype's rounding (the exact GELU's normal CDF)
 
 An op's facts live in its class: the backend primitive it runs (`fn`, from the vocabulary in
 deers/backend/__init__.py), whether it needs floats (`float_only`; Div: `float_result`), what it saves for backward,

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor
-from .indexing import index_select
+from .indexing import select_positions
 from .shape import broadcast_to, permute, reshape
 
 
@@ -39,7 +39,7 @@ def take(x: Tensor, view: Tensor, picked: "list[tuple[Tensor, int, bool]]", in_p
     """view indexed by `picked` = [(i64 positions, dim of view, checked)]; `in_place`: NumPy's adjacent case."""
     if len(picked) == 1 and in_place:
         positions, dim, _ = picked[0]
-        return index_select(view, dim, positions)
+        return select_positions(view, dim, positions)
     dims = [d for _, d, _ in picked]
     shape = ()
     for positions, _, _ in picked:
@@ -59,7 +59,7 @@ def take(x: Tensor, view: Tensor, picked: "list[tuple[Tensor, int, bool]]", in_p
     rest = [d for d in range(view.ndim) if d not in dims]
     front = permute(view, tuple(dims + rest)) if dims + rest != list(range(view.ndim)) else view
     flat = reshape(front, (stride,) + tuple(view.shape[d] for d in rest))  # (s_1 ... s_k, *rest)
-    out = index_select(flat, 0, merged)  # (*B, *rest)
+    out = select_positions(flat, 0, merged)  # (*B, *rest)
     if not in_place or dims[0] == 0:
         return out
     b, lead = len(shape), dims[0]  # B goes back to where the indexed dims were: (*rest[:lead], *B, *rest[lead:])

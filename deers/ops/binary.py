@@ -14,14 +14,16 @@ backward of its own.
 """
 from __future__ import annotations
 
+import math
+
 from ..array import NDArray
 from ..autograd import Op
 from ..backend import BinaryFn
 from ..tensor import Tensor, apply
-from ..dtype import bool_
+from ..dtype import bool_, i64
 from ..errors import DTypeError, describe
 from .convert import cast
-from .operands import check_number, operands, result_type
+from .operands import as_operand, check_number, operands, result_type
 
 
 class BinaryOp(Op):
@@ -158,26 +160,49 @@ class Minimum(_Extreme):
 def binary(op: "type[BinaryOp]", a: Tensor, b, reverse: bool = False) -> Tensor:
     """op(a, b), or op(b, a) when reverse; b is a Tensor or a Python number (a 0-d constant); both
     in their promoted dtype."""
+    _check_bools(op, a, b)
+    a, b = operands(op.fn.value, a, b, op.float_result)
+    return apply(op(), b, a) if reverse else apply(op(), a, b)
+
+
+def _check_bools(op: "type[BinaryOp]", a, b) -> None:
+    """PyTorch's refusals: subtraction with a bool operand, // and % of two bools."""
     if op is Sub and (_is_bool(a) or _is_bool(b)):
         raise DTypeError(f"sub: subtraction with a bool operand is not supported ({describe(a)}), as in PyTorch; "
                          "for masks use x ^ y or ~x, or cast to an integer type")
     if op in (FloorDivide, Remainder) and _is_bool(a) and _is_bool(b):
         raise DTypeError(f"{op.fn.value}: not defined for two bool operands ({describe(a)}), as in PyTorch; "
                          "cast to an integer type")
-    a, b = operands(op.fn.value, a, b, op.float_result)
-    return apply(op(), b, a) if reverse else apply(op(), a, b)
 
 
 def _is_bool(x) -> bool:
     return x.dtype is bool_ if isinstance(x, Tensor) else isinstance(x, bool)
 
 
-def add(a: Tensor, b) -> Tensor:
-    return binary(Add, a, b)
+def _scaled(name: str, a: Tensor, b, alpha):
+    """alpha * b for add/sub(a, b, alpha=), with PyTorch's rules: a float alpha needs a float result,
+    and for bool results alpha acts as a bool."""
+    if alpha is None or (alpha == 1 and not isinstance(alpha, bool)):
+        return b
+    check_number(name, alpha)
+    dtype = result_type(a, b)
+    if dtype is bool_:
+        return (b & bool(alpha)) if isinstance(b, Tensor) else bool(b) and bool(alpha)
+    if not dtype.is_float and isinstance(alpha, float):
+        raise DTypeError(f"{name}: alpha={alpha} is a float but the result is {dtype.name} ({describe(a)}); "
+                         "for integer results alpha must be an int, as in PyTorch")
+    return cast(b, dtype) * alpha if isinstance(b, Tensor) else b * alpha  # scaled in the result's dtype
 
 
-def sub(a: Tensor, b) -> Tensor:
-    return binary(Sub, a, b)
+def add(a: Tensor, b, alpha=1) -> Tensor:
+    """a + alpha * b (alpha a Python number, 1 by default, as in torch.add)."""
+    return binary(Add, a, _scaled("add", a, b, alpha))
+
+
+def sub(a: Tensor, b, alpha=1) -> Tensor:
+    """a - alpha * b (alpha a Python number, 1 by default, as in torch.sub)."""
+    _check_bools(Sub, a, b)  # before alpha turns a bool b into a number
+    return binary(Sub, a, _scaled("sub", a, b, alpha))
 
 
 def rsub(a: Tensor, value) -> Tensor:
@@ -189,8 +214,30 @@ def mul(a: Tensor, b) -> Tensor:
     return binary(Mul, a, b)
 
 
-def div(a: Tensor, b) -> Tensor:
-    return binary(Div, a, b)
+def div(a: Tensor, b, rounding_mode: "str | None" = None) -> Tensor:
+    """a / b, like torch.div: true division (integers give the default float) when rounding_mode is
+    None; "floor" rounds the quotient down (a // b), "trunc" rounds it toward zero; both keep
+    integers integer. The rounded quotients are piecewise constant: they carry no gradient
+    (PyTorch's is zero)."""
+    if rounding_mode is None:
+        return binary(Div, a, b)
+    if rounding_mode not in ("floor", "trunc"):
+        raise ValueError(f"div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
+    a, b = a.detach(), (b.detach() if isinstance(b, Tensor) else b)
+    floored = binary(FloorDivide, a, b)  # floor(a / b), in the promoted dtype
+    if rounding_mode == "floor":
+        return floored
+    if floored.dtype.is_float:  # trunc(a / b) of the rounded true quotient, as PyTorch computes it
+        from .compare import where
+
+        quotient = binary(Div, a, b)
+        rounded = where(quotient < 0, -binary(FloorDivide, -quotient, 1), binary(FloorDivide, quotient, 1))
+        return where(quotient.abs() < math.inf, rounded, quotient)  # inf and nan stay as they are
+    # integers: floor and trunc differ by one where the division is inexact and the signs differ
+    b = as_operand(b, floored.dtype, a)  # a Python int as the divisor floor_divide used (-1 wraps in u8)
+    inexact = binary(Remainder, a, b).ne(0)
+    signs_differ = (a < 0) ^ (b < 0)
+    return floored + (inexact & signs_differ).to_dtype(floored.dtype)
 
 
 def rdiv(a: Tensor, value) -> Tensor:
@@ -199,12 +246,43 @@ def rdiv(a: Tensor, value) -> Tensor:
 
 
 def pow(a: Tensor, exponent) -> Tensor:
-    return binary(Pow, a, exponent)
+    return _pow(a, exponent, reverse=False)
 
 
 def rpow(a: Tensor, base) -> Tensor:
     """base ** a."""
-    return binary(Pow, a, base, reverse=True)
+    return _pow(a, base, reverse=True)
+
+
+def _pow(a: Tensor, other, reverse: bool) -> Tensor:
+    """a ** other (other ** a when reverse). Integer powers follow PyTorch: a negative exponent
+    tensor gives 1 for base 1, +-1 for base -1 and 0 otherwise; a negative Python exponent raises."""
+    from .compare import where
+
+    if not isinstance(other, Tensor):
+        check_number("pow", other)
+    dtype = result_type(a, other)
+    base, exponent = (other, a) if reverse else (a, other)
+    if dtype is bool_:  # bool ** bool, as PyTorch: base ** True = base, base ** False = True
+        return base | ~exponent if isinstance(exponent, Tensor) else (base | (not exponent))
+    if dtype.is_float:
+        return binary(Pow, a, other, reverse)
+    if not isinstance(exponent, Tensor):
+        if exponent < 0:
+            raise DTypeError(f"pow: an integer tensor ({describe(a)}) to the negative power {exponent} is not "
+                             "an integer, as in PyTorch; cast to a float dtype first")
+        return binary(Pow, a, other, reverse)
+    if exponent.dtype is not i64:  # u8 and bool exponents are never negative
+        return binary(Pow, a, other, reverse)
+    negative = exponent < 0
+    safe = where(negative, 0, exponent)  # the exponent with its negative entries set to 0
+    powers = binary(Pow, safe, base, reverse=True) if reverse else binary(Pow, base, safe)
+    minus_one = 1 - binary(Remainder, exponent, 2) * 2  # (-1)^e for the base -1
+    if isinstance(base, Tensor):  # 1 / base^|e| rounded toward zero
+        special = cast(where(base == 1, 1, where(base == -1, minus_one, 0)), dtype)
+    else:
+        special = cast(minus_one, dtype) if base == -1 else (1 if base == 1 else 0)
+    return where(negative, special, powers)
 
 
 def floor_divide(a: Tensor, b) -> Tensor:

@@ -12,10 +12,10 @@ from ..array import NDArray
 from ..autograd import Op
 from ..backend import COMPARISONS, BinaryFn
 from ..dtype import bool_
-from ..errors import DeviceError, ShapeError, describe
+from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor, apply
-from .operands import as_operand, broadcast_pair, check_number, grad_broadcast, result_type
+from .operands import as_operand, broadcast_pair, check_number, grad_broadcast, number_for, result_type
 
 
 class Compare(Op):
@@ -80,6 +80,20 @@ def where(condition: Tensor, a, b) -> Tensor:
     return apply(Where(), condition, grad_broadcast(a, shape), grad_broadcast(b, shape))
 
 
-def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
-    """x with `value` wherever mask is true (mask broadcasts against x)."""
-    return where(mask, value, x)
+def masked_fill(x: Tensor, mask: Tensor, value) -> Tensor:
+    """x with `value` wherever the bool `mask` is true (mask broadcasts against x), like PyTorch:
+    the value is a Python number or a 0-d tensor, cast to x's dtype (an i64 tensor filled with 0.5
+    holds 0); a 0-d tensor value receives the gradient of the filled places."""
+    if not isinstance(mask, Tensor) or mask.dtype is not bool_:
+        got = describe(mask) if isinstance(mask, Tensor) else type(mask).__name__
+        raise DTypeError(f"masked_fill: mask must be a bool tensor, got {got}; compare first (mask != 0)")
+    if isinstance(value, Tensor):
+        if value.ndim != 0:
+            raise ShapeError(f"masked_fill: value must be a Python number or a 0-d tensor, got {describe(value)}; "
+                             "for one value per element use where(mask, values, x)")
+        if value.device != x.device:
+            raise DeviceError(f"masked_fill: value {describe(value)} is not on the device of {describe(x)}")
+    else:
+        check_number("masked_fill", value)
+        value = number_for("masked_fill", value, x.dtype)  # as PyTorch casts: 0.5 -> 0 in an i64 tensor
+    return where(mask, as_operand(value, x.dtype, x), x)

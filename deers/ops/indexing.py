@@ -31,7 +31,16 @@ class IndexSelect(Op):
 
 
 def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
-    """Pick whole slices along `dim` by an i64 index tensor of any shape (embedding lookup at dim 0)."""
+    """Pick whole slices along `dim` by an i64 index tensor; a 0-d index counts as one index, shape
+    (1,), as in PyTorch (which takes 0-d and 1-d indices), and an index of more dims puts its
+    shape in place of `dim` (as embedding does at dim 0)."""
+    if isinstance(index, Tensor) and index.ndim == 0 and x.ndim > 0:
+        index = index.reshape(1)
+    return select_positions(x, dim, index)
+
+
+def select_positions(x: Tensor, dim: int, index: Tensor) -> Tensor:
+    """x's slices along `dim` at the positions `index` of any shape: (..., *index.shape, ...)."""
     _check_index("index_select", x, index)
     d = normalize_dim(dim, x.ndim, "index_select")
     if x.ndim == 0:  # as PyTorch: one index (0) picks the element, the result is 0-d
@@ -41,9 +50,28 @@ def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
     return apply(IndexSelect(d), x, index)
 
 
-def embedding(weight: Tensor, ids: Tensor) -> Tensor:
-    """weight[ids]: (V, D) rows picked by ids of shape (...) -> (..., D)."""
-    return index_select(weight, 0, ids)
+def embedding(weight: Tensor, ids: Tensor, padding_idx: int | None = None) -> Tensor:
+    """weight[ids]: (V, D) rows picked by ids of shape (...) -> (..., D), like torch.embedding.
+
+    With `padding_idx` (negative counts from V), the row at that id gets no gradient: its looked-up
+    vectors pass through `where(ids != padding_idx, out, out.detach())`, the same values with the
+    gradient stopped there."""
+    from .compare import where
+
+    if not isinstance(weight, Tensor) or not isinstance(ids, Tensor):
+        raise TypeError(f"embedding: expected Tensors (weight, ids), got {type(weight).__name__} and "
+                        f"{type(ids).__name__}")
+    if weight.ndim != 2:
+        raise ShapeError(f"embedding: weight must be 2-D (num_embeddings, embedding_dim), got {describe(weight)}")
+    out = select_positions(weight, 0, ids)  # (..., D)
+    if padding_idx is None:
+        return out
+    if not isinstance(padding_idx, int) or not -weight.shape[0] <= padding_idx < weight.shape[0]:
+        raise IndexError(f"embedding: padding_idx must be an int in [-{weight.shape[0]}, {weight.shape[0]}) for "
+                         f"weight {describe(weight)}, got {padding_idx!r}")
+    padding_idx %= weight.shape[0]
+    keep = ids.ne(padding_idx).reshape(ids.shape + (1,))  # (..., 1)
+    return where(keep, out, out.detach())
 
 
 class Gather(Op):
@@ -64,6 +92,8 @@ def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:
     """out[i][j] = x[i][index[i][j]] (for dim=1), like torch.gather."""
     _check_index("gather", x, index)
     d = normalize_dim(dim, x.ndim, "gather")
+    if index.numel() == 0:  # as PyTorch: an empty index of any shape gives an empty result of its shape
+        return x.flatten().narrow(0, 0, 0).reshape(index.shape)
     if x.ndim == 0 and index.ndim <= 1:  # as PyTorch: a 0-d input is read as the 1-element vector
         return apply(Gather(0), x.reshape(1), index.reshape(index.numel())).reshape(index.shape)
     if index.ndim != x.ndim or any(s > t for i, (s, t) in enumerate(zip(index.shape, x.shape)) if i != d):

@@ -26,6 +26,7 @@ from ..errors import DeviceError, DTypeError, InPlaceError, ShapeError, describe
 from ..layout import broadcast_shapes
 from ..tensor import Tensor
 from . import binary, bitwise
+from .operands import check_number, number_for
 from .shape import getitem
 
 # ---- the version counter: storage id -> number of in-place writes --------------------------------
@@ -178,7 +179,9 @@ def fill_(x: Tensor, value) -> Tensor:
         if value.numel() != 1:
             raise ShapeError(f"fill_: the value must have one element, got {describe(value)}")
         return write("fill_", x, value.reshape(()), same_category=False)
-    return write("fill_", x, Tensor(NDArray.full((), value, x.dtype, x.device)), same_category=False)
+    check_number("fill_", value)
+    return write("fill_", x, Tensor(NDArray.full((), number_for("fill_", value, x.dtype), x.dtype, x.device)),
+                 same_category=False)
 
 
 def zero_(x: Tensor) -> Tensor:

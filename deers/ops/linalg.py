@@ -2,6 +2,8 @@
 and `linear`, x @ W^T as one op (what nn.Linear records)."""
 from __future__ import annotations
 
+import math
+
 from math import prod
 
 from ..autograd import Op
@@ -84,7 +86,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         return reshape(out, out.shape[:-1])
     if b.ndim == 2 and a.ndim > 2:
         lead = a.shape[:-1]
-        flat = reshape(a, (-1, a.shape[-1]))  # (prod(lead), k)
+        flat = reshape(a, (math.prod(lead), a.shape[-1]))  # (prod(lead), k): no -1, which k = 0 cannot infer
         return reshape(apply(MatMul(), flat, b), lead + (b.shape[-1],))  # (*lead, n)
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
     if batch is None:

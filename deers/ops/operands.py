@@ -21,6 +21,7 @@ which costs nothing because no gradient flows to them.
 """
 from __future__ import annotations
 
+import math
 from numbers import Integral, Number
 
 import numpy as np
@@ -98,6 +99,21 @@ def _fit(value, dtype: DType):
     if dtype is i64:
         raise DTypeError(f"the Python integer {value} does not fit in i64")
     return int(value) % (int(info.max) + 1) + int(info.min)  # two's complement wrap (unsigned: min = 0)
+
+
+def number_for(name: str, value, dtype: DType):
+    """A Python number as it is stored into a tensor of `dtype` by fill_ and masked_fill, as PyTorch
+    casts: a float into an integer dtype rounds toward zero (2.7 -> 2), an integer wraps into a
+    narrower one, anything into bool is its truth; a nan or inf into an integer dtype raises."""
+    if dtype is bool_:
+        return bool(value)
+    if dtype.is_float:
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DTypeError(f"{name}: {value} does not fit the integer dtype {dtype.name}")
+        value = math.trunc(value)
+    return _fit(int(value), dtype)
 
 
 def as_operand(value, dtype: DType, like: Tensor) -> Tensor:

@@ -23,11 +23,22 @@ from .operands import require_float
 
 
 def _axes(x: Tensor, dim, op: str) -> tuple[int, ...]:
+    """The sorted dims a reduction runs over: None and () mean every dim (as in PyTorch); a dim
+    named twice, as in (0, -3) of a 3-d tensor, raises."""
     if dim is None:
         return tuple(range(x.ndim))
+    if isinstance(dim, bool) or (isinstance(dim, (tuple, list)) and any(isinstance(d, bool) for d in dim)):
+        raise TypeError(f"{op}: dim must be an int or a tuple of ints, got {dim!r} for {describe(x)}")  # True is not 1
     if isinstance(dim, int):
         dim = (dim,)
-    return tuple(sorted({normalize_dim(d, x.ndim, op) for d in dim}))
+    axes = [normalize_dim(d, x.ndim, op) for d in dim]
+    if not axes:
+        return tuple(range(x.ndim))
+    if len(set(axes)) != len(axes):
+        repeated = next(a for a in axes if axes.count(a) > 1)
+        raise ShapeError(f"{op}: dim {repeated} appears more than once in dim={tuple(dim)} for {describe(x)}; "
+                         "name each dim once")
+    return tuple(sorted(axes))
 
 
 def _count(x: Tensor, axes: tuple[int, ...]) -> int:
@@ -65,12 +76,18 @@ class Sum(ReduceOp):
         return (g.reshape(kept).broadcast_to(self.shape),)
 
 
-def sum(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+def sum(x: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+    """The sum over `dim` (int, tuple, None or () for all); with dtype=, x is cast to it first (as
+    in PyTorch); integer and bool inputs sum in i64."""
+    if dtype is not None:
+        x = x.to_dtype(dtype)
     return apply(Sum(_axes(x, dim, "sum"), keepdim), x)
 
 
-def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    """sum(x) * (1/n): composite, no backward of its own."""
+def mean(x: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+    """sum(x) * (1/n): composite, no backward of its own; with dtype=, x is cast to it first."""
+    if dtype is not None:
+        x = x.to_dtype(dtype)
     require_float("mean", x)
     axes = _axes(x, dim, "mean")
     count = _count(x, axes)
@@ -147,7 +164,10 @@ def _pick(x: Tensor, d: int, indices_kept: Tensor, keepdim: bool) -> ValuesIndic
 
 
 def max(x: Tensor, dim=None, keepdim: bool = False) -> "Tensor | ValuesIndices":
-    """max(x): the largest value. max(x, dim): (values, indices) along one dim, like PyTorch."""
+    """max(x): the largest value. max(x, dim): (values, indices) along one dim. max(x, other) with
+    a Tensor: the element-wise maximum (broadcast and promoted), like PyTorch."""
+    if isinstance(dim, Tensor):
+        return _elementwise("max", x, dim, keepdim)
     if dim is None:
         return amax(x, None, keepdim)
     d = _one_dim(x, dim, "max")
@@ -155,11 +175,24 @@ def max(x: Tensor, dim=None, keepdim: bool = False) -> "Tensor | ValuesIndices":
 
 
 def min(x: Tensor, dim=None, keepdim: bool = False) -> "Tensor | ValuesIndices":
-    """min(x): the smallest value. min(x, dim): (values, indices) along one dim, like PyTorch."""
+    """min(x): the smallest value. min(x, dim): (values, indices) along one dim. min(x, other) with
+    a Tensor: the element-wise minimum (broadcast and promoted), like PyTorch."""
+    if isinstance(dim, Tensor):
+        return _elementwise("min", x, dim, keepdim)
     if dim is None:
         return amin(x, None, keepdim)
     d = _one_dim(x, dim, "min")
     return _pick(x, d, argmin(x, d, keepdim=True), keepdim)
+
+
+def _elementwise(op: str, x: Tensor, other: Tensor, keepdim: bool) -> Tensor:
+    """max(x, other) / min(x, other): torch.maximum / torch.minimum."""
+    from .binary import maximum, minimum
+
+    if keepdim:
+        raise TypeError(f"{op}: keepdim belongs to {op}(x, dim); {op}(x, other) with a Tensor is element-wise "
+                        f"and takes no keepdim ({describe(x)} and {describe(other)})")
+    return maximum(x, other) if op == "max" else minimum(x, other)
 
 
 class ArgMax(ReduceOp):
@@ -175,9 +208,15 @@ class ArgMax(ReduceOp):
 
 
 def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
-    """Index of the largest element along `dim` (over the flattened tensor when dim is None)."""
+    """Index of the largest element along `dim` (over the flattened tensor when dim is None; with
+    keepdim the result then has every dim, of size 1, as in PyTorch)."""
     axes = None if dim is None else (normalize_dim(dim, x.ndim, "argmax"),)
-    return apply(ArgMax(axes, keepdim), x)
+    return _keep_all(apply(ArgMax(axes, keepdim), x), x, dim, keepdim)
+
+
+def _keep_all(index: Tensor, x: Tensor, dim, keepdim: bool) -> Tensor:
+    """argmax/argmin over everything with keepdim=True: the index shaped (1, ..., 1) like x."""
+    return index.reshape((1,) * x.ndim) if dim is None and keepdim else index
 
 
 class ArgMin(Op):
@@ -205,9 +244,10 @@ class ArgMin(Op):
 
 
 def argmin(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
-    """Index of the smallest element along `dim` (over the flattened tensor when dim is None)."""
+    """Index of the smallest element along `dim` (over the flattened tensor when dim is None; with
+    keepdim the result then has every dim, of size 1, as in PyTorch)."""
     axes = None if dim is None else (normalize_dim(dim, x.ndim, "argmin"),)
-    return apply(ArgMin(axes, keepdim), x)
+    return _keep_all(apply(ArgMin(axes, keepdim), x), x, dim, keepdim)
 
 
 def logsumexp(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
@@ -217,6 +257,8 @@ def logsumexp(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
     require_float("logsumexp", x)
     axes = _axes(x, dim, "logsumexp")
+    if _count(x, axes) == 0:  # an empty sum is 0 and its log -inf, as in PyTorch (there is no max to shift by)
+        return sum(x.exp(), axes, keepdim).log()
     peak = amax(x.detach(), axes, keepdim=True)
     peak = where(peak == -math.inf, 0.0, peak)  # a row of only -inf: shift by 0, the result is -inf
     out = sum((x - peak).exp(), axes, keepdim=True).log() + peak
@@ -242,10 +284,16 @@ class Softmax(Op):
         return (y.softmax_backward(g, self.log),)
 
 
-def _softmax(x: Tensor, dim, log: bool) -> Tensor:
+def _softmax(x: Tensor, dim, log: bool, dtype=None) -> Tensor:
     from .shape import transpose
 
+    if dtype is not None:  # as PyTorch: the input is cast first (an integer tensor with dtype=f32 works)
+        x = x.to_dtype(dtype)
     require_float("log_softmax" if log else "softmax", x)
+    if x.numel() == 0:  # nothing to normalize: an empty result of x's shape (no kernel gets an empty row)
+        if isinstance(dim, int):
+            normalize_dim(dim, x.ndim, "log_softmax" if log else "softmax")
+        return x * 0.0
     if x.ndim == 0:  # dim 0 or -1, as PyTorch: the softmax of one element is 1 (log: 0)
         normalize_dim(dim, 0, "log_softmax" if log else "softmax")
         return _softmax(x.reshape(1), 0, log).reshape(())
@@ -258,9 +306,11 @@ def _softmax(x: Tensor, dim, log: bool) -> Tensor:
     return transpose(apply(Softmax(log), transpose(x, d, x.ndim - 1)), d, x.ndim - 1)
 
 
-def softmax(x: Tensor, dim=-1) -> Tensor:
-    return _softmax(x, dim, log=False)
+def softmax(x: Tensor, dim=-1, dtype=None) -> Tensor:
+    """exp(x) / sum(exp(x)) along `dim`; with dtype=, x is cast to it first (as in PyTorch)."""
+    return _softmax(x, dim, log=False, dtype=dtype)
 
 
-def log_softmax(x: Tensor, dim=-1) -> Tensor:
-    return _softmax(x, dim, log=True)
+def log_softmax(x: Tensor, dim=-1, dtype=None) -> Tensor:
+    """x - logsumexp(x) along `dim`; with dtype=, x is cast to it first (as in PyTorch)."""
+    return _softmax(x, dim, log=True, dtype=dtype)

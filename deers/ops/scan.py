@@ -49,9 +49,12 @@ class CumSum(Op):
         return (_scan(g.compact(), self.dim, reverse=True),)
 
 
-def cumsum(x: Tensor, dim: int) -> Tensor:
-    """y_i = x_0 + ... + x_i along `dim`; integer and bool inputs sum in i64, like PyTorch."""
+def cumsum(x: Tensor, dim: int, dtype=None) -> Tensor:
+    """y_i = x_0 + ... + x_i along `dim`; integer and bool inputs sum in i64, like PyTorch; with
+    dtype=, x is cast to it first (cumsum(dim, dtype=f64) sums an f32 tensor in f64)."""
     d = normalize_dim(dim, max(x.ndim, 1), "cumsum")
-    if not x.dtype.is_float and x.dtype is not i64:
+    if dtype is not None:
+        x = x.to_dtype(dtype)
+    elif not x.dtype.is_float and x.dtype is not i64:
         x = x.to_dtype(i64)
     return apply(CumSum(d), x)

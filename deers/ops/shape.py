@@ -9,8 +9,8 @@ import numpy as np
 
 from ..array import NDArray
 from ..autograd import Op
-from ..dtype import i64, promote_types
-from ..errors import DeviceError, ShapeError, describe
+from ..dtype import bool_, i64, promote_types
+from ..errors import DeviceError, DTypeError, ShapeError, describe
 from ..layout import Layout, infer_shape, normalize_dim
 from ..tensor import Tensor, apply
 from .convert import cast
@@ -105,13 +105,18 @@ def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     return reshape(x, x.shape[:s] + (_prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
 
 
-def squeeze(x: Tensor, dim: int | None = None) -> Tensor:
+def squeeze(x: Tensor, dim: "int | tuple[int, ...] | None" = None) -> Tensor:
+    """x without the size-1 dims among `dim` (an int, a tuple of ints, or None for all); a named
+    dim whose size is not 1 stays, as in PyTorch."""
     if dim is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
-    d = normalize_dim(dim, x.ndim, "squeeze")
-    if x.ndim == 0 or x.shape[d] != 1:  # a 0-d tensor (dim 0 or -1) stays as it is, as in PyTorch
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    axes = [normalize_dim(d, x.ndim, "squeeze") for d in dims]
+    if len(set(axes)) != len(axes):
+        raise ShapeError(f"squeeze: a dim appears more than once in dim={dims} for {describe(x)}")
+    if x.ndim == 0:  # a 0-d tensor (dim 0 or -1) stays as it is, as in PyTorch
         return x
-    return reshape(x, x.shape[:d] + x.shape[d + 1:])
+    return reshape(x, tuple(s for i, s in enumerate(x.shape) if not (i in axes and s == 1)))
 
 
 def unsqueeze(x: Tensor, dim: int) -> Tensor:
@@ -148,8 +153,14 @@ def require_dims(x: Tensor, op: str) -> None:
                          "reshape(1) gives it one dim")
 
 
-def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
+def narrow(x: Tensor, dim: int, start: "int | Tensor", length: int) -> Tensor:
+    """The view x[..., start:start + length, ...] along `dim`; start may be a 0-d integer tensor (as
+    in PyTorch) and counts from the end when negative."""
     require_dims(x, "narrow")
+    if isinstance(start, Tensor):
+        if start.ndim != 0 or start.dtype.is_float or start.dtype is bool_:
+            raise DTypeError(f"narrow: start must be an int or a 0-d integer tensor, got {describe(start)}")
+        start = int(start.item())
     d = normalize_dim(dim, x.ndim, "narrow")
     if start < 0:
         start += x.shape[d]
@@ -335,22 +346,24 @@ def cat(tensors: "list[Tensor]", dim: int = 0) -> Tensor:
     tensors = list(tensors)
     if not tensors:
         raise ValueError("cat: needs at least one tensor")
-    first = tensors[0]
     for i, t in enumerate(tensors):
         if not isinstance(t, Tensor):
             raise TypeError(f"cat: expected Tensors, got {type(t).__name__} at position {i}")
         if t.ndim == 0:
             raise ShapeError(f"cat: zero-dimensional tensor at position {i} ({describe(t)}) cannot be "
                              f"concatenated; use deers.stack, or reshape it to (1,)")
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:  # mixed dtypes promote, as in torch.cat (the skipped empty tensors count too)
+        dtype = promote_types(dtype, t.dtype)
+    if any(t.ndim != 1 for t in tensors):  # PyTorch's legacy rule: an empty 1-d tensor (0,) is skipped
+        tensors = [t for t in tensors if t.shape != (0,)]
+    first = tensors[0]
     d = normalize_dim(dim, first.ndim, "cat")
     for t in tensors[1:]:
         if t.device != first.device:
             raise DeviceError(f"cat: tensors on different devices: {describe(first)} and {describe(t)}")
         if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != d):
             raise ShapeError(f"cat: shapes differ outside dim {d}: {describe(first)} and {describe(t)}")
-    dtype = first.dtype
-    for t in tensors[1:]:  # mixed dtypes promote, as in torch.cat
-        dtype = promote_types(dtype, t.dtype)
     return apply(Cat(d), *[cast(t, dtype) for t in tensors])
 
 

@@ -37,8 +37,11 @@ def chunk(x: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
     if not isinstance(chunks, int) or chunks <= 0:
         raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
     require_dims(x, "chunk")
-    n = x.shape[normalize_dim(dim, x.ndim, "chunk")]
-    return split(x, max(1, -(-n // chunks)), dim)
+    d = normalize_dim(dim, x.ndim, "chunk")
+    n = x.shape[d]
+    if n == 0:  # as PyTorch: `chunks` empty pieces
+        return tuple(x.narrow(d, 0, 0) for _ in range(chunks))
+    return split(x, -(-n // chunks), dim)
 
 
 def unbind(x: Tensor, dim: int = 0) -> tuple[Tensor, ...]:

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import ShapeError, describe
 from ..tensor import Tensor
 from .compare import where
+from .operands import as_operand
 
 
 def _triangle(x: Tensor, diagonal: int, lower: bool, op: str) -> Tensor:
@@ -21,7 +22,7 @@ def _triangle(x: Tensor, diagonal: int, lower: bool, op: str) -> Tensor:
     keep = np.tri(rows, cols, diagonal, dtype=bool)  # j <= i + diagonal
     if not lower:
         keep = ~np.tri(rows, cols, diagonal - 1, dtype=bool)  # j >= i + diagonal
-    return where(tensor(keep, device=x.device), x, 0)
+    return where(tensor(keep, device=x.device), x, as_operand(0, x.dtype, x))  # zero of x's dtype (bool stays bool)
 
 
 def tril(x: Tensor, diagonal: int = 0) -> Tensor:
