@@ -63,7 +63,7 @@ def save(path: "str | os.PathLike", model=None, optimizer=None, step: int | None
     }
     from safetensors.numpy import save as serialize
 
-    _atomic_write(path, serialize(tensors, metadata=metadata))
+    atomic_write(path, serialize(tensors, metadata=metadata))
 
 
 def _parameter_names(model, optimizer) -> list[str]:
@@ -90,7 +90,7 @@ def _optimizer_to_file(optimizer, names: list[str], tensors: dict[str, np.ndarra
     return {"type": state["type"], "groups": groups, "scalars": scalars}
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

@@ -7,10 +7,11 @@ dashboard, attention maps and the logit lens, each written as a PNG.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any, Sequence
+
+from .checkpoint import atomic_write
 
 
 def _pyplot():
@@ -25,19 +26,14 @@ def _pyplot():
 
 
 def _save(fig: Any, path: "str | Path") -> Path:
-    """Write the figure atomically (a temporary file renamed into place), then close it."""
+    """Write the figure as a PNG atomically (checkpoint.atomic_write), then close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=100)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        fig.clf()
         _pyplot().close(fig)
+    atomic_write(str(path), buffer.getvalue())
     return path
 
 

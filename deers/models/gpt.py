@@ -235,10 +235,11 @@ class GPT(Module):
             return logits
         self._check_targets(idx, targets)
         wide = logits.to_dtype(f32) if logits.dtype.is_half else logits  # f16 / bf16: the loss in f32
+        rows, row_targets = wide.reshape(-1, wide.shape[-1]), targets.reshape(-1)  # (B*T, V), (B*T,)
         if self.fused:
-            return logits, cross_entropy(wide, targets)  # one op: loss and dlogits in one pass
+            return logits, cross_entropy(rows, row_targets)  # one op: loss and dlogits in one pass
         # from core ops: log_softmax = logits - logsumexp(logits), then -log_probs[target] gathered
-        return logits, cross_entropy_reference(wide.reshape(-1, wide.shape[-1]), targets.reshape(-1))  # (B*T, V)
+        return logits, cross_entropy_reference(rows, row_targets)
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy of idx (B, T) against targets (B, T): a 0-d tensor.
