@@ -157,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--diagnostics", type=positive_int, default=None, metavar="N",
                    help="every N steps print per-layer statistics (weight RMS, gradient norm, update/weight, "
                         "block output RMS, attention entropy; worst layers first) and write <out>/diagnostics.png "
-                        "at the end (deers.diagnostics; docs/inside.md)")
+                        "and .json at the end (deers.diagnostics; docs/inside.md)")
     p.add_argument("--ddp", action="store_true",
                    help="data-parallel over the ranks of `mpirun -n N` (each takes batch-size / N rows)")
     args = p.parse_args(argv)
@@ -329,7 +329,8 @@ def plot_losses(history: dict, path: Path) -> None:
 
 
 def plot_diagnostics(diag: Diagnostics, path: Path) -> None:
-    """The per-layer dashboard of the recorded steps (deers.dashboard), as a PNG."""
+    """The per-layer numbers of the recorded steps as JSON, and their dashboard (deers.dashboard) as a PNG."""
+    checkpoint.atomic_write(str(path.with_suffix(".json")), json.dumps(diag.history()).encode())
     try:
         from deers.dashboard import diagnostics_dashboard
 

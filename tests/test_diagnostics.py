@@ -165,6 +165,9 @@ def test_trainer_diagnostics_flag(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("diagnostics at step") == 2 and "diagnostics at step 6" in out
     assert "head entropy min / mean" in out
+    import json
+    rows = json.loads((tmp_path / "run" / "diagnostics.json").read_text())
+    assert [row["step"] for row in rows] == [3, 6] and "blocks.0" in rows[0]["activation_rms"]
     import importlib.util
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "run" / "diagnostics.png").stat().st_size > 0
