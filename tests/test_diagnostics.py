@@ -179,3 +179,46 @@ def test_trainer_diagnostics_flag(tmp_path, capsys):
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "run" / "attention.png").stat().st_size > 0
         assert (tmp_path / "run" / "logit_lens.png").stat().st_size > 0
+
+
+def _diagnose_on(device):
+    """One recorded SGD step, attention maps and the lens of a small f32 GPT on `device`."""
+    deers.manual_seed(5)
+    m = GPT(GPTConfig(vocab_size=40, sequence_len=12, n_layer=2, n_head=2, n_embd=8, mlp_hidden_dim=16))
+    m.to_device(device)
+    idx, targets = (deers.tensor(ids(s).numpy(), device=device) for s in (0, 1))
+    diag = Diagnostics(m)
+    with diag.record(1, idx) as rec:
+        grads = m.loss(idx, targets).backward()
+        rec.gradients(grads)
+        SGD(m.parameters(), lr=0.1).step_with_grads(grads)
+    maps = [p.numpy() for p in attention_maps(m, idx)]
+    return diag.history()[0], maps, logit_lens(m, idx[0:1], top=1)
+
+
+@pytest.fixture(scope="module", params=["mps", "cuda-emulated"])
+def device(request):
+    if request.param == "mps":
+        pytest.importorskip("mlx.core")
+        yield "mps"
+    else:
+        from cuda_emulator import cuda_backend_fixture
+
+        class Emulated:
+            param = "emulated"
+
+        yield from cuda_backend_fixture(Emulated())
+        return
+
+
+def test_diagnostics_on_other_devices_match_the_cpu(device):
+    want, want_maps, want_lens = _diagnose_on("cpu")
+    got, got_maps, got_lens = _diagnose_on("cuda" if device != "mps" else "mps")
+    for key in ("weight_rms", "grad_norm", "update_ratio", "activation_rms"):
+        assert got[key].keys() == want[key].keys()
+        for name in want[key]:
+            assert got[key][name] == pytest.approx(want[key][name], rel=1e-4, abs=1e-7), (key, name)
+    np.testing.assert_allclose(got["head_entropy"], want["head_entropy"], rtol=1e-4)
+    for g, w in zip(got_maps, want_maps):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert [[c[0][0] for c in layer] for layer in got_lens] == [[c[0][0] for c in layer] for layer in want_lens]
