@@ -98,3 +98,12 @@ def test_nesting_with_the_profiler_is_refused():
         with pytest.raises(RuntimeError, match="already watching"):
             with detect_anomaly():
                 pass
+
+
+def test_anomaly_mode_on_mps():
+    pytest.importorskip("mlx.core")
+    x = deers.tensor([1.0, 0.0], device="mps").attach()
+    with detect_anomaly():
+        y = (x * 0.0).sqrt().sum()
+        with pytest.raises(AnomalyError, match=r"^Sqrt's backward gave inf .* f32 on mps"):
+            y.backward()
