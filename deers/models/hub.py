@@ -23,7 +23,7 @@ import numpy as np
 
 from ..array import NDArray
 from ..device import Device, as_device
-from ..dtype import DType, as_dtype, f32
+from ..dtype import DType, as_dtype, bf16, f32
 from ..errors import DeersError, ShapeError
 from ..nn import ParamStore
 from ..tensor import Var
@@ -215,9 +215,10 @@ class CheckpointStore(ParamStore):
                              f"expects {tuple(shape)} (does config.json match the weights?)")
         dtype = dtype or self.dtype
         raw = file.raw(key)
-        host = widen_bf16(raw) if info["dtype"] == "BF16" and dtype.name != "bf16" else raw
-        if info["dtype"] == "BF16" and dtype.name == "bf16":
-            host = raw.view(dtype.numpy)  # stays 16-bit (needs ml_dtypes on the CPU, as any bf16 tensor does)
+        host = raw
+        if info["dtype"] == "BF16":  # raw holds the 16-bit words
+            # with ml_dtypes the copy below converts (no temporary); without it, widen the words to f32 first
+            host = raw.view(bf16.numpy) if bf16.available else widen_bf16(raw)
         var = Var(NDArray.from_numpy(host, dtype, self.device))  # the one copy, converting to dtype
         del raw, host
         file.release(key)

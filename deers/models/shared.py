@@ -167,15 +167,11 @@ def attend(q: Tensor, k: Tensor, v: Tensor, cache: LayerCache | None, scale: flo
 
 
 # ---- sampling ------------------------------------------------------------------------------------------
-def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator,
-                top_p: float | None = None) -> np.ndarray:
-    """One token id per row of logits (B, V): argmax at temperature 0, else a draw from
-    softmax(logits / temperature) restricted first to the top_k largest logits, then to the smallest
-    set of the most likely tokens whose probabilities sum to at least top_p (nucleus sampling).
-    The order (temperature, top_k, top_p) and the rules at ties are transformers' warpers'.
-    """
-    if temperature == 0:
-        return logits.argmax(axis=-1).astype(np.int64)
+def filter_logits(logits: np.ndarray, temperature: float, top_k: int | None = None,
+                  top_p: float | None = None) -> np.ndarray:
+    """logits (B, V) / temperature, with -inf outside the top_k largest, then outside the top_p nucleus
+    (the smallest set of the most likely tokens whose probabilities sum to at least top_p). The order
+    (temperature, top_k, top_p) and the rules at ties are transformers' logits warpers'."""
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = np.partition(logits, -top_k, axis=-1)[:, -top_k:].min(axis=-1, keepdims=True)  # (B, 1)
@@ -190,6 +186,16 @@ def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: 
         removed = np.zeros_like(drop)
         np.put_along_axis(removed, order, drop, axis=-1)  # back to vocabulary order
         logits = np.where(removed, -np.inf, logits)
+    return logits
+
+
+def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator,
+                top_p: float | None = None) -> np.ndarray:
+    """One token id per row of logits (B, V): argmax at temperature 0, else a draw from the softmax of
+    filter_logits (temperature, then top_k, then top_p)."""
+    if temperature == 0:
+        return logits.argmax(axis=-1).astype(np.int64)
+    logits = filter_logits(logits, temperature, top_k, top_p)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))  # (B, V)
     cdf = np.cumsum(probs, axis=-1)  # (B, V)
     u = rng.random(logits.shape[0]) * cdf[:, -1]  # (B,)
