@@ -50,10 +50,13 @@ def hf_logits(model, ids: np.ndarray) -> np.ndarray:
 
 
 def hf_greedy(model, ids: np.ndarray, n: int) -> np.ndarray:
+    """Greedy decoding with the transformers model, the whole sequence each step (no cache: the plainest
+    form; transformers' own `generate` is checked in test_generate_counts_and_eos, and costs seconds)."""
+    x = torch.tensor(ids)
     with torch.no_grad():
-        out = model.generate(torch.tensor(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
-    return out.numpy()
+        for _ in range(n):
+            x = torch.cat([x, model(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)  # (B, T + 1)
+    return x.numpy()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
