@@ -92,6 +92,18 @@ def test_logits_with_a_kv_cache_equal_one_full_pass(tiny, family):
     assert cache.length == IDS.shape[1]
 
 
+def test_the_context_limit(tiny):
+    """Past n_positions a forward is an error naming it; generate crops the context (recomputing the window)."""
+    model = from_pretrained(tiny["gpt2"][1])
+    long = np.random.default_rng(2).integers(0, VOCAB, (1, 65))
+    with pytest.raises(deers.ShapeError, match="0 cached \\+ 65 new positions exceed n_positions 64"):
+        model(deers.tensor(long))
+    cached = model.generate(deers.tensor(long[:, :60]), 8, temperature=0)
+    assert cached.shape == (1, 68)
+    np.testing.assert_array_equal(cached.numpy(), model.generate(deers.tensor(long[:, :60]), 8, temperature=0,
+                                                                 use_cache=False).numpy())
+
+
 def test_state_dict_names_are_the_checkpoints(tiny):
     for family in FAMILIES:
         hf, folder = tiny[family]

@@ -177,6 +177,7 @@ class GPT2(CausalLM):
         out = model.generate(idx, 50, top_k=40, seed=0)
     """
 
+    context_field = "n_positions"
     config_class = GPT2Config
     # the hub's original `gpt2` files store the causal mask of each block as a buffer: not a parameter
     IGNORED_TENSORS = re.compile(r"(^|\.)h\.\d+\.attn\.(masked_)?bias$")

@@ -203,6 +203,7 @@ class Llama(CausalLM):
         out = model.generate(idx, 50, temperature=0.7, top_p=0.9, seed=0)
     """
 
+    context_field = "max_position_embeddings"
     config_class = LlamaConfig
     # tensors some checkpoints hold that are not parameters (older Llama files store RoPE's inv_freq)
     IGNORED_TENSORS = re.compile(r"\.rotary_emb\.inv_freq$")

@@ -1,5 +1,5 @@
-"""What the decoder models share: rotary tables, grouped-query causal attention, the KV cache, and
-sampling with a KV cache (`generate`).
+"""What the decoder models share: rotary tables, grouped-query causal attention, the KV cache,
+sampling with a KV cache (`generate`), and `CausalLM`, the logits / loss / generate methods.
 
 GPT-2, Llama, Qwen2 and Qwen3 (gpt2.py, llama.py) use these pieces; each model file keeps only what
 makes its family different (its norms, its MLP, its projections and the checkpoint names). Shapes
@@ -285,12 +285,14 @@ def generate(model, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, 
 # ---- the language-model head every family shares --------------------------------------------------------
 class CausalLM(Module):
     """The part of a decoder-only language model that does not depend on its family: logits, the loss,
-    generation. A subclass sets `self.lm_head` (a Linear D -> V), `self.n_layer`, `self.context_len`,
-    and implements `hidden(idx, cache)`, the final normalized hidden states (B, T, D)."""
+    generation. A subclass sets `self.lm_head` (a Linear D -> V), `self.n_layer`, `self.context_len`
+    (and names its config field in `context_field`), and implements `hidden(idx, cache)`, the final
+    normalized hidden states (B, T, D)."""
 
     lm_head: Module
     n_layer: int
     context_len: int
+    context_field = "the context length"  # the config field that sets context_len, for error messages
 
     def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__}.hidden")
@@ -334,8 +336,8 @@ class CausalLM(Module):
         if idx.ndim != 2 or idx.shape[1] < 1:
             raise ShapeError(f"{name}: token ids must be (B, T) with T >= 1, got {describe(idx)}")
         if start + idx.shape[1] > self.context_len:
-            raise ShapeError(f"{name}: {start} cached + {idx.shape[1]} new positions exceed the model's "
-                             f"{self.context_len} positions (ids {describe(idx)})")
+            raise ShapeError(f"{name}: {start} cached + {idx.shape[1]} new positions exceed {self.context_field} "
+                             f"{self.context_len} (ids {describe(idx)})")
 
     def check_targets(self, idx: Tensor, targets: Tensor) -> None:
         if targets.shape != idx.shape:
