@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def run_transformers(folder: Path, prompt, new_tokens: int, repeats: int, device
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--folder", default="runs/bench-llama-100m", help="where the model is built and read")
+    p.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "deers-bench-llama-100m"),
+                   help="where the model is built (400 MB) and read")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
