@@ -226,6 +226,8 @@ def stream(model, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, to
            use_cache: bool = True, timing: Timing | None = None) -> Iterator[np.ndarray]:
     """Yield the next token id of every row (B,) int64, one step at a time (see `generate`)."""
     check_sampling(temperature, top_k, top_p)
+    if max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
     if idx.dtype.name != "i64" or idx.ndim != 2 or idx.shape[1] < 1:
         raise ShapeError(f"generate: token ids must be i64 (B, T) with T >= 1, got {describe(idx)}")
     eos = None if eos_token_id is None else np.atleast_1d(np.asarray(eos_token_id, dtype=np.int64))
