@@ -148,7 +148,10 @@ class SafetensorsFile:
 
     def close(self) -> None:
         if self.map is not None:
-            self.map.close()
+            try:
+                self.map.close()
+            except BufferError:  # a view is still alive (an error raised mid-copy): the map closes when it dies
+                pass
 
 
 class CheckpointFiles:
