@@ -68,6 +68,27 @@ def test_logits_equal_transformers(tiny, family):
     np.testing.assert_allclose(got, hf_logits(hf, IDS), atol=1e-4, rtol=1e-4)
 
 
+VARIANTS = {  # config options the tiny models above leave at their defaults
+    "gpt2-exact-gelu": lambda: transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2, n_inner=40, activation_function="gelu",
+        scale_attn_by_inverse_layer_idx=True, layer_norm_epsilon=1e-3, tie_word_embeddings=False),
+    "llama-biases-linear-rope": lambda: transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=12, attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "linear", "rope_theta": 100.0, "factor": 2.0}),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_config_variants_equal_transformers(variant, tmp_path):
+    from hf_tiny_models import randomize
+
+    hf = transformers.AutoModelForCausalLM.from_config(VARIANTS[variant]())
+    randomize(hf, seed=7)
+    hf.eval().save_pretrained(tmp_path)
+    np.testing.assert_allclose(from_pretrained(tmp_path)(deers.tensor(IDS)).numpy(), hf_logits(hf, IDS), atol=1e-4)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_generation_equals_transformers_and_the_cache_changes_nothing(tiny, family):
     hf, folder = tiny[family]

@@ -23,7 +23,7 @@ import numpy as np
 from ..creation import tensor
 from ..device import Device
 from ..dtype import DType, as_dtype, f32
-from ..nn import Constant, Embedding, LayerNorm, Linear, Module, Normal, ParamPath, ParamStore, gelu
+from ..nn import Constant, Embedding, LayerNorm, Linear, Module, Normal, ParamPath, ParamStore, gelu, silu
 from ..ops.linalg import linear
 from ..tensor import Tensor
 from .shared import CausalLM, KVCache, LayerCache, UnsupportedConfig, attend
@@ -126,7 +126,7 @@ class GPT2MLP(Module):
         elif self.activation == "relu":
             h = h.relu()
         else:  # silu
-            h = h * h.sigmoid()
+            h = silu(h)
         return self.c_proj(h)  # (B, T, D)
 
 
