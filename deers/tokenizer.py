@@ -1,9 +1,11 @@
-"""Tokenizer: a thin wrapper over a tiktoken byte-level BPE encoding (GPT-2's by default).
+"""Tokenizer: a thin wrapper over a tiktoken byte-level BPE encoding (GPT-2's by default), or over a
+Hugging Face `tokenizer.json` (`Tokenizer.from_pretrained`, for the pretrained models).
 
 GPT-2's rank file ships inside the package (`deers/data/gpt2.tiktoken`, see its NOTICE.md), so
 `Tokenizer.gpt2()` needs no download, no cache and no network, and gives exactly tiktoken's
 "gpt2" tokens. `Tokenizer.from_tiktoken_file` loads any other `.tiktoken` rank file. tiktoken,
-the BPE engine, is an optional dependency (`pip install deers[train]`).
+the BPE engine, is an optional dependency (`pip install deers[train]`). `Tokenizer.from_pretrained`
+reads a model folder's `tokenizer.json` with the `tokenizers` library (`pip install deers[hf]`).
 """
 from __future__ import annotations
 
@@ -102,6 +104,21 @@ class Tokenizer:
                                      special_tokens=special_tokens)
         return cls(encoding)
 
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: "str | Path") -> "Tokenizer":
+        """The tokenizer of a Hugging Face model folder (its `tokenizer.json`) or repo id (downloaded
+        with huggingface_hub), through the `tokenizers` library: the ids of transformers' tokenizer.
+
+        GPT-2 ("gpt2", "openai-community/gpt2") without a local folder is the built-in `gpt2()`,
+        the same ids with no download.
+        """
+        if str(path_or_repo_id) in ("gpt2", "openai-community/gpt2") and not Path(path_or_repo_id).is_dir():
+            return cls.gpt2()
+        from .models.hub import resolve
+
+        folder = resolve(path_or_repo_id, patterns=["tokenizer.json", "tokenizer_config.json", "config.json"])
+        return HFTokenizer(folder / "tokenizer.json")
+
     @property
     def name(self) -> str:
         return self.encoding.name
@@ -134,3 +151,70 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size()}, eot={self.eot_token})"
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizer.json` behind the Tokenizer interface (built by Tokenizer.from_pretrained).
+
+    encode adds the special tokens the file's post-processor adds (Llama 3's <|begin_of_text|>), as
+    transformers' `tokenizer.encode(text)` does; special-token text such as `<|endoftext|>` becomes its
+    one id. `eot_token` is the end-of-sequence token that tokenizer_config.json names (else
+    `<|endoftext|>` when the vocabulary has it, else None).
+    """
+
+    def __init__(self, path: "str | Path"):
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerUnavailable(f"{path} is missing (only tokenizers saved as tokenizer.json are supported)")
+        try:
+            import tokenizers
+        except ImportError as err:
+            raise TokenizerUnavailable("reading tokenizer.json needs the tokenizers package: "
+                                       "pip install 'deers[hf]'") from err
+        self.path = path
+        self.backend = tokenizers.Tokenizer.from_file(str(path))
+        self._eot = self._end_of_sequence(path.parent / "tokenizer_config.json")
+
+    def _end_of_sequence(self, config_path: Path) -> int | None:
+        import json
+
+        name = EOT_TEXT
+        if config_path.is_file():
+            eos = json.loads(config_path.read_text()).get("eos_token")
+            name = eos.get("content") if isinstance(eos, dict) else eos or EOT_TEXT
+        return self.backend.token_to_id(name)
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def eot_token(self) -> int | None:
+        """Id of the end-of-sequence token (None when the tokenizer has none)."""
+        return self._eot
+
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`, as transformers' tokenizer.encode(text, add_special_tokens=...)."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text` with special-token text treated as plain characters, nothing added."""
+        self.backend.encode_special_tokens = True
+        try:
+            return self.backend.encode(text, add_special_tokens=False).ids
+        finally:
+            self.backend.encode_special_tokens = False
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
+        """Encode many texts at once (the tokenizers library's own thread pool)."""
+        return [e.ids for e in self.backend.encode_batch(list(texts))]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of a sequence of ids, special tokens included, as transformers' tokenizer.decode(ids)."""
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({self.name!r}, vocab_size={self.vocab_size()}, eot={self.eot_token})"

@@ -42,6 +42,8 @@ TINY = {
                           "--sample-tokens", "4", "--checkpoint-every", "2"],
     "sample": ["--max-new-tokens", "4"],
     "mnist_train": ["--epochs", "1", "--limit", "64", "--batch-size", "32"],
+    "generate": ["--max-new-tokens", "4"],
+    "finetune": ["--steps", "2", "--batch-size", "1", "--seq-len", "16"],
 }
 
 
@@ -163,6 +165,8 @@ def why_it_cannot_run_here(command: Command) -> str | None:
         return "needs mpirun (openmpi-bin) and mpi4py"
     if command.prefix[:1] == ("mpirun",) and int(command.prefix[command.prefix.index("-n") + 1]) > 2:
         return "needs more than 2 processes"
+    if command.script in ("generate", "finetune") and not Path(command.flag("--model") or "gpt2").is_dir():
+        return "downloads a pretrained model from the Hugging Face hub (tests/test_pretrained_examples.py runs it offline)"
     device = command.flag("--device") or "cpu"
     try:
         deers.zeros(1, device=device)
