@@ -44,6 +44,7 @@ TINY = {
     "mnist_train": ["--epochs", "1", "--limit", "64", "--batch-size", "32"],
     "generate": ["--max-new-tokens", "4"],
     "finetune": ["--steps", "2", "--batch-size", "1", "--seq-len", "16"],
+    "inspect_model": ["--top", "1"],  # reads the main job's run folder
 }
 
 
@@ -224,6 +225,8 @@ def test_documented_command_runs(command, workdir, main_job):
         assert "checkpoint: " in done.stderr
     elif command.script == "mnist_train":
         assert re.search(r"^epoch 1/1 \| train_loss ", done.stdout, re.M), done.stdout
+    elif command.script == "inspect_model":
+        assert done.stdout.startswith("after "), done.stdout
 
 
 # ---- the quick start ---------------------------------------------------------------------------------
