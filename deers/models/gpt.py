@@ -170,17 +170,6 @@ class GPTBlock(Module):
         self.norm2 = RMSNorm(config.n_embd, eps=config.rms_norm_eps, vb=vb.pp("norm2"))
         self.mlp = MLP(config, vb.pp("mlp"))
 
-    def heads(self, x: Tensor, cos: Tensor, sin: Tensor, fused: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v of x (B, T, D), split into heads, q and k rotated by their positions (RoPE)."""
-        B, T, D = x.shape
-        nh, hd = self.n_head, self.head_dim
-        qkv = self.qkv(x)  # (B, T, 3D)
-        q = qkv.narrow(2, 0, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = qkv.narrow(2, D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        v = qkv.narrow(2, 2 * D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        rope = apply_rope if fused else apply_rope_reference  # both: x * cos + rotate_half(x) * sin
-        return rope(q, cos, sin), rope(k, cos, sin), v
-
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
                 fused: bool = True) -> Tensor:
         x = x + self.attn(norm(self.norm1, x, fused), cos, sin, cache, fused=fused)  # (B, T, D)
