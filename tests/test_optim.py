@@ -154,14 +154,14 @@ def test_state_dict_contents_and_load_checks():
     opt = AdamW([w], lr=0.1)
     opt.step(_loss(deers.tensor(BATCHES[0]), w, deers.zeros(4, dtype="f64")).backward())
     state = opt.state_dict()
-    assert state["type"] == "AdamW" and state["groups"][0]["params"] == [0]
+    assert state["type"] == "AdamW" and state["param_groups"][0]["params"] == [0]
     assert state["state"][0]["step"] == 1 and set(state["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
     assert state["state"][0]["exp_avg"].shape == (3, 4)
     with pytest.raises(ValueError, match="AdamW"):
         SGD([w]).load_state_dict(state)
     with pytest.raises(ValueError, match="groups"):
         AdamW([w, deers.Var(deers.zeros(2))]).load_state_dict(state)
-    bad = {"type": "AdamW", "groups": state["groups"], "state": {0: dict(state["state"][0], exp_avg=np.zeros(3))}}
+    bad = {"type": "AdamW", "groups": state["param_groups"], "state": {0: dict(state["state"][0], exp_avg=np.zeros(3))}}
     with pytest.raises(ValueError, match="exp_avg"):
         AdamW([w]).load_state_dict(bad)
 

@@ -1,0 +1,129 @@
+"""Muon vs AdamW: steps and seconds to the validation loss AdamW reaches at its last step.
+
+    python benchmarks/muon_vs_adamw.py --config small --out runs/muon_vs_adamw
+
+Every run is examples/tinystories_train.py in a process of its own, one at a time, on the bundled
+TinyStories sample (--data sample), with the same seed, so both optimizers see the same batches.
+
+1. Tuning: each optimizer trains --sweep-steps steps (a run of that length, with its own
+   warmup and warmdown) at each learning rate of its list; the rate with the lowest final
+   validation loss wins. AdamW is tuned first (--lr for every parameter); Muon's runs then keep
+   that --lr for the embedding, lm_head and gains (AdamW's part) and sweep --muon-lr.
+2. The race: both train --steps steps at their tuned rates on the same schedule, evaluating every
+   --eval-every steps on the same validation windows. The target is AdamW's validation loss at its
+   last step; for each optimizer the table gives the first evaluation at or below it, and the
+   training wall-clock seconds up to that step (the log's step times; evaluations not counted).
+
+A run whose log already ends with its checkpoint line is not repeated (delete <out>/<run>.log to
+redo it), so the tuning and the race can run in separate sittings. The table is printed in the
+Markdown of docs/performance.md.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINER = ROOT / "examples" / "tinystories_train.py"
+CONFIGS = {  # model and batch flags of the trainer
+    "headline": [],  # the trainer's defaults: 6 x 192, seq 256, batch 4, GPT-2's 50,257 tokens
+    "small": ["--n-layer", "4", "--n-embd", "128", "--seq-len", "64", "--batch-size", "8"],
+}
+LOG = re.compile(r"^step (\d+)/\d+ \| train_loss [\d.]+ \| lr \S+ \| ([\d.]+)s \|")
+VAL = re.compile(r"^step (\d+) \| val_loss ([\d.]+) \| val_bpb ([\d.]+)")
+
+
+def run(name: str, args: argparse.Namespace, steps: int, eval_every: int, extra: list[str]) -> dict:
+    """Train once (or reuse a finished log); returns {"val": [(step, loss, bpb)], "seconds": {step: s}}."""
+    out = Path(args.out)
+    log = out / f"{name}.log"
+    if not (log.exists() and f"at step {steps}\n" in log.read_text()):
+        command = [sys.executable, str(TRAINER), "--data", "sample", "--steps", str(steps), "--seed", str(args.seed),
+                   "--eval-every", str(eval_every), "--log-every", str(eval_every), "--eval-batches",
+                   str(args.eval_batches), "--sample-every", str(10 ** 9), "--checkpoint-every", str(10 ** 9),
+                   "--out", str(out / name), *CONFIGS[args.config], *extra]
+        if args.data_dir:
+            command += ["--data-dir", args.data_dir]
+        print(f"running {name}: {' '.join(command[1:])}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    return parse(log.read_text(), eval_every)
+
+
+def parse(text: str, eval_every: int) -> dict:
+    """Validation points and the cumulative training seconds at each logged step."""
+    val, seconds, total, last = [], {}, 0.0, 0
+    for line in text.splitlines():
+        if m := LOG.match(line):
+            step, per_step = int(m.group(1)), float(m.group(2))
+            total += per_step * (step - last)  # the log gives the mean step time since the last line
+            seconds[step], last = total, step
+        elif m := VAL.match(line):
+            val.append((int(m.group(1)), float(m.group(2)), float(m.group(3))))
+    return {"val": val, "seconds": seconds}
+
+
+def first_at_or_below(result: dict, target: float) -> tuple[int, float] | None:
+    for step, loss, _ in result["val"]:
+        if loss <= target:
+            return step, result["seconds"][step]
+    return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", choices=sorted(CONFIGS), default="headline")
+    p.add_argument("--steps", type=int, default=600, help="steps of the race")
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-batches", type=int, default=10)
+    p.add_argument("--sweep-steps", type=int, default=200)
+    p.add_argument("--adamw-lrs", default="5e-4,1e-3,2e-3,4e-3", help="comma-separated AdamW rates to try")
+    p.add_argument("--muon-lrs", default="0.01,0.02,0.04", help="comma-separated Muon rates to try")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--data-dir", default=None, help="the trainer's --data-dir (token files of the sample)")
+    p.add_argument("--out", default="runs/muon_vs_adamw")
+    args = p.parse_args()
+
+    def final_loss(result: dict) -> float:
+        return result["val"][-1][1]
+
+    sweeps = {"adamw": {}, "muon": {}}
+    for lr in args.adamw_lrs.split(","):
+        sweeps["adamw"][lr] = final_loss(run(f"sweep_adamw_lr{lr}", args, args.sweep_steps, args.sweep_steps,
+                                             ["--optimizer", "adamw", "--lr", lr]))
+    adamw_lr = min(sweeps["adamw"], key=sweeps["adamw"].get)
+    for lr in args.muon_lrs.split(","):
+        sweeps["muon"][lr] = final_loss(run(f"sweep_muon_lr{lr}_adamw{adamw_lr}", args, args.sweep_steps,
+                                            args.sweep_steps, ["--optimizer", "muon", "--lr", adamw_lr,
+                                                               "--muon-lr", lr]))
+    muon_lr = min(sweeps["muon"], key=sweeps["muon"].get)
+    print(f"\ntuning ({args.sweep_steps}-step runs, final val_loss):")
+    for name, losses in sweeps.items():
+        print(f"  {name}: " + ", ".join(f"lr {lr}: {loss:.4f}" for lr, loss in losses.items()))
+
+    adamw = run(f"race_adamw_lr{adamw_lr}", args, args.steps, args.eval_every, ["--optimizer", "adamw", "--lr", adamw_lr])
+    muon = run(f"race_muon_lr{muon_lr}_adamw{adamw_lr}", args, args.steps, args.eval_every,
+               ["--optimizer", "muon", "--lr", adamw_lr, "--muon-lr", muon_lr])
+    target = adamw["val"][-1][1]
+    print(f"\ntarget: AdamW's val_loss at step {args.steps}: {target:.4f} (val_bpb {adamw['val'][-1][2]:.4f})\n")
+    print("| optimizer | tuned lr | steps to target | seconds to target | s/step | val_loss at the last step "
+          "| val_bpb at the last step |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, lr, result in (("AdamW", f"{adamw_lr}", adamw), ("Muon + AdamW", f"{muon_lr} (AdamW part {adamw_lr})",
+                                                               muon)):
+        reached = first_at_or_below(result, target)
+        steps, seconds = (f"{reached[0]}", f"{reached[1]:.0f}") if reached else (f"not reached in {args.steps}", "-")
+        per_step = result["seconds"][args.steps] / args.steps
+        print(f"| {name} | {lr} | {steps} | {seconds} | {per_step:.3f} | {result['val'][-1][1]:.4f} "
+              f"| {result['val'][-1][2]:.4f} |")
+    print("\nvalidation loss every", args.eval_every, "steps (step: AdamW / Muon):")
+    for (step, a, _), (_, m, _) in zip(adamw["val"], muon["val"]):
+        print(f"  {step}: {a:.4f} / {m:.4f}")
+
+
+if __name__ == "__main__":
+    main()
