@@ -4,6 +4,8 @@
 
 Every run is examples/tinystories_train.py in a process of its own, one at a time, on the bundled
 TinyStories sample (--data sample), with the same seed, so both optimizers see the same batches.
+--config headline is the trainer's default GPT; --config small is a 4 x 128 GPT on GPT-2's first
+4,096 tokens (see CONFIGS), for a machine where the headline's runs do not fit.
 
 1. Tuning: each optimizer trains --sweep-steps steps (a run of that length, with its own
    warmup and warmdown) at each learning rate of its list; the rate with the lowest final
@@ -28,10 +30,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = ROOT / "examples" / "tinystories_train.py"
-CONFIGS = {  # model and batch flags of the trainer
-    "headline": [],  # the trainer's defaults: 6 x 192, seq 256, batch 4, GPT-2's 50,257 tokens
-    "small": ["--n-layer", "4", "--n-embd", "128", "--seq-len", "64", "--batch-size", "8"],
+CONFIGS = {  # model and batch flags of the trainer, and the vocabulary (None: GPT-2's 50,257 tokens)
+    "headline": ([], None),  # the trainer's defaults: 6 x 192, seq 256, batch 4
+    # 4 x 128, seq 128, batch 4, and GPT-2's first 4,096 BPE tokens (+ <|endoftext|>): the hidden
+    # matrices, where Muon acts, hold most of the compute instead of the 50,257-row lm_head
+    "small": (["--n-layer", "4", "--n-embd", "128", "--seq-len", "128", "--batch-size", "4"], 4096),
 }
+GPT2_RANKS = ROOT / "deers" / "data" / "gpt2.tiktoken"
 LOG = re.compile(r"^step (\d+)/\d+ \| train_loss [\d.]+ \| lr \S+ \| ([\d.]+)s \|")
 VAL = re.compile(r"^step (\d+) \| val_loss ([\d.]+) \| val_bpb ([\d.]+)")
 
@@ -44,14 +49,25 @@ def run(name: str, args: argparse.Namespace, steps: int, eval_every: int, extra:
         command = [sys.executable, str(TRAINER), "--data", "sample", "--steps", str(steps), "--seed", str(args.seed),
                    "--eval-every", str(eval_every), "--log-every", str(eval_every), "--eval-batches",
                    str(args.eval_batches), "--sample-every", str(10 ** 9), "--checkpoint-every", str(10 ** 9),
-                   "--out", str(out / name), *CONFIGS[args.config], *extra]
-        if args.data_dir:
-            command += ["--data-dir", args.data_dir]
+                   "--out", str(out / name), "--data-dir", str(out / "data"), *CONFIGS[args.config][0], *extra]
+        vocab = CONFIGS[args.config][1]
+        if vocab is not None:
+            command += ["--tokenizer-file", str(truncated_gpt2(out, vocab))]
         print(f"running {name}: {' '.join(command[1:])}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as f:
             subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
     return parse(log.read_text(), eval_every)
+
+
+def truncated_gpt2(out: Path, ranks: int) -> Path:
+    """GPT-2's BPE cut to its first `ranks` tokens (each token's parts come earlier in GPT-2's merge
+    order, so the prefix is a complete BPE); the trainer adds <|endoftext|> as token `ranks`."""
+    path = out / f"gpt2_first{ranks}.tiktoken"
+    if not path.exists():
+        lines = GPT2_RANKS.read_text().splitlines()[:ranks]
+        path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def parse(text: str, eval_every: int) -> dict:
@@ -84,8 +100,7 @@ def main() -> None:
     p.add_argument("--adamw-lrs", default="5e-4,1e-3,2e-3,4e-3", help="comma-separated AdamW rates to try")
     p.add_argument("--muon-lrs", default="0.01,0.02,0.04", help="comma-separated Muon rates to try")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--data-dir", default=None, help="the trainer's --data-dir (token files of the sample)")
-    p.add_argument("--out", default="runs/muon_vs_adamw")
+    p.add_argument("--out", default="runs/muon_vs_adamw", help="logs, checkpoints and the sample's token files")
     args = p.parse_args()
 
     def final_loss(result: dict) -> float:
