@@ -65,6 +65,7 @@ def truncated_gpt2(out: Path, ranks: int) -> Path:
     order, so the prefix is a complete BPE); the trainer adds <|endoftext|> as token `ranks`."""
     path = out / f"gpt2_first{ranks}.tiktoken"
     if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
         lines = GPT2_RANKS.read_text().splitlines()[:ranks]
         path.write_text("\n".join(lines) + "\n")
     return path
