@@ -121,7 +121,8 @@ def main() -> None:
     for name, losses in sweeps.items():
         print(f"  {name}: " + ", ".join(f"lr {lr}: {loss:.4f}" for lr, loss in losses.items()))
 
-    adamw = run(f"race_adamw_lr{adamw_lr}", args, args.steps, args.eval_every, ["--optimizer", "adamw", "--lr", adamw_lr])
+    adamw = run(f"race_adamw_lr{adamw_lr}", args, args.steps, args.eval_every,
+                ["--optimizer", "adamw", "--lr", adamw_lr])
     muon = run(f"race_muon_lr{muon_lr}_adamw{adamw_lr}", args, args.steps, args.eval_every,
                ["--optimizer", "muon", "--lr", adamw_lr, "--muon-lr", muon_lr])
     target = adamw["val"][-1][1]

@@ -25,17 +25,18 @@ hidden weight matrices with Muon (peak lr --muon-lr) and the token embedding, th
 norm gains with AdamW (peak lr --lr), as nanochat does. The schedule scales every group's peak
 learning rate by the same factor. One step takes --grad-accum micro-batches of --batch-size rows
 and sums their gradients (each loss divided by the count), which is the update of one batch of
---grad-accum x --batch-size rows: the `data:` line says the tokens per step. Checkpoints (<out>/ckpt.safetensors, written atomically, one
-`saved ...` line each) hold the model, the optimizer, the step, every RNG state and the loss
-history, so --resume continues with exactly the losses an uninterrupted run would have had.
-Ctrl-C finishes the current step, then writes a checkpoint and the loss-curve plot
-(<out>/loss.png, needs matplotlib).
+--grad-accum x --batch-size rows: the `data:` line says the tokens per step.
+
+Checkpoints (<out>/ckpt.safetensors, written atomically, one `saved ...` line each) hold the
+model, the optimizer (both, with --optimizer muon), the step, every RNG state and the loss history,
+so --resume continues with exactly the losses an uninterrupted run would have had. Ctrl-C finishes
+the current step, then writes a checkpoint and the loss-curve plot (<out>/loss.png, needs matplotlib).
 
 Model size: --n-head defaults to --n-embd / 32 (heads of 32, as in the default 6 x 32 = 192) and
 --mlp-hidden to 4 x --n-embd, so changing the width alone gives a consistent model.
 
 With --dtype bf16 or f16 the forward and backward run in that dtype on a copy of the model while
-the master weights and the AdamW state stay in f32 (f16 also scales the loss to keep small
+the master weights and the optimizer state stay in f32 (f16 also scales the loss to keep small
 gradients from underflowing).
 
 With --ddp, run under `mpirun -n N`: each rank takes --batch-size / N rows of every global batch
@@ -60,6 +61,7 @@ import numpy as np
 import deers
 import deers.distributed as dist
 from deers import checkpoint
+from deers.autograd import Grads
 from deers.checkpoint import CheckpointError
 from deers.cli import (
     HelpFormatter,
@@ -75,7 +77,6 @@ from deers.download import DownloadError
 from deers.dtype import as_dtype
 from deers.errors import BackendUnavailable
 from deers.models.gpt import GPT, GPTConfig
-from deers.autograd import Grads
 from deers.optim import AdamW, LossScaler, LowPrecisionCopy, LRSchedule, Optimizer, clip_grad_norm, muon_with_adamw
 from deers.tinystories import StoryFileError, prepare_sample, prepare_tinystories
 from deers.tokenizer import Tokenizer, TokenizerUnavailable

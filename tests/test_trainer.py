@@ -317,7 +317,8 @@ def test_bits_per_byte_on_a_hand_computed_case(trainer, corpus):
     tokenizer = deers.tokenizer.Tokenizer.from_tiktoken_file(corpus / "tiny.tiktoken")
     lengths = trainer.token_byte_lengths(tokenizer)
     text = "Once upon a time, a café."
-    assert lengths[tokenizer.encode(text)].sum() == len(text.encode("utf-8")) == 26 and lengths[tokenizer.eot_token] == 0
+    assert lengths[tokenizer.encode(text)].sum() == len(text.encode("utf-8")) == 26
+    assert lengths[tokenizer.eot_token] == 0
 
     # A model with a zero lm_head predicts uniformly: loss ln V per token, log2 V bits. The validation
     # tokens are 8 single bytes, then <|endoftext|>: two windows of 4 predict 8 targets holding 7 bytes.

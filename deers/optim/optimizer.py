@@ -3,9 +3,9 @@
 An optimizer holds its parameters in groups, `opt.param_groups` as in PyTorch: each group a dict
 of hyper-parameters plus "params", readable and writable (a schedule sets each group's "lr"),
 and `add_param_group` appends one. For each parameter it keeps a small dict of state: arrays on
-the parameter's device shaped like it (e.g. "exp_avg") and plain numbers (e.g. "step"). `step_with_grads(grads)` updates every
-parameter that has a gradient in place, on its own buffer, so the Var objects (and their ids)
-never change and no graph is recorded.
+the parameter's device shaped like it (e.g. "exp_avg") and plain numbers (e.g. "step").
+`step_with_grads(grads)` updates every parameter that has a gradient in place, on its own buffer,
+so the Var objects (and their ids) never change and no graph is recorded.
 
 State follows its parameter: after `model.to_device(...)` moves the Vars, the next step first
 moves each parameter's state arrays to the parameter's device (one host round trip, as the move
