@@ -9,6 +9,7 @@ from deers.errors import ShapeError
 from deers.models.gpt import GPT, GPTConfig
 from deers.optim import AdamW, Muon, muon_with_adamw
 from deers.optim.muon import NS_COEFFICIENTS, newton_schulz
+from devices import ACCELERATORS
 
 RNG = np.random.default_rng(0)
 WEIGHTS = [RNG.standard_normal((6, 4)).astype(np.float32),  # tall: iterated transposed
@@ -108,6 +109,22 @@ def test_newton_schulz_flattens_the_singular_values():
     assert s_in.max() / s_in.min() > 1000 and s_out.max() / s_out.min() < 4  # 3 decades of spread -> under 4x
     np.testing.assert_allclose(out.numpy(), numpy_newton_schulz(g.astype(np.float64)), atol=2e-5)
     assert out.dtype is deers.f32
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+def test_five_steps_on_an_accelerator_match_the_cpu(device):
+    """Newton-Schulz is plain deers array ops, so Muon runs on every backend."""
+    want, _ = run_deers(lr=0.02)
+    params = [deers.Var(deers.tensor(w, device=device)) for w in WEIGHTS]
+    opt = Muon(params, lr=0.02)
+    for arrays in GRADS:
+        grads = Grads()
+        for p, g in zip(params, arrays):
+            grads.set_array(p, deers.tensor(g, device=device).data)
+        opt.step(grads)
+    for p, w in zip(params, want):
+        assert p.device.kind == device
+        np.testing.assert_allclose(p.numpy(), w, rtol=0, atol=1e-5)
 
 
 def test_state_dict_round_trip_continues_identically():
