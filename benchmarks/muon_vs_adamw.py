@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--eval-batches", type=int, default=5)
     p.add_argument("--sweep-steps", type=int, default=100)
     p.add_argument("--adamw-lrs", default="1e-3,3e-3,6e-3", help="comma-separated AdamW rates to try")
-    p.add_argument("--muon-lrs", default="0.01,0.02,0.05", help="comma-separated Muon rates to try")
+    p.add_argument("--muon-lrs", default="0.005,0.01,0.02,0.05", help="comma-separated Muon rates to try")
     p.add_argument("--race-all", action="store_true",
                    help="also race every rate of the lists at full length: the target is then the best AdamW "
                         "run's last val_loss (tuning at the race's own length)")
