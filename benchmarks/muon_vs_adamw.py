@@ -138,22 +138,28 @@ def main() -> None:
     muon = {lr: run(f"race_muon_lr{lr}_adamw{adamw_lr}", args, args.steps, args.eval_every,
                     ["--optimizer", "muon", "--lr", adamw_lr, "--muon-lr", lr]) for lr in muon_lrs}
     best = min(adamw, key=lambda lr: final_loss(adamw[lr]))
-    target = final_loss(adamw[best])
-    print(f"\ntarget: the val_loss of AdamW (lr {best}) at step {args.steps}: {target:.4f} "
-          f"(val_bpb {adamw[best]['val'][-1][2]:.4f})\n")
-    print("| optimizer | lr | steps to target | seconds to target | s/step | val_loss at the last step "
-          "| val_bpb at the last step |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    # AdamW's losses at a quarter, half and all of the run (on the evaluation grid) are the targets
+    marks = [args.eval_every * round(args.steps * f / args.eval_every) for f in (0.25, 0.5, 1.0)]
+    targets = {step: loss for step, loss, _ in adamw[best]["val"] if step in marks}
+    print(f"\ntargets: the val_loss of AdamW (lr {best}) at steps {', '.join(map(str, targets))}: "
+          f"{', '.join(f'{loss:.4f}' for loss in targets.values())}\n")
+    header = ["optimizer", "lr", *(f"steps (s) to AdamW's step-{step} loss" for step in targets), "s/step",
+              f"val_loss at step {args.steps}", f"val_bpb at step {args.steps}"]
+    print("| " + " | ".join(header) + " |")
+    print("| --- | --- |" + " ---: |" * (len(header) - 2))
     rows = [("AdamW", lr, result) for lr, result in adamw.items()]
     rows += [("Muon + AdamW", f"{lr} (AdamW part {adamw_lr})", result) for lr, result in muon.items()]
     for name, lr, result in rows:
-        reached = first_at_or_below(result, target)
-        steps, seconds = (f"{reached[0]}", f"{reached[1]:.0f}") if reached else (f"not reached in {args.steps}", "-")
+        cells = []
+        for loss in targets.values():
+            reached = first_at_or_below(result, loss)
+            cells.append(f"{reached[0]} ({reached[1]:.0f} s)" if reached else f"not in {args.steps}")
         per_step = result["seconds"][args.steps] / args.steps
-        print(f"| {name} | {lr} | {steps} | {seconds} | {per_step:.3f} | {result['val'][-1][1]:.4f} "
+        print(f"| {name} | {lr} | {' | '.join(cells)} | {per_step:.3f} | {result['val'][-1][1]:.4f} "
               f"| {result['val'][-1][2]:.4f} |")
-    print(f"\nvalidation loss every {args.eval_every} steps (step: AdamW lr {best} / Muon lr {muon_lr}):")
-    for (step, a, _), (_, m, _) in zip(adamw[best]["val"], muon[muon_lr]["val"]):
+    muon_best = min(muon, key=lambda lr: final_loss(muon[lr]))
+    print(f"\nvalidation loss every {args.eval_every} steps (step: AdamW lr {best} / Muon lr {muon_best}):")
+    for (step, a, _), (_, m, _) in zip(adamw[best]["val"], muon[muon_best]["val"]):
         print(f"  {step}: {a:.4f} / {m:.4f}")
 
 
