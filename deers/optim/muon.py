@@ -9,9 +9,9 @@ Muon is for the 2-D weight matrices of hidden layers. Per matrix and step (torch
     p   = p - adjusted_lr * O,   adjusted_lr = lr * sqrt(max(1, rows / cols))       ("original")
                                           or lr * 0.2 * sqrt(max(rows, cols))        ("match_rms_adamw")
 
-Every singular value of O is near 1, so each direction of the update moves by about the same
-amount however large or small its gradient was: the rare directions that Adam-like methods
-under-train get their share. Embeddings, the output head and the norm gains are not hidden
+The singular values of O lie within a small band around 1 whatever those of u were (five steps
+turn a 1000x spread into under 4x, tests/test_muon.py), so each direction of the update moves by
+about the same amount however large or small its gradient was. Embeddings, the output head and the norm gains are not hidden
 matrices (a row of an embedding is updated only when its token appears): give them to AdamW,
 as `muon_with_adamw` does.
 
