@@ -78,7 +78,7 @@ from deers.dtype import as_dtype
 from deers.errors import BackendUnavailable
 from deers.models.gpt import GPT, GPTConfig
 from deers.optim import AdamW, LossScaler, LowPrecisionCopy, LRSchedule, Optimizer, clip_grad_norm, muon_with_adamw
-from deers.tinystories import StoryFileError, prepare_sample, prepare_tinystories
+from deers.tinystories import StoryFileError, bits_per_byte, prepare_sample, prepare_tinystories, token_byte_lengths
 from deers.tokenizer import Tokenizer, TokenizerUnavailable
 
 CHECKPOINT_NAME = "ckpt.safetensors"
@@ -341,27 +341,6 @@ def evaluate(model: GPT, val: TokenBinDataset, batch_size: int, max_batches: int
                 text_bytes += int(token_bytes[ids].sum())
     mean = total / rows
     return mean, (bits_per_byte(mean, tokens, text_bytes) if token_bytes is not None else None)
-
-
-def bits_per_byte(loss_nats: float, num_tokens: int, num_bytes: int) -> float:
-    """Mean loss in nats per token -> bits per byte of text: loss * tokens / (ln 2 * bytes).
-
-    Per byte, not per token, so models with different tokenizers compare (nanochat's metric).
-    """
-    if num_bytes <= 0:
-        raise ValueError(f"bits_per_byte: the {num_tokens} tokens hold no text bytes")
-    return loss_nats * num_tokens / (math.log(2) * num_bytes)
-
-
-def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
-    """UTF-8 length in bytes of every token id (i64, (V,)); special tokens such as <|endoftext|>
-    separate stories and count 0 bytes, as they are not text."""
-    special = {tokenizer.encoding.encode_single_token(text) for text in tokenizer.encoding.special_tokens_set}
-    lengths = np.zeros(tokenizer.vocab_size(), dtype=np.int64)  # (V,)
-    for i in range(tokenizer.vocab_size()):
-        if i not in special:
-            lengths[i] = len(tokenizer.encoding.decode_single_token_bytes(i))
-    return lengths
 
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, seed: int, device: str,

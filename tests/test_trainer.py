@@ -313,9 +313,9 @@ def test_muon_run_resumes_exactly_with_both_optimizers(trainer, corpus, tmp_path
 
 
 def test_bits_per_byte_on_a_hand_computed_case(trainer, corpus):
-    assert trainer.bits_per_byte(2 * math.log(2), 3, 6) == pytest.approx(1.0)  # 2 bits x 3 tokens / 6 bytes
+    assert tinystories.bits_per_byte(2 * math.log(2), 3, 6) == pytest.approx(1.0)  # 2 bits x 3 tokens / 6 bytes
     tokenizer = deers.tokenizer.Tokenizer.from_tiktoken_file(corpus / "tiny.tiktoken")
-    lengths = trainer.token_byte_lengths(tokenizer)
+    lengths = tinystories.token_byte_lengths(tokenizer)
     text = "Once upon a time, a café."
     assert lengths[tokenizer.encode(text)].sum() == len(text.encode("utf-8")) == 26
     assert lengths[tokenizer.eot_token] == 0
