@@ -3,6 +3,9 @@
     checkpoint.save("ckpt/model.safetensors", model=model, optimizer=opt, step=step, extra={"config": cfg})
     info = checkpoint.load("ckpt/model.safetensors", model=model, optimizer=opt)   # info["step"], info["extra"]
 
+`optimizer` may also be a list of optimizers over disjoint parameters (Muon + AdamW): each one's
+state is saved and loaded, in order.
+
 Layout of the file:
   - model tensors under exactly their state_dict names ("blocks.0.attn.qkv.weight"), so
     `safetensors.torch.load_file` opens a Deers checkpoint with the names of the PyTorch model;
@@ -50,7 +53,9 @@ def save(path: "str | os.PathLike", model=None, optimizer=None, step: int | None
         for name, value in model.state_dict().items():
             tensors[name] = np.ascontiguousarray(value.numpy())
     optimizer_meta = None
-    if optimizer is not None:
+    if isinstance(optimizer, (list, tuple)):
+        optimizer_meta = [_optimizer_to_file(opt, _parameter_names(model, opt), tensors) for opt in optimizer]
+    elif optimizer is not None:
         optimizer_meta = _optimizer_to_file(optimizer, _parameter_names(model, optimizer), tensors)
     metadata = {
         "format": _FORMAT,
@@ -83,7 +88,7 @@ def _optimizer_to_file(optimizer, names: list[str], tensors: dict[str, np.ndarra
             else:
                 scalars.setdefault(names[index], {})[slot] = value
     groups = []
-    for group in state["groups"]:
+    for group in state["param_groups"]:
         entry = {k: v for k, v in group.items() if k != "params"}
         entry["params"] = [names[i] for i in group["params"]]
         groups.append(entry)
@@ -149,7 +154,14 @@ def load(path: "str | os.PathLike", model=None, optimizer=None, strict: bool = T
         except StateDictError as exc:
             raise CheckpointError(f"checkpoint {path}: {exc}") from exc
     if optimizer is not None:
-        _optimizer_from_file(path, optimizer, _parameter_names(model, optimizer), tensors, metadata)
+        optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+        saved = json.loads(metadata.get("optimizer", "null"))
+        saved = saved if isinstance(saved, list) else [saved]
+        if len(saved) != len(optimizers):
+            raise CheckpointError(f"checkpoint {path} holds the state of {len(saved)} optimizer(s), "
+                                  f"{len(optimizers)} were given to load it into")
+        for opt, opt_saved in zip(optimizers, saved):
+            _optimizer_from_file(path, opt, _parameter_names(model, opt), tensors, opt_saved)
     rng = json.loads(metadata.get("rng", "null"))
     if restore_rng and rng is not None:
         set_rng_state(rng)
@@ -191,19 +203,23 @@ def _to_numpy(path: str, name: str, info: dict) -> np.ndarray:
 
 
 def _optimizer_from_file(path: str, optimizer, names: list[str], tensors: dict[str, np.ndarray],
-                         metadata: dict[str, str]) -> None:
-    """Rebuild the optimizer's state_dict from the file (matching parameters by name) and load it."""
-    saved = json.loads(metadata.get("optimizer", "null"))
+                         saved: dict[str, Any] | None) -> None:
+    """Rebuild the optimizer's state_dict from the file (matching parameters by name) and load it.
+
+    Only the arrays of this optimizer's parameters are taken; another optimizer of the same file
+    (Muon beside AdamW) holds the others."""
     if saved is None:
         raise CheckpointError(f"checkpoint {path} holds no optimizer state")
     if saved["type"] != type(optimizer).__name__:
         raise CheckpointError(f"checkpoint {path} holds {saved['type']} state, not {type(optimizer).__name__} state")
     index = {name: i for i, name in enumerate(names)}
+    saved_names = {name for group in saved["groups"] for name in group["params"]}
     arrays = {}
     for key, array in tensors.items():
         if key.startswith(OPTIM_PREFIX):
             name, slot = key[len(OPTIM_PREFIX):].rsplit(".", 1)  # "optim.<name>.<slot>"
-            arrays[(name, slot)] = array
+            if name in saved_names:
+                arrays[(name, slot)] = array
     unknown = sorted(({name for name, _ in arrays} | set(saved["scalars"])) - set(index))
     if unknown:
         raise CheckpointError(f"checkpoint {path}: optimizer state for parameters {', '.join(unknown)}, "
@@ -225,6 +241,6 @@ def _optimizer_from_file(path: str, optimizer, names: list[str], tensors: dict[s
                                   "which this optimizer does not hold")
         groups.append(dict(group, params=[index[name] for name in group["params"]]))
     try:
-        optimizer.load_state_dict({"type": saved["type"], "groups": groups, "state": state})
+        optimizer.load_state_dict({"type": saved["type"], "param_groups": groups, "state": state})
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from exc

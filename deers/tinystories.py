@@ -9,13 +9,19 @@ header, every story preceded by `<|endoftext|>`. Later runs find the files and d
 With `text_file=PATH` a local story file is used instead and its last `val_fraction` of stories
 becomes the validation split. `prepare_sample(root)` does the same with the 2,316-story sample
 that ships inside the package (deers/data), for training with no network.
+
+`bits_per_byte` turns a validation loss into bits per byte of text, with `token_byte_lengths`
+giving each token's UTF-8 length: a measure that does not depend on the tokenizer.
 """
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 from pathlib import Path
+
+import numpy as np
 
 from .data import TINYSTORIES_SAMPLE, data_path
 from .dataset.text import EOT_TEXT, iter_stories, stories_to_tokens
@@ -177,3 +183,24 @@ def _check_written(path: Path, count: int, verbose: bool, what: str = "") -> Non
     read_tokens(path)  # re-open: the header and size must agree
     if verbose:
         print(f"wrote {path} ({count:,} tokens{', ' + what if what else ''})")
+
+
+def bits_per_byte(loss_nats: float, num_tokens: int, num_bytes: int) -> float:
+    """Mean loss in nats per token -> bits per byte of text: loss * tokens / (ln 2 * bytes).
+
+    Per byte, not per token, so models with different tokenizers compare (nanochat's metric).
+    """
+    if num_bytes <= 0:
+        raise ValueError(f"bits_per_byte: the {num_tokens} tokens hold no text bytes")
+    return loss_nats * num_tokens / (math.log(2) * num_bytes)
+
+
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
+    """UTF-8 length in bytes of every token id (i64, (V,)); special tokens such as <|endoftext|>
+    separate stories and count 0 bytes, as they are not text."""
+    special = {tokenizer.encoding.encode_single_token(text) for text in tokenizer.encoding.special_tokens_set}
+    lengths = np.zeros(tokenizer.vocab_size(), dtype=np.int64)  # (V,)
+    for i in range(tokenizer.vocab_size()):
+        if i not in special:
+            lengths[i] = len(tokenizer.encoding.decode_single_token_bytes(i))
+    return lengths

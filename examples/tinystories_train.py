@@ -4,6 +4,7 @@
     python examples/tinystories_train.py --data sample --steps 300                 # no download at all
     python examples/tinystories_train.py --text-file stories.txt --steps 300 --n-layer 4 --n-embd 128 --seq-len 128
     python examples/tinystories_train.py --out runs/tinystories --resume           # continue where it stopped
+    python examples/tinystories_train.py --data sample --optimizer muon --grad-accum 4  # Muon, 4 micro-batches a step
 
 Data (--data): by default the first run downloads the full TinyStoriesV2 text (2.2 GB) and
 tokenizes it with GPT-2's BPE into <data-dir>/train.bin and val.bin; later runs reuse them. When
@@ -15,18 +16,27 @@ log's `data:` line says which data is in use. Every --log-every steps it prints
 
 (train_loss is the mean over those steps, the time is the mean wall time of one step; the first
 step is logged too, so a run shows at once that it trains), every --eval-every steps
-`step N | val_loss X`, and every --sample-every steps a `sample: ...` line generated from
-"Once upon a time". Checkpoints (<out>/ckpt.safetensors, written atomically, one
-`saved ...` line each) hold the model, the optimizer, the step, every RNG state and the loss
-history, so --resume continues with exactly the losses an uninterrupted run would have had.
-Ctrl-C finishes the current step, then writes a checkpoint and the loss-curve plot
-(<out>/loss.png, needs matplotlib).
+`step N | val_loss X | val_bpb Y` (the loss in nats per token and in bits per byte of text,
+which does not depend on the tokenizer), and every --sample-every steps a `sample: ...` line
+generated from "Once upon a time".
+
+Optimizer (--optimizer): adamw (the default) updates every parameter with AdamW; muon updates the
+hidden weight matrices with Muon (peak lr --muon-lr) and the token embedding, the lm_head and the
+norm gains with AdamW (peak lr --lr), as nanochat does. The schedule scales every group's peak
+learning rate by the same factor. One step takes --grad-accum micro-batches of --batch-size rows
+and sums their gradients (each loss divided by the count), which is the update of one batch of
+--grad-accum x --batch-size rows: the `data:` line says the tokens per step.
+
+Checkpoints (<out>/ckpt.safetensors, written atomically, one `saved ...` line each) hold the
+model, the optimizer (both, with --optimizer muon), the step, every RNG state and the loss history,
+so --resume continues with exactly the losses an uninterrupted run would have had. Ctrl-C finishes
+the current step, then writes a checkpoint and the loss-curve plot (<out>/loss.png, needs matplotlib).
 
 Model size: --n-head defaults to --n-embd / 32 (heads of 32, as in the default 6 x 32 = 192) and
 --mlp-hidden to 4 x --n-embd, so changing the width alone gives a consistent model.
 
 With --dtype bf16 or f16 the forward and backward run in that dtype on a copy of the model while
-the master weights and the AdamW state stay in f32 (f16 also scales the loss to keep small
+the master weights and the optimizer state stay in f32 (f16 also scales the loss to keep small
 gradients from underflowing).
 
 With --ddp, run under `mpirun -n N`: each rank takes --batch-size / N rows of every global batch
@@ -46,9 +56,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import deers
 import deers.distributed as dist
 from deers import checkpoint
+from deers.autograd import Grads
 from deers.checkpoint import CheckpointError
 from deers.cli import (
     HelpFormatter,
@@ -65,8 +78,8 @@ from deers.download import DownloadError
 from deers.dtype import as_dtype
 from deers.errors import BackendUnavailable
 from deers.models.gpt import GPT, GPTConfig
-from deers.optim import AdamW, LossScaler, LowPrecisionCopy, LRSchedule, clip_grad_norm
-from deers.tinystories import StoryFileError, prepare_sample, prepare_tinystories
+from deers.optim import AdamW, LossScaler, LowPrecisionCopy, LRSchedule, Optimizer, clip_grad_norm, muon_with_adamw
+from deers.tinystories import StoryFileError, bits_per_byte, prepare_sample, prepare_tinystories, token_byte_lengths
 from deers.tokenizer import Tokenizer, TokenizerUnavailable
 
 CHECKPOINT_NAME = "ckpt.safetensors"
@@ -79,7 +92,7 @@ MLP_RATIO = 4  # --mlp-hidden defaults to MLP_RATIO * n_embd
 # (--steps too, unless it is given: see RESUME_HELP).
 RUN_SETTINGS = ("data", "dtype", "batch_size", "seq_len", "n_layer", "n_head", "n_embd", "mlp_hidden", "lr",
                 "warmup", "warmdown", "weight_decay", "grad_clip", "seed", "text_file", "data_dir", "tokenizer_file",
-                "val_fraction")
+                "val_fraction", "optimizer", "muon_lr", "grad_accum")
 # Errors a user can meet (no network, a bad file, a missing package): printed as one message, no traceback.
 USER_ERRORS = (DownloadError, TokenizerUnavailable, StoryFileError, TokenFileError, CheckpointError,
                BackendUnavailable, dist.DistributedUnavailable)
@@ -114,7 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"optimizer steps in total (default: {DEFAULT_STEPS}; with --resume the run's own, "
                         f"see below)")
     p.add_argument("--batch-size", type=positive_int, default=4, metavar="B",
-                   help="rows per step (with --ddp: over all ranks together)")
+                   help="rows per micro-batch (with --ddp: over all ranks together)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, metavar="K",
+                   help="micro-batches per optimizer step (a step sees K x B rows)")
     p.add_argument("--seq-len", type=positive_int, default=256, metavar="T",
                    help="context length (also the model's sequence_len)")
     p.add_argument("--n-layer", type=positive_int, default=6, metavar="N", help="transformer blocks")
@@ -124,13 +139,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"(default: n_embd / {HEAD_SIZE})")
     p.add_argument("--mlp-hidden", type=positive_int, default=None, metavar="H",
                    help=f"hidden size of each MLP (default: {MLP_RATIO} x n_embd)")
-    p.add_argument("--lr", type=positive_float, default=5e-4, metavar="X", help="peak learning rate")
+    p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
+                   help="adamw: AdamW for every parameter; muon: Muon for the hidden matrices, AdamW for the rest")
+    p.add_argument("--lr", type=positive_float, default=5e-4, metavar="X",
+                   help="peak learning rate of AdamW (with --optimizer muon: of the embedding, lm_head and gains)")
+    p.add_argument("--muon-lr", type=positive_float, default=0.02, metavar="X",
+                   help="peak learning rate of Muon (with --optimizer muon)")
     p.add_argument("--warmup", type=nonnegative_int, default=None, metavar="N",
                    help="linear warmup steps (default: min(500, steps // 10))")
     p.add_argument("--warmdown", type=nonnegative_int, default=None, metavar="N",
                    help="final steps over which the lr falls linearly to 0 (default: steps // 5)")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.1, metavar="X",
-                   help="AdamW weight decay of the weight matrices")
+                   help="weight decay of the weight matrices (AdamW's, and Muon's for the hidden ones)")
     p.add_argument("--grad-clip", type=nonnegative_float, default=1.0, metavar="X",
                    help="max global gradient norm (0: no clipping)")
     p.add_argument("--log-every", type=positive_int, default=50, metavar="N", help="steps per log line")
@@ -257,17 +277,63 @@ def _prepare(args: argparse.Namespace, tokenizer: Tokenizer, source: str) -> tup
 
 
 # ---- pieces of the loop -------------------------------------------------------------------------------
-def make_optimizer(model: GPT, args: argparse.Namespace) -> AdamW:
-    """AdamW with weight decay on the weight matrices only (not on the RMSNorm gains)."""
-    matrices = [p for p in model.parameters() if p.ndim >= 2]
-    gains = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": matrices, "weight_decay": args.weight_decay}, {"params": gains, "weight_decay": 0.0}]
-    return AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+def make_optimizers(model: GPT, args: argparse.Namespace) -> list[Optimizer]:
+    """[AdamW] or [Muon, AdamW] (--optimizer), weight decay on the weight matrices only (not on the
+    RMSNorm gains). Every group remembers its peak lr as "initial_lr", which `set_lr` scales."""
+    if args.optimizer == "muon":
+        optimizers = list(muon_with_adamw(model, lr=args.muon_lr, adamw_lr=args.lr, weight_decay=args.weight_decay,
+                                          adamw_weight_decay=args.weight_decay, betas=(0.9, 0.95), eps=1e-8))
+    else:
+        matrices = [p for p in model.parameters() if p.ndim >= 2]
+        gains = [p for p in model.parameters() if p.ndim < 2]
+        groups = [{"params": matrices, "weight_decay": args.weight_decay}, {"params": gains, "weight_decay": 0.0}]
+        optimizers = [AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8)]
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+    return optimizers
 
 
-def evaluate(model: GPT, val: TokenBinDataset, batch_size: int, max_batches: int, device: str) -> float:
-    """Mean loss over the first `max_batches` batches of consecutive validation windows (always the same ones)."""
-    total, rows = 0.0, 0
+def set_lr(optimizers: list[Optimizer], factor: float) -> None:
+    """Every group's lr = its peak ("initial_lr") x the schedule's factor, as PyTorch's LR schedulers do."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+
+def train_step(net: GPT, batches: list[tuple], loss_scale: float) -> tuple[float, Grads]:
+    """Forward and backward over the micro-batches of one step; returns (mean loss, summed gradients).
+
+    Each micro-batch's loss is divided by their number before its backward, so the summed
+    gradients are those of the mean loss over all rows: the gradient of one big batch.
+    """
+    total, losses = None, []
+    for inputs, targets in batches:
+        loss = net.loss(inputs, targets)  # fused lm_head + cross-entropy: no (B, T, V) logits
+        factor = loss_scale / len(batches)
+        grads = loss.backward() if factor == 1.0 else (loss * factor).backward()
+        total = grads if total is None else total.add(grads)
+        losses.append(loss.item())
+    return sum(losses) / len(losses), total
+
+
+def micro_batches(train_data: TokenBinDataset, args: argparse.Namespace, world: int) -> list[tuple]:
+    """The step's --grad-accum micro-batches: one draw of K x B rows, cut into K batches of B rows (so
+    --grad-accum K --batch-size B sees the rows of --batch-size K*B), then this rank's share of each."""
+    B, K = args.batch_size, args.grad_accum
+    inputs, targets = train_data.sample_batch(K * B, args.device)  # (K*B, T) each
+    batches = [(inputs, targets)] if K == 1 else \
+        [(inputs[k * B:(k + 1) * B], targets[k * B:(k + 1) * B]) for k in range(K)]  # K x (B, T)
+    if world > 1:  # every rank drew the same global batch; keep this rank's rows
+        batches = [(dist.shard_batch(x), dist.shard_batch(y)) for x, y in batches]  # K x (B / world, T)
+    return batches
+
+
+def evaluate(model: GPT, val: TokenBinDataset, batch_size: int, max_batches: int, device: str,
+             token_bytes: np.ndarray | None = None) -> tuple[float, float | None]:
+    """(mean loss, bits per byte) over the first `max_batches` batches of consecutive validation
+    windows (always the same ones); bits per byte needs `token_bytes` (`token_byte_lengths`)."""
+    total, rows, tokens, text_bytes = 0.0, 0, 0, 0
     with deers.no_grad():
         for i, (inputs, targets) in enumerate(val.iter_batches(batch_size, device)):
             if i == max_batches:
@@ -275,7 +341,12 @@ def evaluate(model: GPT, val: TokenBinDataset, batch_size: int, max_batches: int
             loss = model.loss(inputs, targets)
             total += loss.item() * inputs.shape[0]
             rows += inputs.shape[0]
-    return total / rows
+            if token_bytes is not None:
+                ids = targets.numpy()  # (B, T)
+                tokens += ids.size
+                text_bytes += int(token_bytes[ids].sum())
+    mean = total / rows
+    return mean, (bits_per_byte(mean, tokens, text_bytes) if token_bytes is not None else None)
 
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, seed: int, device: str,
@@ -364,10 +435,10 @@ class StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def save(path: Path, model: GPT, optimizer: AdamW, step: int, args: argparse.Namespace, history: dict,
+def save(path: Path, model: GPT, optimizers: list[Optimizer], step: int, args: argparse.Namespace, history: dict,
          loss_scale: float) -> None:
     run = {name: getattr(args, name) for name in RUN_SETTINGS + ("steps",)}
-    checkpoint.save(path, model=model, optimizer=optimizer, step=step,
+    checkpoint.save(path, model=model, optimizer=optimizers if len(optimizers) > 1 else optimizers[0], step=step,
                     extra={"config": dataclasses.asdict(model.config), "run": run, "history": history,
                            "loss_scale": loss_scale, "tokenizer_file": args.tokenizer_file})
     say(f"saved {path} at step {step}")
@@ -425,7 +496,7 @@ def train(args: argparse.Namespace) -> dict:
                          f"do not fit; give --steps of at least {warmup + warmdown}")
     if args.profile is not None and not start_step < args.profile <= args.steps:
         raise SystemExit(f"error: --profile {args.profile}: this run does steps {start_step + 1} to {args.steps}")
-    schedule = LRSchedule(args.lr, args.steps, warmup=warmup, warmdown=warmdown)
+    schedule = LRSchedule(1.0, args.steps, warmup=warmup, warmdown=warmdown)  # a factor of each group's peak lr
     dtype = as_dtype(args.dtype)
 
     deers.manual_seed(args.seed)
@@ -443,26 +514,31 @@ def train(args: argparse.Namespace) -> dict:
     if args.ddp:
         dist.broadcast_parameters(model.parameters())  # the same seed made the same init; make sure
     low = LowPrecisionCopy(model, GPT(model.config, dtype=dtype, device=args.device)) if dtype is not deers.f32 else None
-    optimizer = make_optimizer(model, args)
+    optimizers = make_optimizers(model, args)
+    token_bytes = token_byte_lengths(tokenizer) if dist.is_main() else None
     scaler = LossScaler(2.0 ** 12 if dtype is deers.f16 else 1.0)
     history: dict = {"train": [], "val": []}
     step = 0
     if args.resume:
-        info = checkpoint.load(ckpt_path, model=model, optimizer=optimizer)  # also restores every RNG state
+        # also restores every RNG state
+        info = checkpoint.load(ckpt_path, model=model, optimizer=optimizers if len(optimizers) > 1 else optimizers[0])
         step, history, scaler.scale = info["step"], info["extra"]["history"], info["extra"]["loss_scale"]
         say(f"resumed from {ckpt_path} at step {step} of {run_steps} (model, data, optimizer, dtype and seed "
             f"settings come from the checkpoint)")
         if args.steps != run_steps:
             say(f"{'extending' if args.steps > run_steps else 'shortening'} the run from {run_steps} to "
                 f"{args.steps} steps: the learning rate follows the schedule of a run of {args.steps} steps "
-                f"(warmup {warmup}, warmdown {warmdown}), {schedule(step):.2e} at step {step + 1}")
+                f"(warmup {warmup}, warmdown {warmdown}), {args.lr * schedule(step):.2e} at step {step + 1}")
     say(f"model: {model.num_parameters():,} parameters, {config}")
+    tokens_per_step = args.grad_accum * args.batch_size * args.seq_len
     ranks = f", {args.batch_size // world} rows on each of {world} ranks" if world > 1 else ""
+    accum = f" in {args.grad_accum} micro-batches of {args.batch_size} x {args.seq_len}" if args.grad_accum > 1 else \
+        f" ({args.batch_size} x {args.seq_len})"
     say(f"data: {data_text}: {len(train_data):,} train tokens, {len(val_data):,} val tokens; "
-        f"{args.batch_size} x {args.seq_len} tokens per step{ranks} on {args.device} in {args.dtype}")
+        f"{tokens_per_step:,} tokens per step{accum}{ranks} on {args.device} in {args.dtype}")
+    say(f"optimizer: {', '.join(repr(optimizer) for optimizer in optimizers)}")
 
     diag = Diagnostics(model, low.model if low is not None else model) if args.diagnostics else None
-    tokens_per_step = args.batch_size * args.seq_len
     first_step = step + 1  # logged whatever --log-every says, so a run shows at once that it trains
     interval_losses: list[float] = []
     interval_time = 0.0
@@ -471,18 +547,16 @@ def train(args: argparse.Namespace) -> dict:
             while step < args.steps and not dist.any_rank(stop.requested):  # ranks stop at the same step
                 started = time.perf_counter()
                 profile = deers.profiler.profile().start() if step + 1 == args.profile else None
-                lr = schedule(step)
-                inputs, targets = train_data.sample_batch(args.batch_size, args.device)  # (B, T) each
-                if world > 1:  # every rank drew the same global batch; keep this rank's rows
-                    inputs, targets = dist.shard_batch(inputs), dist.shard_batch(targets)  # (B / world, T)
+                factor = schedule(step)
+                lr = args.lr * factor
+                batches = micro_batches(train_data, args, world)
                 net = model
                 if low is not None:
                     low.sync()
                     net = low.model
                 recording = diag is not None and (step + 1) % args.diagnostics == 0
-                record = diag.begin(step + 1, inputs[0:1]) if recording else None  # hooks only on these steps
-                loss = net.loss(inputs, targets)  # fused lm_head + cross-entropy: no (B, T, V) logits
-                grads = loss.backward() if scaler.scale == 1.0 else (loss * scaler.scale).backward()
+                record = diag.begin(step + 1, batches[0][0][0:1]) if recording else None  # hooks only on these steps
+                loss_value, grads = train_step(net, batches, scaler.scale)
                 if low is not None:
                     grads = low.master_grads(grads, scaler.scale)
                 if args.ddp:
@@ -491,15 +565,16 @@ def train(args: argparse.Namespace) -> dict:
                     record.gradients(grads)  # before clipping
                 norm = float(clip_grad_norm(model.parameters(), grads, args.grad_clip if args.grad_clip > 0 else math.inf))
                 if math.isfinite(norm):
-                    optimizer.set_lr(lr)
-                    optimizer.step_with_grads(grads)
+                    set_lr(optimizers, factor)
+                    for optimizer in optimizers:
+                        optimizer.step_with_grads(grads)
                 elif dtype is deers.f16:
                     say(f"step {step + 1}: gradient overflow at loss scale {scaler.scale:g}, step skipped")
                 scaler.update(math.isfinite(norm))
                 if record is not None:
                     diag.end(record)
                     say(diag.table())
-                loss_value = dist.mean_over_ranks(loss.item())  # the global batch's loss
+                loss_value = dist.mean_over_ranks(loss_value)  # the global batch's loss
                 step += 1
                 if profile is not None:
                     say(f"profile of step {step} (deers.profiler):\n{profile.stop().table()}")
@@ -515,21 +590,23 @@ def train(args: argparse.Namespace) -> dict:
                 if not dist.is_main():  # evaluation, samples and checkpoints are rank 0's
                     continue
                 if step % args.eval_every == 0 or step == args.steps:
-                    val_loss = evaluate(model, val_data, args.batch_size, args.eval_batches, args.device)
+                    val_loss, val_bpb = evaluate(model, val_data, args.batch_size, args.eval_batches, args.device,
+                                                 token_bytes)
                     history["val"].append([step, val_loss])
-                    say(f"step {step} | val_loss {val_loss:.4f}")
+                    history.setdefault("val_bpb", []).append([step, val_bpb])
+                    say(f"step {step} | val_loss {val_loss:.4f} | val_bpb {val_bpb:.4f}")
                 if step % args.sample_every == 0 or step == args.steps:
                     text = sample_text(model, tokenizer, args.prompt, args.sample_tokens, args.seed + step, args.device)
                     say("sample: " + " ".join(text.split()))
                 if step % args.checkpoint_every == 0 and step < args.steps:
-                    save(ckpt_path, model, optimizer, step, args, history, scaler.scale)
+                    save(ckpt_path, model, optimizers, step, args, history, scaler.scale)
     except KeyboardInterrupt:
         say(f"aborted during step {step + 1}; {ckpt_path} keeps the last periodic checkpoint")
         if dist.is_main():
             plot_losses(history, out / PLOT_NAME)
         raise
     if dist.is_main():
-        save(ckpt_path, model, optimizer, step, args, history, scaler.scale)
+        save(ckpt_path, model, optimizers, step, args, history, scaler.scale)
         plot_losses(history, out / PLOT_NAME)
         if diag is not None and diag.records:
             plot_diagnostics(diag, out / DIAGNOSTICS_NAME)

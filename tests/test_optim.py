@@ -154,14 +154,14 @@ def test_state_dict_contents_and_load_checks():
     opt = AdamW([w], lr=0.1)
     opt.step(_loss(deers.tensor(BATCHES[0]), w, deers.zeros(4, dtype="f64")).backward())
     state = opt.state_dict()
-    assert state["type"] == "AdamW" and state["groups"][0]["params"] == [0]
+    assert state["type"] == "AdamW" and state["param_groups"][0]["params"] == [0]
     assert state["state"][0]["step"] == 1 and set(state["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
     assert state["state"][0]["exp_avg"].shape == (3, 4)
     with pytest.raises(ValueError, match="AdamW"):
         SGD([w]).load_state_dict(state)
     with pytest.raises(ValueError, match="groups"):
         AdamW([w, deers.Var(deers.zeros(2))]).load_state_dict(state)
-    bad = {"type": "AdamW", "groups": state["groups"], "state": {0: dict(state["state"][0], exp_avg=np.zeros(3))}}
+    bad = {"type": "AdamW", "groups": state["param_groups"], "state": {0: dict(state["state"][0], exp_avg=np.zeros(3))}}
     with pytest.raises(ValueError, match="exp_avg"):
         AdamW([w]).load_state_dict(bad)
 
@@ -180,6 +180,54 @@ def test_parameter_groups_match_torch():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
     with pytest.raises(ValueError, match="unknown options"):
         AdamW([{"params": [deers.Var(deers.zeros(1))], "momentum": 0.9}])
+
+
+def test_param_groups_behave_as_in_pytorch():
+    """Per-group lr written through param_groups and groups added mid-run: the same weights as torch.optim."""
+    torch = pytest.importorskip("torch")
+    c0 = np.random.default_rng(2).standard_normal(4)
+
+    def run(make_var, make_opt, step):
+        w, b, c = make_var(W0), make_var(B0), make_var(c0)
+        opt = make_opt([{"params": [w]}])
+        step(opt, w, b, c, BATCHES[0])
+        opt.param_groups[0]["lr"] = 0.02  # as a schedule does
+        opt.add_param_group({"params": [b], "lr": 0.1, "weight_decay": 0.0})
+        opt.add_param_group({"params": c})  # one tensor, every option from the defaults
+        assert [g["lr"] for g in opt.param_groups] == [0.02, 0.1, 0.05]
+        assert [g["weight_decay"] for g in opt.param_groups] == [0.3, 0.0, 0.3]
+        with pytest.raises(ValueError, match="more than one"):
+            opt.add_param_group({"params": [w]})
+        assert len(opt.param_groups) == 3
+        for x in BATCHES[1:4]:
+            step(opt, w, b, c, x)
+        return [w, b, c], opt
+
+    def loss(x, w, b, c):
+        return ((x @ w + b * c).tanh() ** 2).sum()
+
+    def deers_step(opt, w, b, c, x):
+        opt.step(loss(deers.tensor(x), w, b, c).backward())
+
+    def torch_step(opt, w, b, c, x):
+        opt.zero_grad()
+        loss(torch.tensor(x), w, b, c).backward()
+        opt.step()
+
+    ours, opt = run(lambda a: deers.Var(deers.tensor(a)), lambda g: AdamW(g, lr=0.05, weight_decay=0.3), deers_step)
+    theirs, _ = run(lambda a: torch.tensor(a, requires_grad=True),
+                    lambda g: torch.optim.AdamW(g, lr=0.05, weight_decay=0.3), torch_step)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-12, atol=1e-13)
+
+    state = opt.state_dict()  # the added groups and the changed lr round-trip
+    assert [g["params"] for g in state["param_groups"]] == [[0], [1], [2]]
+    fresh = AdamW([{"params": [deers.Var(deers.tensor(p.numpy()))]} for p in ours], lr=1.0)
+    fresh.load_state_dict(state)
+    assert [g["lr"] for g in fresh.param_groups] == [0.02, 0.1, 0.05]
+    assert [s["step"] for s in fresh.state] == [4, 3, 3]
+    with pytest.raises(TypeError, match="'params'"):
+        opt.add_param_group([ours[0]])
 
 
 def test_constructor_errors():

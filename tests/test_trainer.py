@@ -264,3 +264,69 @@ def test_sample_errors_are_messages(corpus, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(SystemExit, match="cannot be read"):
         sampler.main(["--checkpoint", str(tmp_path / "junk.safetensors")])
+
+
+def test_grad_accumulation_equals_the_big_batch(trainer, corpus, tmp_path, capsys):
+    """--grad-accum 2 --batch-size 4 draws the rows of --batch-size 8 and makes the same updates (float tolerance)."""
+    common = ("--log-every", "1", "--eval-every", "3", "--sample-every", "100", "--checkpoint-every", "100",
+              "--warmup", "1", "--warmdown", "1")
+    big = trainer.main([*tiny_args(corpus, tmp_path / "big", 3, *common), "--batch-size", "8"])
+    assert "128 tokens per step (8 x 16)" in capsys.readouterr().out
+    accum = trainer.main([*tiny_args(corpus, tmp_path / "accum", 3, *common), "--grad-accum", "2"])
+    out = capsys.readouterr().out
+    assert "128 tokens per step in 2 micro-batches of 4 x 16" in out
+    np.testing.assert_allclose([loss for _, loss in accum["train"]], [loss for _, loss in big["train"]], rtol=1e-6)
+    big_state, _ = checkpoint.read(tmp_path / "big" / "ckpt.safetensors")
+    accum_state, _ = checkpoint.read(tmp_path / "accum" / "ckpt.safetensors")
+    assert set(big_state) == set(accum_state)
+    for name, value in big_state.items():
+        np.testing.assert_allclose(accum_state[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_muon_run_resumes_exactly_with_both_optimizers(trainer, corpus, tmp_path, monkeypatch, capsys):
+    common = ("--optimizer", "muon", "--muon-lr", "0.02", "--log-every", "4", "--eval-every", "6",
+              "--sample-every", "100", "--checkpoint-every", "100", "--warmup", "2", "--warmdown", "4")
+    straight = trainer.main(tiny_args(corpus, tmp_path / "a", 12, *common))
+    out = capsys.readouterr().out
+    assert "optimizer: Muon(4 parameters, lr=0.02" in out and "AdamW(5 parameters" in out
+    assert straight["train"][-1][1] < straight["train"][0][1] - 0.3  # it learns
+
+    evaluate = trainer.evaluate
+    calls = []
+
+    def evaluate_then_ctrl_c(*args, **kwargs):  # Ctrl-C arrives during the evaluation at step 6
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate_then_ctrl_c)
+    trainer.main(tiny_args(corpus, tmp_path / "b", 12, *common))
+    tensors, _ = checkpoint.read(tmp_path / "b" / "ckpt.safetensors")
+    assert "optim.blocks.0.attn.qkv.weight.momentum_buffer" in tensors and "optim.wte.weight.exp_avg" in tensors
+    resumed = trainer.main(tiny_args(corpus, tmp_path / "b", None, *common, "--resume"))
+    assert resumed == straight  # every train loss, val loss and val bpb, bit for bit
+    final_a, _ = checkpoint.read(tmp_path / "a" / "ckpt.safetensors")
+    final_b, _ = checkpoint.read(tmp_path / "b" / "ckpt.safetensors")
+    for name, value in final_a.items():
+        np.testing.assert_array_equal(final_b[name], value, err_msg=name)
+
+
+def test_bits_per_byte_on_a_hand_computed_case(trainer, corpus):
+    assert tinystories.bits_per_byte(2 * math.log(2), 3, 6) == pytest.approx(1.0)  # 2 bits x 3 tokens / 6 bytes
+    tokenizer = deers.tokenizer.Tokenizer.from_tiktoken_file(corpus / "tiny.tiktoken")
+    lengths = tinystories.token_byte_lengths(tokenizer)
+    text = "Once upon a time, a café."
+    assert lengths[tokenizer.encode(text)].sum() == len(text.encode("utf-8")) == 26
+    assert lengths[tokenizer.eot_token] == 0
+
+    # A model with a zero lm_head predicts uniformly: loss ln V per token, log2 V bits. The validation
+    # tokens are 8 single bytes, then <|endoftext|>: two windows of 4 predict 8 targets holding 7 bytes.
+    V = tokenizer.vocab_size()
+    model = trainer.GPT(trainer.GPTConfig(vocab_size=V, sequence_len=4, n_layer=1, n_head=2, n_embd=8,
+                                          mlp_hidden_dim=16))
+    model.lm_head.weight.data.assign(deers.zeros(model.lm_head.weight.shape).data)
+    val = trainer.TokenBinDataset(np.array([*b"abcdefgh", tokenizer.eot_token], dtype=np.uint16), seq_len=4)
+    loss, bpb = trainer.evaluate(model, val, batch_size=1, max_batches=5, device="cpu", token_bytes=lengths)
+    assert V == 317 and loss == pytest.approx(math.log(317), rel=1e-6)
+    assert bpb == pytest.approx(8.308339030139408 * 8 / 7, rel=1e-6)  # log2(317) bits x 8 tokens / 7 bytes

@@ -1,10 +1,11 @@
-"""Optimizer: the base class of SGD and AdamW (parameter groups, per-parameter state, state dicts).
+"""Optimizer: the base class of SGD, AdamW and Muon (parameter groups, per-parameter state, state dicts).
 
-An optimizer holds its parameters in groups (each group a dict of hyper-parameters plus
-"params") and, for each parameter, a small dict of state: arrays on the parameter's device shaped
-like it (e.g. "exp_avg") and plain numbers (e.g. "step"). `step_with_grads(grads)` updates every
-parameter that has a gradient in place, on its own buffer, so the Var objects (and their ids)
-never change and no graph is recorded.
+An optimizer holds its parameters in groups, `opt.param_groups` as in PyTorch: each group a dict
+of hyper-parameters plus "params", readable and writable (a schedule sets each group's "lr"),
+and `add_param_group` appends one. For each parameter it keeps a small dict of state: arrays on
+the parameter's device shaped like it (e.g. "exp_avg") and plain numbers (e.g. "step").
+`step_with_grads(grads)` updates every parameter that has a gradient in place, on its own buffer,
+so the Var objects (and their ids) never change and no graph is recorded.
 
 State follows its parameter: after `model.to_device(...)` moves the Vars, the next step first
 moves each parameter's state arrays to the parameter's device (one host round trip, as the move
@@ -68,6 +69,28 @@ class Optimizer:
         for param, grad, state in updates:
             self._update(param, grad, group, state)
 
+    # ---- parameter groups ------------------------------------------------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The groups themselves (PyTorch's name): `opt.param_groups[1]["lr"] = 0.01` changes that group's lr."""
+        return self.groups
+
+    def add_param_group(self, group: dict[str, Any]) -> None:
+        """Append a group (as PyTorch): options it leaves out take the optimizer's defaults; its
+        parameters must be new to this optimizer. Their state starts empty."""
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"{type(self).__name__}.add_param_group: needs a dict with a 'params' entry, got "
+                            f"{type(group).__name__}")
+        new = _make_group(group, self.defaults)
+        known = {id(p) for p in self.params}
+        if any(id(p) in known for p in new["params"]) or len({id(p) for p in new["params"]}) != len(new["params"]):
+            raise ValueError(f"{type(self).__name__}.add_param_group: a parameter appears in more than one group")
+        for p in new["params"]:
+            _make_flat(p)
+        self.groups.append(new)
+        self.params.extend(new["params"])
+        self.state.extend({} for _ in new["params"])
+
     # ---- learning rate -----------------------------------------------------------------------------
     @property
     def lr(self) -> float:
@@ -81,7 +104,7 @@ class Optimizer:
 
     # ---- state dicts -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """A snapshot: {"type", "groups": [hyper-parameters + "params" indices], "state": {index: {slot: value}}}.
+        """A snapshot: {"type", "param_groups": [hyper-parameters + "params" indices], "state": {index: {slot: value}}}.
 
         Array slots are NumPy copies shaped like their parameter; numbers stay numbers.
         """
@@ -95,14 +118,14 @@ class Optimizer:
         for i, slots in enumerate(self.state):
             if slots:
                 state[i] = {k: (v.numpy() if isinstance(v, NDArray) else v) for k, v in slots.items()}
-        return {"type": type(self).__name__, "groups": groups, "state": state}
+        return {"type": type(self).__name__, "param_groups": groups, "state": state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore hyper-parameters and per-parameter state saved by `state_dict` (checked for fit)."""
         name = type(self).__name__
         if state_dict.get("type") not in (None, name):
             raise ValueError(f"{name}.load_state_dict: the state belongs to a {state_dict['type']}")
-        groups = state_dict["groups"]
+        groups = state_dict["param_groups"] if "param_groups" in state_dict else state_dict["groups"]  # older name
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.groups]:
             raise ValueError(f"{name}.load_state_dict: parameter groups do not match "
                              f"(saved sizes {[len(g['params']) for g in groups]}, "
@@ -132,19 +155,22 @@ def _make_groups(params, defaults: dict[str, Any]) -> list[dict[str, Any]]:
         params = params.parameters()
     params = list(params)
     if params and all(isinstance(p, dict) for p in params):
-        groups = []
-        for spec in params:
-            unknown = set(spec) - set(defaults) - {"params"}
-            if unknown:
-                raise ValueError(f"parameter group has unknown options {sorted(unknown)}; known: {sorted(defaults)}")
-            group = dict(defaults)
-            group.update({k: v for k, v in spec.items() if k != "params"})
-            group["params"] = _check_vars(list(spec["params"]))
-            groups.append(group)
-        return groups
+        return [_make_group(spec, defaults) for spec in params]
     group = dict(defaults)
     group["params"] = _check_vars(params)
     return [group]
+
+
+def _make_group(spec: dict, defaults: dict[str, Any]) -> dict[str, Any]:
+    """One group from a PyTorch-style dict: the defaults, overridden by the dict's options."""
+    unknown = set(spec) - set(defaults) - {"params", "initial_lr"}  # initial_lr: what a schedule scales
+    if unknown:
+        raise ValueError(f"parameter group has unknown options {sorted(unknown)}; known: {sorted(defaults)}")
+    group = dict(defaults)
+    group.update({k: v for k, v in spec.items() if k != "params"})
+    params = spec["params"]
+    group["params"] = _check_vars([params] if isinstance(params, Tensor) else list(params))
+    return group
 
 
 def _check_vars(params: list) -> list[Var]:
