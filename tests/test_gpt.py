@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import deers
-from deers.models.gpt import GPT, GPTConfig, KVCache, rope_tables, sample_next
+from deers.models.gpt import GPT, GPTConfig, KVCache, rope_tables
+from deers.models.shared import sample_next
 from deers.fused.attention import apply_rope, causal_attention, causal_softmax
 from deers.fused.rms_norm import rms_norm
 from helpers import check_op, rand

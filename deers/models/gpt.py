@@ -28,8 +28,7 @@ from ..device import Device
 from ..dtype import DType, as_dtype, f32
 from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore, RMSNorm
 from ..tensor import Tensor
-from .shared import (CausalLM, KVCache, LayerCache, attend, attention_weights, norm, rope, rope_tables,  # noqa: F401
-                     sample_next)
+from .shared import CausalLM, KVCache, LayerCache, attend, attention_weights, norm, rope, rope_tables
 
 
 @dataclass
