@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import deers
-from deers.models.gpt import GPT, GPTConfig, KVCache, rope_tables, sample_next
+from deers.models.gpt import GPT, GPTConfig, KVCache, rope_tables
+from deers.models.shared import sample_next
 from deers.fused.attention import apply_rope, causal_attention, causal_softmax
 from deers.fused.rms_norm import rms_norm
 from helpers import check_op, rand
@@ -269,6 +270,25 @@ def test_generate_crops_the_context_and_the_cache_changes_nothing():
     # by hand: the step after the window is full sees the last sequence_len tokens only
     last = model(deers.tensor(greedy[:, -9:-1])).numpy()[0, -1]
     assert greedy[0, -1] == last.argmax()
+
+
+def test_generate_top_p_and_eos_token_id():
+    """The GPT samples with the shared sampler: top_p keeps the nucleus (a tiny top_p is greedy), and
+    rows that produced eos_token_id are padded with it until every row has (transformers' rules)."""
+    model = tiny_gpt(seed=5, dtype="f32")
+    prompt = ids((2, 3), seed=1)
+    greedy = model.generate(prompt, 5, temperature=0.0).numpy()
+    np.testing.assert_array_equal(model.generate(prompt, 5, top_p=1e-6, seed=0).numpy(), greedy)
+    nucleus = model.generate(prompt, 5, temperature=1.5, top_p=0.5, seed=3).numpy()
+    np.testing.assert_array_equal(model.generate(prompt, 5, temperature=1.5, top_p=0.5, seed=3, use_cache=False)
+                                  .numpy(), nucleus)
+    eos = int(greedy[0, 4])  # the first row's second new token
+    out = model.generate(prompt, 5, temperature=0.0, eos_token_id=eos).numpy()
+    assert out.shape[1] <= greedy.shape[1]
+    np.testing.assert_array_equal(out[0, 3:5], greedy[0, 3:5])
+    assert (out[0, 5:] == eos).all()
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(prompt, 2, top_p=0.0)
 
 
 def test_sample_next_respects_top_k_and_temperature():

@@ -26,7 +26,7 @@ from ..dtype import DType, as_dtype, f32
 from ..nn import Constant, Embedding, LayerNorm, Linear, Module, Normal, ParamPath, ParamStore, gelu, silu
 from ..ops.linalg import linear
 from ..tensor import Tensor
-from .shared import CausalLM, KVCache, LayerCache, UnsupportedConfig, attend
+from .shared import CausalLM, KVCache, LayerCache, UnsupportedConfig, attend, attention_weights
 
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "silu")
 
@@ -97,15 +97,25 @@ class GPT2Attention(Module):
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= layer_idx + 1
 
-    def forward(self, x: Tensor, cache: LayerCache | None = None) -> Tensor:
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v of x (B, T, D), split into heads (GPT-2 has no RoPE: positions were added to x)."""
         B, T, D = x.shape
         nh, hd = self.n_head, self.head_dim
         qkv = self.c_attn(x)  # (B, T, 3D)
         q = qkv.narrow(2, 0, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = qkv.narrow(2, D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         v = qkv.narrow(2, 2 * D, D).reshape(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        y = attend(q, k, v, cache, self.scale)  # (B, T, D)
+        return q, k, v
+
+    def forward(self, x: Tensor, cache: LayerCache | None = None, fused: bool = True) -> Tensor:
+        q, k, v = self.heads(x)  # (B, nh, T, hd) each
+        y = attend(q, k, v, cache, self.scale, fused)  # (B, T, D): fused, or from core ops
         return self.c_proj(y)  # (B, T, D)
+
+    def attention_weights(self, x: Tensor, cache: LayerCache | None = None, fused: bool = True) -> Tensor:
+        """The probabilities (B, nh, T, S) that forward applies to v (for deers.diagnostics.attention_maps)."""
+        q, k, _ = self.heads(x)  # (B, nh, T, hd) each
+        return attention_weights(q, k, cache, self.scale)  # (B, nh, T, S)
 
 
 class GPT2MLP(Module):
@@ -141,8 +151,9 @@ class GPT2Block(Module):
         self.ln_2 = LayerNorm(config.n_embd, eps=eps, vb=vb.pp("ln_2"))
         self.mlp = GPT2MLP(config, vb.pp("mlp"))
 
-    def forward(self, x: Tensor, cache: LayerCache | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache)  # (B, T, D)
+    def forward(self, x: Tensor, cache: LayerCache | None = None, fused: bool = True) -> Tensor:
+        # LayerNorm (layer_norm in deers/nn/layers.py) is written from core ops on both paths
+        x = x + self.attn(self.ln_1(x), cache, fused)  # (B, T, D)
         return x + self.mlp(self.ln_2(x))  # (B, T, D)
 
 
@@ -157,13 +168,13 @@ class GPT2Model(Module):
         self.h = [GPT2Block(config, i, vb.pp("h").pp(i)) for i in range(config.n_layer)]
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, vb=vb.pp("ln_f"))
 
-    def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, idx: Tensor, cache: KVCache | None = None, fused: bool = True) -> Tensor:
         start = cache.length if cache is not None else 0
         T = idx.shape[1]
         positions = tensor(np.arange(start, start + T), device=idx.device)  # (T,) i64
         x = self.wte(idx) + self.wpe(positions)  # (B, T, D) + (T, D)
         for i, block in enumerate(self.h):
-            x = block(x, cache.layers[i] if cache is not None else None)  # (B, T, D)
+            x = block(x, cache.layers[i] if cache is not None else None, fused)  # (B, T, D)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)  # (B, T, D)
@@ -185,11 +196,12 @@ class GPT2(CausalLM):
     OPTIONAL_PREFIX = "transformer."
 
     def __init__(self, config: GPT2Config, vb: ParamPath | None = None, device: "Device | str | None" = None,
-                 dtype: "DType | str" = f32):
+                 dtype: "DType | str" = f32, fused: bool = True):
         super().__init__()
         if vb is None:
             vb = ParamStore(device=device, dtype=as_dtype(dtype)).root()
         self.config = config
+        self.fused = fused  # False: attention and the loss from core ops (see deers/models/shared.py)
         self.n_layer = config.n_layer
         self.context_len = config.n_positions
         self.transformer = GPT2Model(config, vb.pp("transformer"))
@@ -201,4 +213,8 @@ class GPT2(CausalLM):
     def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         """The final normalized hidden states (B, T, D) that lm_head turns into logits."""
         self.check_ids(idx, cache.length if cache is not None else 0)
-        return self.transformer(idx, cache)  # (B, T, D)
+        return self.transformer(idx, cache, self.fused)  # (B, T, D)
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        """transformer.ln_f (LayerNorm: core ops on both paths)."""
+        return self.transformer.ln_f(x)  # (B, T, D)

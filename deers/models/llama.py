@@ -23,10 +23,9 @@ from dataclasses import dataclass, field, fields
 
 from ..dtype import DType, as_dtype, f32
 from ..device import Device
-from ..fused.attention import apply_rope
 from ..nn import Embedding, Linear, Module, Normal, ParamPath, ParamStore, RMSNorm, silu
 from ..tensor import Tensor
-from .shared import CausalLM, KVCache, LayerCache, Rotary, UnsupportedConfig, attend
+from .shared import CausalLM, KVCache, LayerCache, Rotary, UnsupportedConfig, attend, attention_weights, norm, rope
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
@@ -127,19 +126,31 @@ class LlamaAttention(Module):
             self.q_norm = self.k_norm = None
         self.scale = 1.0 / math.sqrt(hd)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
+    def heads(self, x: Tensor, cos: Tensor, sin: Tensor, fused: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, nh, T, hd), k and v (B, nkv, T, hd) of x (B, T, D); q and k normalized (Qwen3) and rotated (RoPE)."""
         B, T, _ = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         q = self.q_proj(x).reshape(B, T, nh, hd)  # (B, T, nh*hd) -> (B, T, nh, hd)
-        k = self.k_proj(x).reshape(B, T, nkv, hd)  # (B, T, nkv, hd)
-        v = self.v_proj(x).reshape(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        k = self.k_proj(x).reshape(B, T, nkv, hd)  # (B, T, nkv*hd) -> (B, T, nkv, hd)
+        v = self.v_proj(x).reshape(B, T, nkv, hd).transpose(1, 2)  # (B, T, nkv*hd) -> (B, nkv, T, hd)
         if self.q_norm is not None:  # Qwen3: RMSNorm over each head's hd, before RoPE
-            q = self.q_norm(q)
-            k = self.k_norm(k)
-        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, nh, T, hd): x * cos + rotate_half(x) * sin
-        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, nkv, T, hd)
-        y = attend(q, k, v, cache, self.scale)  # (B, T, nh*hd)
+            q = norm(self.q_norm, q, fused)
+            k = norm(self.k_norm, k, fused)
+        q = rope(q.transpose(1, 2), cos, sin, fused)  # (B, nh, T, hd): x * cos + rotate_half(x) * sin
+        k = rope(k.transpose(1, 2), cos, sin, fused)  # (B, nkv, T, hd)
+        return q, k, v
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
+                fused: bool = True) -> Tensor:
+        q, k, v = self.heads(x, cos, sin, fused)  # (B, nh, T, hd), (B, nkv, T, hd) twice
+        y = attend(q, k, v, cache, self.scale, fused)  # (B, T, nh*hd): grouped-query, fused or from core ops
         return self.o_proj(y)  # (B, T, D)
+
+    def attention_weights(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
+                          fused: bool = True) -> Tensor:
+        """The probabilities (B, nh, T, S) that forward applies to v (for deers.diagnostics.attention_maps)."""
+        q, k, _ = self.heads(x, cos, sin, fused)  # (B, nh, T, hd), (B, nkv, T, hd)
+        return attention_weights(q, k, cache, self.scale)  # (B, nh, T, S)
 
 
 class LlamaMLP(Module):
@@ -167,9 +178,10 @@ class LlamaDecoderLayer(Module):
         self.input_layernorm = RMSNorm(config.hidden_size, eps=eps, vb=vb.pp("input_layernorm"))
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=eps, vb=vb.pp("post_attention_layernorm"))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)  # (B, T, D)
-        return x + self.mlp(self.post_attention_layernorm(x))  # (B, T, D)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None,
+                fused: bool = True) -> Tensor:
+        x = x + self.self_attn(norm(self.input_layernorm, x, fused), cos, sin, cache, fused)  # (B, T, D)
+        return x + self.mlp(norm(self.post_attention_layernorm, x, fused))  # (B, T, D)
 
 
 class LlamaModel(Module):
@@ -184,15 +196,15 @@ class LlamaModel(Module):
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_scaling,  # no parameters
                              config.max_position_embeddings, vb.dtype, vb.device)
 
-    def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, idx: Tensor, cache: KVCache | None = None, fused: bool = True) -> Tensor:
         start = cache.length if cache is not None else 0
         cos, sin = self.rotary(start, idx.shape[1])  # (T, hd) each, for positions start .. start + T - 1
         x = self.embed_tokens(idx)  # (B, T, D)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache.layers[i] if cache is not None else None)  # (B, T, D)
+            x = layer(x, cos, sin, cache.layers[i] if cache is not None else None, fused)  # (B, T, D)
         if cache is not None:
             cache.length += idx.shape[1]
-        return self.norm(x)  # (B, T, D)
+        return norm(self.norm, x, fused)  # (B, T, D)
 
 
 class Llama(CausalLM):
@@ -209,11 +221,12 @@ class Llama(CausalLM):
     IGNORED_TENSORS = re.compile(r"\.rotary_emb\.inv_freq$")
 
     def __init__(self, config: LlamaConfig, vb: ParamPath | None = None, device: "Device | str | None" = None,
-                 dtype: "DType | str" = f32):
+                 dtype: "DType | str" = f32, fused: bool = True):
         super().__init__()
         if vb is None:
             vb = ParamStore(device=device, dtype=as_dtype(dtype)).root()
         self.config = config
+        self.fused = fused  # False: attention, RoPE, RMSNorm and the loss from core ops (deers/models/shared.py)
         self.n_layer = config.num_hidden_layers
         self.context_len = config.max_position_embeddings
         self.model = LlamaModel(config, vb.pp("model"))
@@ -225,4 +238,8 @@ class Llama(CausalLM):
     def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         """The final normalized hidden states (B, T, D) that lm_head turns into logits."""
         self.check_ids(idx, cache.length if cache is not None else 0)
-        return self.model(idx, cache)  # (B, T, D)
+        return self.model(idx, cache, self.fused)  # (B, T, D)
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        """model.norm, fused or from core ops."""
+        return norm(self.model.norm, x, self.fused)  # (B, T, D)

@@ -1,10 +1,17 @@
 """What the decoder models share: rotary tables, grouped-query causal attention, the KV cache,
 sampling with a KV cache (`generate`), and `CausalLM`, the logits / loss / generate methods.
 
-GPT-2, Llama, Qwen2 and Qwen3 (gpt2.py, llama.py) use these pieces; each model file keeps only what
-makes its family different (its norms, its MLP, its projections and the checkpoint names). Shapes
-in the comments: B = batch, T = new positions, S = positions cached + T, nh = query heads,
-nkv = key/value heads (nkv divides nh: grouped-query attention), hd = head dim, V = vocab size.
+Deers' GPT, GPT-2, Llama, Qwen2 and Qwen3 (gpt.py, gpt2.py, llama.py) use these pieces; each model
+file keeps only what makes its family different (its norms, its MLP, its projections and the
+checkpoint names). Shapes in the comments: B = batch, T = new positions, S = positions cached + T,
+nh = query heads, nkv = key/value heads (nkv divides nh: grouped-query attention), hd = head dim,
+V = vocab size.
+
+Two paths behind one flag, as nanoGPT keeps its explicit attention beside the flash one: every
+model has a `fused` attribute (True by default, settable on a built model) that it passes down to
+its blocks on each call. With `fused=False` the attention is `softmax(q k^T * scale + mask) v`
+written out from core ops (`causal_probabilities`), and RoPE, RMSNorm and the loss are too: the
+graph you would write by hand. With `fused=True` each of those is one op of deers/fused/.
 
 A model that `generate` drives provides:
     model.hidden(idx, cache)  -> (B, T, D) final hidden states for ids (B, T) continuing the cache
@@ -24,10 +31,13 @@ from ..autograd import no_grad
 from ..creation import host_rng, tensor
 from ..dtype import f32
 from ..errors import DeersError, DTypeError, ShapeError, describe
-from ..fused.attention import causal_attention
+from ..fused.attention import apply_rope, apply_rope_reference, causal_attention
+from ..fused.cross_entropy import cross_entropy_reference
 from ..fused.linear_cross_entropy import linear_cross_entropy
+from ..fused.rms_norm import rms_norm_reference
 from ..loss import cross_entropy
-from ..nn import Module
+from ..nn import Module, RMSNorm
+from ..ops.compare import where
 from ..ops.shape import cat
 from ..tensor import Tensor
 
@@ -105,6 +115,18 @@ class Rotary(Module):
         return self.cos[start:start + T], self.sin[start:start + T]  # (T, hd) each
 
 
+def rope(x: Tensor, cos: Tensor, sin: Tensor, fused: bool = True) -> Tensor:
+    """Rotate x (..., T, hd) by the tables cos, sin (T, hd): x * cos + rotate_half(x) * sin, as one
+    fused op, or written from core ops (narrow, neg, cat, mul, add)."""
+    return apply_rope(x, cos, sin) if fused else apply_rope_reference(x, cos, sin)
+
+
+def norm(module: RMSNorm, x: Tensor, fused: bool = True) -> Tensor:
+    """RMSNorm x * rsqrt(mean(x^2) + eps) * weight over the last dim: the module's fused op, or the
+    same written from core ops (mul, mean, add, rsqrt, mul). (LayerNorm is core ops already.)"""
+    return module(x) if fused else rms_norm_reference(x, module.weight, module.eps)
+
+
 # ---- the KV cache --------------------------------------------------------------------------------------
 class LayerCache:
     """Keys and values of one attention layer for the positions seen so far (generation only)."""
@@ -131,11 +153,31 @@ class KVCache:
 
 
 # ---- attention -----------------------------------------------------------------------------------------
-def grouped_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """Causal attention where nh query heads share nkv key/value heads, nh / nkv queries to a group.
+def causal_probabilities(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """softmax(q k^T * scale + mask) from core ops: q (..., T, hd), k (..., S, hd) -> p (..., T, S).
 
-    q (B, nh, T, hd), k and v (B, nkv, S, hd) -> (B, nh, T, hd). Query head h reads key/value head
-    h // (nh / nkv), as transformers' repeat_kv arranges it; with nkv == nh it is plain multi-head.
+    The attention a learner writes by hand (what `fused=False` runs; the fused CausalAttention op
+    computes the same in one kernel). Row t is position S - T + t: the first S - T keys come from
+    the KV cache, so row t sees keys s <= t + S - T (in training S = T: the lower triangle).
+    """
+    T, S = q.shape[-2], k.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., T, hd) @ (..., hd, S) -> (..., T, S)
+    visible = tensor(np.tril(np.ones((T, S), dtype=bool), k=S - T), device=q.device)  # (T, S)
+    scores = where(visible, scores, float("-inf"))  # (..., T, S): the future gets probability 0
+    return (scores - scores.logsumexp(dim=-1, keepdim=True)).exp()  # softmax: exp(a - log(sum(exp(a))))
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """softmax(q k^T * scale + mask) v from core ops: q (..., T, hd), k and v (..., S, hd) -> (..., T, hd)."""
+    return causal_probabilities(q, k, scale) @ v  # (..., T, S) @ (..., S, hd) -> (..., T, hd)
+
+
+def group_heads(q: Tensor, k: Tensor, v: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Grouped-query attention's layout: nh query heads share nkv key/value heads, nh / nkv to a group.
+
+    q (B, nh, T, hd) -> (B, nkv, group, T, hd): heads h = g * group + r, so query head h reads
+    key/value head h // group, as transformers' repeat_kv arranges it; k and v (B, nkv, S, hd) ->
+    (B, nkv, 1, S, hd), broadcast over the group (no copy). With nkv == nh: unchanged.
     """
     B, nh, T, hd = q.shape
     nkv = k.shape[1]
@@ -143,16 +185,29 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         raise ShapeError(f"attention: {nkv} key/value heads must divide {nh} query heads "
                          f"(q {describe(q)}, k {describe(k)})")
     if nkv == nh:
-        return causal_attention(q, k, v, scale=scale)  # (B, nh, T, hd)
-    group = nh // nkv
-    q = q.reshape(B, nkv, group, T, hd)  # heads h = g * group + r: (B, nkv, group, T, hd)
-    k = k.unsqueeze(2)  # (B, nkv, 1, S, hd), broadcast over the group
-    v = v.unsqueeze(2)  # (B, nkv, 1, S, hd)
-    y = causal_attention(q, k, v, scale=scale)  # (B, nkv, group, T, hd)
+        return q, k, v
+    q = q.reshape(B, nkv, nh // nkv, T, hd)  # (B, nkv, group, T, hd)
+    k = k.unsqueeze(2)  # (B, nkv, 1, S, hd)
+    v = v.unsqueeze(2) if v is not None else None  # (B, nkv, 1, S, hd)
+    return q, k, v
+
+
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, fused: bool = True) -> Tensor:
+    """Causal attention where nh query heads share nkv key/value heads (see group_heads).
+
+    q (B, nh, T, hd), k and v (B, nkv, S, hd) -> (B, nh, T, hd). fused: one CausalAttention op;
+    else explicit_attention, the same from core ops. With nkv == nh it is plain multi-head.
+    """
+    B, nh, T, hd = q.shape
+    attention = causal_attention if fused else explicit_attention
+    if k.shape[1] == nh:
+        return attention(q, k, v, scale)  # (B, nh, T, hd)
+    q, k, v = group_heads(q, k, v)  # (B, nkv, group, T, hd), (B, nkv, 1, S, hd) twice
+    y = attention(q, k, v, scale)  # (B, nkv, group, T, hd)
     return y.reshape(B, nh, T, hd)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, cache: LayerCache | None, scale: float) -> Tensor:
+def attend(q: Tensor, k: Tensor, v: Tensor, cache: LayerCache | None, scale: float, fused: bool = True) -> Tensor:
     """The attention of one layer after its projections and RoPE: keys and values go into the cache,
     then every query sees the keys up to its own position.
 
@@ -162,8 +217,20 @@ def attend(q: Tensor, k: Tensor, v: Tensor, cache: LayerCache | None, scale: flo
     if cache is not None:
         k, v = cache.extend(k, v)  # (B, nkv, S, hd), S = positions cached + T
     # softmax(scale q k^T) v, query t seeing keys s <= t + S - T: (B, nh, T, S) scores, (B, nh, T, hd) out
-    y = grouped_attention(q, k, v, scale)
+    y = grouped_attention(q, k, v, scale, fused)
     return y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh, hd) -> (B, T, nh * hd)
+
+
+def attention_weights(q: Tensor, k: Tensor, cache: LayerCache | None, scale: float) -> Tensor:
+    """The probabilities (B, nh, T, S) that `attend` applies to v, for deers.diagnostics.attention_maps
+    (attend itself does not keep them). q (B, nh, T, hd), k (B, nkv, T, hd) after RoPE; the cache
+    is read, not extended."""
+    B, nh, T, hd = q.shape
+    if cache is not None and cache.k is not None:
+        k = cat([cache.k, k], dim=2)  # (B, nkv, S, hd): the keys of earlier positions too
+    S = k.shape[2]
+    q, k, _ = group_heads(q, k)  # (B, nkv, group, T, hd), (B, nkv, 1, S, hd)
+    return causal_probabilities(q, k, scale).reshape(B, nh, T, S)  # (B, nkv, group, T, S) -> (B, nh, T, S)
 
 
 # ---- sampling ------------------------------------------------------------------------------------------
@@ -289,15 +356,29 @@ class CausalLM(Module):
     """The part of a decoder-only language model that does not depend on its family: logits, the loss,
     generation. A subclass sets `self.lm_head` (a Linear D -> V), `self.n_layer`, `self.context_len`
     (and names its config field in `context_field`), and implements `hidden(idx, cache)`, the final
-    normalized hidden states (B, T, D)."""
+    normalized hidden states (B, T, D), and `final_norm(x)`, the norm that ends `hidden`.
+
+    `fused` (True by default; a plain attribute, so it can be switched on a built model) picks the
+    path of every block, the final norm and the loss on each call: one fused op each, or the same
+    from core ops (see the module docstring). Both give the same logits, loss and gradients.
+    """
 
     lm_head: Module
     n_layer: int
     context_len: int
+    fused: bool = True
     context_field = "the context length"  # the config field that sets context_len, for error messages
 
     def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__}.hidden")
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__}.final_norm")
+
+    def logits_from_hidden(self, h: Tensor) -> Tensor:
+        """Logits (B, T, V) of any block's output h (B, T, D): the final norm, then lm_head (the
+        readout deers.diagnostics.logit_lens applies to every layer)."""
+        return self.lm_head(self.final_norm(h))
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None):
         """Logits (B, T, V) for token ids idx (B, T); with targets (B, T) also the mean cross-entropy.
@@ -310,14 +391,26 @@ class CausalLM(Module):
             return logits
         self.check_targets(idx, targets)
         wide = logits.to_dtype(f32) if logits.dtype.is_half else logits  # f16 / bf16: the loss in f32
-        return logits, cross_entropy(wide, targets)
+        rows, row_targets = wide.reshape(-1, wide.shape[-1]), targets.reshape(-1)  # (B*T, V), (B*T,)
+        if self.fused:
+            return logits, cross_entropy(rows, row_targets)  # one op: loss and dlogits in one pass
+        # from core ops: log_softmax = logits - logsumexp(logits), then -log_probs[target] gathered
+        return logits, cross_entropy_reference(rows, row_targets)
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
-        """Mean next-token cross-entropy of idx (B, T) against targets (B, T), a 0-d tensor, through
-        the fused lm_head + cross-entropy op (the (B, T, V) logits are never held at once)."""
+        """Mean next-token cross-entropy of idx (B, T) against targets (B, T): a 0-d tensor.
+
+        Same value and gradients as `forward(idx, targets)[1]`, through the fused lm_head +
+        cross-entropy op, which holds the logits one chunk of rows at a time (the full (B, T, V)
+        logits and their gradient are most of a training step's memory traffic). With
+        `fused = False` it is `forward(idx, targets)[1]`: the full logits, then the loss from core ops.
+        """
+        if not self.fused:
+            return self(idx, targets)[1]
         self.check_targets(idx, targets)
         if getattr(self.lm_head, "bias", None) is not None:
             raise ShapeError(f"{type(self).__name__}.loss: the fused loss takes an lm_head without bias")
+        # f16 / bf16: the lm_head GEMMs stay 16-bit (f32 accumulation), the loss comes out in f32
         return linear_cross_entropy(self.hidden(idx), self.lm_head.weight, targets)
 
     def new_cache(self) -> KVCache:
