@@ -47,6 +47,7 @@ nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 nonnegative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
 fraction = _checked(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
+top_p_value = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:

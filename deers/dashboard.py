@@ -1,5 +1,5 @@
-"""Pictures of what deers.diagnostics measures (matplotlib, the `plot` extra): the training
-dashboard, attention maps and the logit lens, each written as a PNG.
+"""Pictures of a model learning (matplotlib, the `plot` extra), each written as a PNG: the loss
+curve, the dashboard of what deers.diagnostics measures, attention maps and the logit lens.
 
     diagnostics_dashboard(diag.history(), "diagnostics.png")
     attention_figure(attention_maps(model, idx), tokens, "attention.png")
@@ -51,6 +51,29 @@ def _by_group(table: dict[str, float], combine) -> dict[str, float]:
     for name, value in table.items():
         groups.setdefault(_group(name), []).append(value)
     return {group: combine(values) for group, values in groups.items()}
+
+
+def loss_curve(history: dict, path: "str | Path") -> Path:
+    """Train loss (per step, and its running mean) and validation loss against the step:
+    history is {"train": [[step, loss], ...], "val": [[step, loss], ...]}, as the trainer keeps it."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if history["train"]:
+        steps, losses = zip(*history["train"])
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (per step)")
+        window = max(1, len(losses) // 50)
+        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, smooth, color="tab:blue", label=f"train (mean of {window})")
+    if history["val"]:
+        steps, losses = zip(*[row[:2] for row in history["val"]])
+        ax.plot(steps, losses, "o-", color="tab:orange", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def diagnostics_dashboard(history: Sequence[dict], path: "str | Path", title: str = "") -> Path:

@@ -25,6 +25,7 @@ from deers.cli import (
     nonnegative_float,
     nonnegative_int,
     positive_int,
+    top_p_value,
 )
 from deers.models.gpt import GPT, GPTConfig
 from deers.tokenizer import Tokenizer, TokenizerUnavailable
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="softmax temperature; 0 picks the most likely token every time")
     p.add_argument("--top-k", type=nonnegative_int, default=40, metavar="K",
                    help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=top_p_value, default=None, metavar="P",
+                   help="sample among the most likely tokens whose probabilities add up to P (after --top-k)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample (the next ones use seed + 1, ...)")
     p.add_argument("--num-samples", type=positive_int, default=1, metavar="N", help="how many samples to print")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or mps")
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     texts = []
     for i in range(args.num_samples):
         out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                             top_p=args.top_p,
                              seed=args.seed + i)
         new_ids = out.numpy()[0, len(prompt_ids):].tolist()
         if not args.keep_going and tokenizer.eot_token in new_ids:

@@ -71,8 +71,10 @@ from deers.cli import (
     nonnegative_int,
     positive_float,
     positive_int,
+    top_p_value,
 )
 from deers.dataset import TokenBinDataset, TokenFileError
+from deers.dashboard import loss_curve
 from deers.diagnostics import Diagnostics
 from deers.download import DownloadError
 from deers.dtype import as_dtype
@@ -159,6 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="validation batches per evaluation")
     p.add_argument("--sample-every", type=positive_int, default=1000, metavar="N", help="steps between samples")
     p.add_argument("--sample-tokens", type=positive_int, default=64, metavar="N", help="tokens generated per sample")
+    p.add_argument("--top-p", type=top_p_value, default=None, metavar="P",
+                   help="samples draw from the smallest set of tokens whose probability reaches P (after top-k 40)")
     p.add_argument("--prompt", default="Once upon a time", help="start of every sample")
     p.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N",
                    help="steps between checkpoints (and one at the end)")
@@ -350,11 +354,11 @@ def evaluate(model: GPT, val: TokenBinDataset, batch_size: int, max_batches: int
 
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, seed: int, device: str,
-                temperature: float = 1.0, top_k: int | None = 40) -> str:
+                temperature: float = 1.0, top_k: int | None = 40, top_p: float | None = None) -> str:
     """Continue `prompt` (after an <|endoftext|>, as stories start in the data), up to the next story's start."""
     prompt_ids = [tokenizer.eot_token] + tokenizer.encode(prompt)
     idx = deers.tensor([prompt_ids], device=device)  # (1, T)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     new_ids = out.numpy()[0, len(prompt_ids):].tolist()
     if tokenizer.eot_token in new_ids:
         new_ids = new_ids[:new_ids.index(tokenizer.eot_token)]
@@ -368,35 +372,11 @@ def say(text: str) -> None:
 
 
 def plot_losses(history: dict, path: Path) -> None:
-    """Train (per step, and its running mean) and validation loss against the step, as a PNG."""
+    """The loss curves as a PNG (deers.dashboard.loss_curve), or a note when matplotlib is missing."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        say(f"wrote {loss_curve(history, path)}")
     except ImportError:
         say(f"note: matplotlib is not installed, so {path} was not written (pip install 'deers[plot]')")
-        return
-    fig, ax = plt.subplots(figsize=(8, 5))
-    if history["train"]:
-        steps, losses = zip(*history["train"])
-        ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (per step)")
-        window = max(1, len(losses) // 50)
-        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-                  for i in range(len(losses))]
-        ax.plot(steps, smooth, color="tab:blue", label=f"train (mean of {window})")
-    if history["val"]:
-        steps, losses = zip(*history["val"])
-        ax.plot(steps, losses, "o-", color="tab:orange", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    say(f"wrote {path}")
 
 
 def plot_diagnostics(diag: Diagnostics, path: Path) -> None:
@@ -596,7 +576,8 @@ def train(args: argparse.Namespace) -> dict:
                     history.setdefault("val_bpb", []).append([step, val_bpb])
                     say(f"step {step} | val_loss {val_loss:.4f} | val_bpb {val_bpb:.4f}")
                 if step % args.sample_every == 0 or step == args.steps:
-                    text = sample_text(model, tokenizer, args.prompt, args.sample_tokens, args.seed + step, args.device)
+                    text = sample_text(model, tokenizer, args.prompt, args.sample_tokens, args.seed + step, args.device,
+                                       top_p=args.top_p)
                     say("sample: " + " ".join(text.split()))
                 if step % args.checkpoint_every == 0 and step < args.steps:
                     save(ckpt_path, model, optimizers, step, args, history, scaler.scale)
