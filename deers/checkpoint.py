@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -95,14 +95,19 @@ def _optimizer_to_file(optimizer, names: list[str], tensors: dict[str, np.ndarra
     return {"type": state["type"], "groups": groups, "scalars": scalars}
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder."""
+def atomic_write(path: "str | os.PathLike", data: "bytes | Callable[[BinaryIO], None]") -> None:
+    """Write `data` (bytes, or a function that writes into the open file, for outputs too large to
+    hold twice) to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder:
+    a reader sees the old file or the new one, never a torn one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..array import NDArray
+from ..checkpoint import atomic_write
 from ..device import Device, as_device
 from ..dtype import DType, as_dtype, bf16, f32
 from ..errors import DeersError, ShapeError
@@ -286,8 +286,8 @@ def save_pretrained(model, folder: "str | os.PathLike") -> None:
     for key in ("dtype", "torch_dtype"):
         config.pop(key, None)
     config["dtype"] = TORCH_NAMES.get(dtypes.pop() if len(dtypes) == 1 else "f32", "float32")
-    write_atomic(folder / "config.json", lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode()))
-    write_atomic(folder / SINGLE_FILE, lambda f: write_safetensors(f, state))
+    atomic_write(folder / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
+    atomic_write(folder / SINGLE_FILE, lambda f: write_safetensors(f, state))
 
 
 def write_safetensors(f, state: dict) -> None:
@@ -304,19 +304,3 @@ def write_safetensors(f, state: dict) -> None:
     f.write(text)
     for value in state.values():  # little-endian, as every platform Deers runs on stores them
         f.write(np.ascontiguousarray(value.numpy()).view(np.uint8).data)
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
