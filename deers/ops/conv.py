@@ -41,14 +41,16 @@ def columns(xp: NDArray, kernel: Pair, stride: Pair, dilation: Pair, groups: int
 
 
 class Conv2d(Op):
-    """y = conv2d(x, W) for x (N, C, H, W) and W (O, C/groups, kh, kw), by im2col and one GEMM."""
+    """y = conv2d(x, W) + b for x (N, C, H, W), W (O, C/groups, kh, kw) and an optional b (O,), by
+    im2col and one GEMM. The bias is added to the GEMM's result before it is laid out as NCHW,
+    and its gradient sums dY over N*OH*OW where that axis is the contiguous one."""
 
     name = "conv2d"
 
     def __init__(self, kernel: Pair, stride: Pair, padding: Padding, dilation: Pair, groups: int):
         self.kernel, self.stride, self.padding, self.dilation, self.groups = kernel, stride, padding, dilation, groups
 
-    def forward(self, x, w):
+    def forward(self, x, w, b=None):
         n, c = x.shape[:2]
         o, cg, kh, kw = w.shape
         g = self.groups
@@ -61,17 +63,21 @@ class Conv2d(Op):
         ow = output_size(xp.shape[3], kw, self.stride[1], self.dilation[1], 0, 0)
         self.out_hw = (oh, ow)
         y = w.reshape((g, o // g, cg * kh * kw)).matmul(cols)  # (G, Og, N*L)
+        if b is not None:
+            y.add_(b.reshape((g, o // g, 1)))  # one value per output channel, in place
         y = y.reshape((g, o // g, n, oh, ow)).permute((2, 0, 1, 3, 4))  # (N, G, Og, OH, OW), a view
         return y.reshape((n, o, oh, ow))  # a copy into NCHW
 
-    def backward(self, grad):  # y = W cols: dW = dY cols^T, dcols = W^T dY, dx = col2im(dcols)
+    def backward(self, grad):  # y = W cols + b: dW = dY cols^T, dcols = W^T dY, dx = col2im(dcols), db = sum dY
         n, c = self.x_shape[:2]
         g = self.groups
         (oh, ow), o = self.out_hw, grad.shape[1]
         dy = grad.reshape((n, g, o // g, oh, ow)).permute((1, 2, 0, 3, 4))  # (G, Og, N, OH, OW)
         dy = dy.reshape((g, o // g, n * oh * ow))  # (G, Og, N*L), a copy
         kh, kw = self.kernel
-        dx = dw = None
+        dx = dw = db = None
+        if self.needs(2):
+            db = dy.sum((2,)).reshape((o,))  # (G, Og) -> (O,)
         if self.xp is not None:
             cols = columns(self.xp, (kh, kw), self.stride, self.dilation, g)  # (G, Cg*kh*kw, N*L)
             dw = dy.matmul(cols.transpose(1, 2))  # (G, Og, Cg*kh*kw)
@@ -83,7 +89,7 @@ class Conv2d(Op):
             dcols = dcols.reshape((g, cg, kh, kw, n, oh, ow)).permute((4, 0, 1, 2, 3, 5, 6))  # (N, G, Cg, kh, kw, OH, OW)
             dcols = dcols.reshape((n, c, kh, kw, oh, ow))  # G and Cg merge: a view
             dx = crop(col2im(dcols, self.padded_shape, self.stride, self.dilation), self.padding, self.x_shape)
-        return dx, dw
+        return dx, dw, db
 
 
 # ---- argument checks: PyTorch's arguments, a ShapeError naming the op before any arithmetic -------------
@@ -148,7 +154,7 @@ def check_conv(op: str, x: Tensor, weight: Tensor, bias: "Tensor | None", groups
 
 def convolve(op: str, x: Tensor, weight: Tensor, bias: "Tensor | None", stride: Pair,
              pads: "list[tuple[int, int]]", dilation: Pair, groups: int) -> Tensor:
-    """The checked 2-d convolution of a batched x (N, C, H, W), plus the bias (O,) per channel."""
+    """The checked 2-d convolution of a batched x (N, C, H, W), plus the bias (O,) per channel when given."""
     _, _, h, w = x.shape
     kh, kw = weight.shape[2:]
     (top, bottom), (left, right) = pads
@@ -158,10 +164,7 @@ def convolve(op: str, x: Tensor, weight: Tensor, bias: "Tensor | None", stride: 
             raise ShapeError(f"{op}: the kernel (dilated extent {d * (k - 1) + 1}) is larger than the padded "
                              f"input's {dim} {size + before + after}: input {describe(x)}, weight {describe(weight)}")
     conv = Conv2d((kh, kw), stride, (top, bottom, left, right), dilation, groups)
-    y = apply(conv, x, weight)  # (N, O, OH, OW)
-    if bias is not None:
-        y = y + reshape(bias, (bias.shape[0], 1, 1))  # (O,) -> (O, 1, 1): one value per channel
-    return y
+    return apply(conv, x, weight) if bias is None else apply(conv, x, weight, bias)  # (N, O, OH, OW)
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: "Tensor | None" = None, stride=1, padding=0, dilation=1,

@@ -8,7 +8,8 @@
                 from the input's), which is what "im2col as a strided view" means.
     col2im      the adjoint of `windows`: sum a gradient shaped like the windows back into an array
                 shaped like the padded input, one strided add per kernel offset (i, j). For a fixed
-                offset the windows do not overlap, so each add writes every element at most once.
+                offset the windows do not overlap, so each add writes every element at most once
+                (and windows that never overlap, stride >= kernel, take one copy).
     crop        the inside of a padded array (a view): the gradient of `pad`
 
 Each is written with NDArray views and primitives, so every backend runs them unchanged.
@@ -71,6 +72,9 @@ def col2im(grad: NDArray, padded_shape: tuple[int, ...], stride: Pair, dilation:
     the transpose of `windows`. Each input element gets the gradient of every window that read it."""
     n, c, kh, kw, oh, ow = grad.shape
     out = NDArray.full(tuple(padded_shape), 0, grad.dtype, grad.device)
+    if all(d * (k - 1) < s for k, s, d in zip((kh, kw), stride, dilation)):  # windows that never overlap
+        windows(out, (kh, kw), stride, dilation).assign(grad)  # (2x2 pooling, stride 2): one copy
+        return out
     for i in range(kh):
         for j in range(kw):
             target = window_at(out, (i, j), (oh, ow), stride, dilation)  # (N, C, OH, OW), disjoint for one (i, j)
