@@ -48,7 +48,7 @@ def save(path: "str | os.PathLike", model=None, optimizer=None, step: int | None
     tensors: dict[str, np.ndarray] = {}
     if model is not None:
         for name, value in model.state_dict().items():
-            tensors[name] = np.ascontiguousarray(value.numpy())
+            tensors[name] = np.ascontiguousarray(value.numpy()).reshape(value.shape)  # a 0-d buffer stays 0-d
     optimizer_meta = None
     if optimizer is not None:
         optimizer_meta = _optimizer_to_file(optimizer, _parameter_names(model, optimizer), tensors)
