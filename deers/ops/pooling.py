@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..array import NDArray
 from ..autograd import Op
 from ..dtype import i64
@@ -19,12 +17,16 @@ from ..errors import DTypeError, ShapeError, describe
 from ..tensor import Tensor, apply
 from .conv import as_tuple
 from .shape import reshape
-from .windows import Padding, Pair, col2im, crop, output_size, pad, windows
+from .windows import Padding, Pair, col2im, crop, output_size, pad, window_at, windows
 
 
 class MaxPool2d(Op):
     """y[n, c, oh, ow] = the largest element of window (oh, ow); its gradient goes to that element
-    (the first one, in row-major window order, when several tie, as in PyTorch)."""
+    (the first one, in row-major window order, when several tie, as in PyTorch).
+
+    The windows are walked one kernel offset (i, j) at a time: each offset's elements for every
+    output position are one strided view, so the running maximum and the offset that holds it
+    are kh*kw element-wise passes over (N, C, OH, OW) arrays, with no window copy."""
 
     name = "max_pool2d"
 
@@ -32,25 +34,30 @@ class MaxPool2d(Op):
         self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
 
     def forward(self, x):
-        n, c = x.shape[:2]
-        (kh, kw) = self.kernel
+        kh, kw = self.kernel
         xp = pad(x, self.padding, -math.inf)  # (N, C, Hp, Wp)
         self.x_shape, self.padded_shape = x.shape, xp.shape
-        view = windows(xp, self.kernel, self.stride, self.dilation)  # (N, C, kh, kw, OH, OW), no copy
-        oh, ow = view.shape[4:]
-        flat = view.permute((0, 1, 4, 5, 2, 3)).reshape((n, c, oh, ow, kh * kw))  # a copy, one window per row
-        if self.needs(0):
-            self.argmax = flat.reduce("argmax", (4,), keepdim=True)  # (N, C, OH, OW, 1) i64
-        return flat.reduce("max", (4,), keepdim=False)  # (N, C, OH, OW)
+        oh, ow = windows(xp, self.kernel, self.stride, self.dilation).shape[4:]
+        best = window_at(xp, (0, 0), (oh, ow), self.stride, self.dilation).copy()  # (N, C, OH, OW)
+        where = NDArray.full(best.shape, 0, i64, x.device)  # the offset i * kw + j holding the maximum
+        for k in range(1, kh * kw):
+            candidate = window_at(xp, divmod(k, kw), (oh, ow), self.stride, self.dilation)
+            larger = candidate.binary("gt", best)  # strictly: on a tie the earlier offset stays
+            best = larger.where(candidate, best)
+            if self.needs(0):
+                where = larger.where(NDArray.full((), k, i64, x.device), where)
+        self.where = where if self.needs(0) else None
+        return best
 
     def backward(self, grad):  # dy/dx = 1 at each window's (first) maximum, 0 elsewhere
-        n, c, oh, ow = grad.shape
         kh, kw = self.kernel
-        positions = NDArray.from_numpy(np.arange(kh * kw), i64, grad.device)  # (K,)
-        winner = self.argmax.binary("eq", positions)  # (N, C, OH, OW, K) bool
+        n, c, oh, ow = grad.shape
         zero = NDArray.full((), 0, grad.dtype, grad.device)
-        spread = winner.where(grad.reshape((n, c, oh, ow, 1)), zero)  # (N, C, OH, OW, K)
-        spread = spread.reshape((n, c, oh, ow, kh, kw)).permute((0, 1, 4, 5, 2, 3))  # (N, C, kh, kw, OH, OW), a view
+        spread = NDArray.empty((n, c, kh, kw, oh, ow), grad.dtype, grad.device)
+        for k in range(kh * kw):
+            i, j = divmod(k, kw)
+            won = self.where.binary("eq", NDArray.full((), k, i64, grad.device))  # (N, C, OH, OW) bool
+            spread.select(2, i).select(2, j).assign(won.where(grad, zero))
         return (crop(col2im(spread, self.padded_shape, self.stride, self.dilation), self.padding, self.x_shape),)
 
 
