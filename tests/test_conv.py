@@ -309,3 +309,25 @@ def cuda(request):
 
 def test_cuda_backend_matches_cpu(cuda):
     _device_case("cuda")
+
+
+
+def test_the_im2col_matrix_is_not_kept_after_forward_or_backward():
+    """What the graph holds after forward is the output and the padded input, not the column
+    matrix (9x the input here); after backward only the gradients are left."""
+    import gc
+
+    from deers import memory
+
+    x = deers.randn(4, 8, 12, 12).attach()
+    w = deers.randn(16, 8, 3, 3).attach()
+    gc.collect()
+    before = memory.live_bytes("cpu")
+    y = conv2d(x, w, padding=1)  # (4, 16, 12, 12)
+    padded, columns = 4 * 8 * 14 * 14 * 4, 8 * 9 * 4 * 12 * 12 * 4
+    held = memory.live_bytes("cpu") - before
+    assert held <= y.numel() * 4 + padded < columns, held
+    grads = y.backward(deers.ones(*y.shape))
+    del y
+    gc.collect()
+    assert memory.live_bytes("cpu") - before <= (grads[x].numel() + grads[w].numel()) * 4
