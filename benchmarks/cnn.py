@@ -1,7 +1,7 @@
 """Training throughput of the MNIST CNN of examples/mnist_train.py (--model cnn) in Deers and in
 PyTorch, and the example's convolutions against their GEMM-only floor.
 
-    python benchmarks/cnn.py [--batches 20] [--batch-size 128] [--repeats 2]
+    python benchmarks/cnn.py [--batches 20] [--batch-size 64] [--repeats 2]
 
 Each framework trains the same network (conv 1->32 3x3, ReLU, conv 32->64 3x3, ReLU, max-pool 2,
 dropout 0.25, linear 9216->128, ReLU, dropout 0.5, linear 128->10; AdamW) on the same random
@@ -146,7 +146,7 @@ def worker(framework: str, batches: int, batch_size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--worker", choices=("deers", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()

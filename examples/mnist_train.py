@@ -10,8 +10,8 @@ loads): conv 1->32 3x3, ReLU, conv 32->64 3x3, ReLU, max-pool 2, dropout 0.25, l
 9216->128, ReLU, dropout 0.5, linear 128->10.
 
 Defaults: AdamW (lr 1e-3, weight decay 0.01) with the learning rate decayed to 0 along a cosine
-over the run, batch size 128, 3 epochs. Prints one line per epoch, e.g.
-`epoch 1/3 | train_loss 0.2345 | test_acc 97.12% | 4.1s`, and saves a checkpoint (model, optimizer,
+over the run, batch size 128 (the CNN: 64, as in PyTorch's example), 3 epochs. Prints one line
+per epoch, e.g. `epoch 1/3 | train_loss 0.2345 | test_acc 97.12% | 4.1s`, and saves a checkpoint (model, optimizer,
 data-loader position, RNG) to --out at the end of every epoch (one `saved ...` line). --resume
 continues the run with its own settings (batch size, optimizer, learning rate, schedule, seed) up
 to its own --epochs; `--resume --epochs N` extends it to N epochs, the cosine then spanning all N.
@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default: $DEERS_DATA_DIR/mnist or ~/.cache/deers/mnist)")
     parser.add_argument("--epochs", type=positive_int, default=None, metavar="N",
                         help=f"passes over the training set (default: {DEFAULT_EPOCHS}; with --resume the run's own)")
-    parser.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="images per step")
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
+                        help="images per step (default: 128 for the MLP, 64 for the CNN)")
     parser.add_argument("--lr", type=positive_float, default=1e-3, metavar="X", help="peak learning rate")
     parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                         help="cosine: decay the learning rate to 0 over the run; constant: keep --lr")
@@ -84,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
                         help="use only the first N training images (default: all)")
     args = parser.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 64 if args.model == "cnn" else 128
     check_device(parser, args.device)
     if args.data is not None and Path(args.data).exists() and not Path(args.data).is_dir():
         parser.error(f"--data {args.data}: not a folder (give the folder that holds the IDX files)")
