@@ -51,7 +51,7 @@ def save(path: "str | os.PathLike", model=None, optimizer=None, step: int | None
     tensors: dict[str, np.ndarray] = {}
     if model is not None:
         for name, value in model.state_dict().items():
-            tensors[name] = np.ascontiguousarray(value.numpy())
+            tensors[name] = np.ascontiguousarray(value.numpy()).reshape(value.shape)  # a 0-d buffer stays 0-d
     optimizer_meta = None
     if isinstance(optimizer, (list, tuple)):
         optimizer_meta = [_optimizer_to_file(opt, _parameter_names(model, opt), tensors) for opt in optimizer]

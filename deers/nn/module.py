@@ -9,6 +9,13 @@ rather than skipped. No `__setattr__` hook and no registration step: what you as
 get. ModuleList, ModuleDict, ParameterList and ParameterDict (deers/nn/containers.py) name their
 members "0", "1", ... or by key, as in PyTorch. Names join with dots ("blocks.0.attn.qkv.weight"),
 and a parameter reached twice (tied weights) is listed once.
+
+Buffers are the one thing registered by name: state that is not trained but is saved, such as
+batch norm's running statistics (PyTorch's `register_buffer`). `self.register_buffer("running_mean",
+zeros(C))` sets the attribute and records its name, because a plain Tensor attribute (a RoPE
+table, a causal mask) is not saved. Buffers are listed in `state_dict()` after their module's
+parameters (with the module's prefix), loaded in place by `load_state_dict`, moved by
+`to_device`, and never handed to an optimizer (`parameters()` lists Vars only).
 """
 from __future__ import annotations
 
@@ -124,6 +131,34 @@ class Module:
     def parameters(self) -> list[Var]:
         return [var for _, var in self.named_parameters()]
 
+    # ---- buffers -----------------------------------------------------------------------------------
+    def register_buffer(self, name: str, tensor: "Tensor | None", persistent: bool = True) -> None:
+        """Set attribute `name` to `tensor` (a plain Tensor, or None for "not kept") and record it as a
+        buffer: saved in state_dict (unless persistent=False), moved by to_device, never trained."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"register_buffer: a buffer name must be a non-empty str without '.', got {name!r}")
+        if isinstance(tensor, Var) or (tensor is not None and not isinstance(tensor, Tensor)):
+            raise TypeError(f"register_buffer({name!r}): expected a plain Tensor or None, got {type(tensor).__name__} "
+                            f"(a Var is a parameter)")
+        if "_buffer_names" not in vars(self):
+            self._buffer_names: dict[str, bool] = {}  # buffer name -> persistent
+        self._buffer_names[name] = persistent
+        setattr(self, name, tensor)
+
+    def _own_buffers(self, persistent_only: bool = False) -> Iterator[tuple[str, Tensor]]:
+        for name, persistent in vars(self).get("_buffer_names", {}).items():
+            value = getattr(self, name, None)
+            if value is not None and (persistent or not persistent_only):
+                yield name, value
+
+    def named_buffers(self) -> list[tuple[str, Tensor]]:
+        """(dotted name, Tensor) for every buffer of this module and its descendants."""
+        return [(f"{module_name}.{attr}" if module_name else attr, buffer)
+                for module_name, module in self.named_modules() for attr, buffer in module._own_buffers()]
+
+    def buffers(self) -> list[Tensor]:
+        return [buffer for _, buffer in self.named_buffers()]
+
     def num_parameters(self) -> int:
         return sum(var.numel() for var in self.parameters())
 
@@ -158,17 +193,31 @@ class Module:
 
     # ---- state dicts -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
-        """Name -> Tensor (detached, sharing the parameter's buffer), in parameter order."""
-        return {name: var.detach() for name, var in self.named_parameters()}
+        """Name -> Tensor (detached, sharing the parameter's or buffer's memory): module by module,
+        each module's parameters then its persistent buffers, as in PyTorch."""
+        return {name: tensor.detach() for name, tensor in self._named_state()}
+
+    def _named_state(self) -> list[tuple[str, Tensor]]:
+        """The (name, Var or buffer Tensor) pairs that state_dict saves, in its order."""
+        out: list[tuple[str, Tensor]] = []
+        seen: set[int] = set()
+        for module_name, module in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            for attr, var in module._own_parameters():
+                if id(var) not in seen:
+                    seen.add(id(var))
+                    out.append((prefix + attr, var))
+            out.extend((prefix + attr, buffer) for attr, buffer in module._own_buffers(persistent_only=True))
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
-        """Copy values (Tensors or NumPy arrays) into the parameters, in place.
+        """Copy values (Tensors or NumPy arrays) into the parameters and buffers, in place.
 
         Names and shapes are checked: with strict=True a missing or unexpected name raises, and a
         shape mismatch always raises; each error names the offending parameters. With
         strict=False the skipped names are returned.
         """
-        return load_named(self.named_parameters(), state, strict, type(self).__name__)
+        return load_named(self._named_state(), state, strict, type(self).__name__)
 
     # ---- printing ----------------------------------------------------------------------------------
     def extra_repr(self) -> str:
@@ -232,13 +281,21 @@ def _moved_tree(value: Any, device: Device) -> Any:
     return value
 
 
+def _write_buffer(buffer: Tensor, value: NDArray) -> None:
+    """Copy `value` into a buffer's memory in place (cast to the buffer's dtype, moved to its device)."""
+    if value.device != buffer.device:
+        value = NDArray.from_numpy(value.numpy(), buffer.dtype, buffer.device)
+    buffer.data.assign(value)
+
+
 def _moved(a: NDArray, device: Device) -> NDArray:
     """A contiguous copy of `a` on `device` (host round trip: device moves are explicit and rare)."""
     return NDArray.from_numpy(a.numpy(), a.dtype, device)
 
 
-def load_named(named: "list[tuple[str, Var]]", state: Mapping[str, Any], strict: bool, owner: str) -> LoadResult:
-    """Check `state` against the (name, Var) pairs, then copy each value into its Var in place."""
+def load_named(named: "list[tuple[str, Tensor]]", state: Mapping[str, Any], strict: bool, owner: str) -> LoadResult:
+    """Check `state` against the (name, Var or buffer) pairs, then copy each value into its tensor in
+    place (a buffer keeps its own dtype: an i64 step count stays i64)."""
     params = dict(named)
     missing = [name for name in params if name not in state]
     unexpected = [name for name in state if name not in params]
@@ -262,5 +319,8 @@ def load_named(named: "list[tuple[str, Var]]", state: Mapping[str, Any], strict:
             value = state[name]
             if not isinstance(value, Tensor):
                 value = NDArray.from_numpy(np.asarray(value), var.dtype, var.device)
-            var.set_data(value)
+            if isinstance(var, Var):
+                var.set_data(value)
+            else:  # a buffer
+                _write_buffer(var, value.data if isinstance(value, Tensor) else value)
     return LoadResult(missing, unexpected)
