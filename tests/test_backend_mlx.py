@@ -299,3 +299,19 @@ def test_f64_is_refused_when_mlx_runs_on_the_gpu(monkeypatch):
     with pytest.raises(deers.DTypeError, match="randn: f64"):
         backend.randn(3, deers.f64)
 
+
+
+def test_gradients_read_through_strided_views_of_lazy_results():
+    """A gradient MLX keeps as a broadcast (the backward of a sum) read through a strided layout:
+    as_strided needs a row-contiguous buffer, which _view makes first."""
+    pytest.importorskip("mlx.core")
+    x = deers.randn(3, 4, device="mps").attach()
+    np.testing.assert_array_equal((-x.sum(-1)).sum().backward()[x].numpy(), -np.ones((3, 4), np.float32))
+    y = deers.randn(3, 4, device="mps").attach()
+    np.testing.assert_array_equal((-y.T).sum().backward()[y].numpy(), -np.ones((3, 4), np.float32))
+    probs = np.random.default_rng(0).dirichlet(np.ones(7), 5).astype(np.float32)
+    grads = []
+    for device in ("cpu", "mps"):
+        logits = deers.tensor(np.linspace(-2, 2, 35, dtype=np.float32).reshape(5, 7), device=device).attach()
+        grads.append(deers.loss.cross_entropy(logits, deers.tensor(probs, device=device)).backward()[logits].numpy())
+    np.testing.assert_allclose(grads[1], grads[0], atol=1e-6)

@@ -78,7 +78,9 @@ def _view(buf: mx.array, layout: Layout) -> mx.array:
         if layout.offset == 0 and layout.numel == buf.size:
             return buf.reshape(layout.shape)
         return buf[layout.offset:layout.offset + layout.numel].reshape(layout.shape)
-    return mx.as_strided(buf, layout.shape, layout.strides, layout.offset)
+    # as_strided reads the buffer's memory in row order: a buffer MLX keeps as a broadcast or
+    # permuted array (a lazily computed result) is made row contiguous first (no copy if it is)
+    return mx.as_strided(mx.contiguous(buf), layout.shape, layout.strides, layout.offset)
 
 
 def _flat(x: mx.array) -> mx.array:
