@@ -36,7 +36,8 @@ def _shape(shape, op: str = "creation") -> tuple[int, ...]:
 
 def tensor(data, dtype: "DType | str | None" = None, device: "Device | str | None" = None,
            requires_grad: bool = False) -> Tensor:
-    """A tensor from nested lists, numbers or a NumPy array (floats default to f32, ints to i64)."""
+    """A tensor from nested lists, numbers or a NumPy array (floats default to f32, ints to i64; a
+    NumPy array keeps its float type, and a uint8 array stays u8, as torch.tensor does)."""
     if isinstance(data, Tensor):
         data = data.numpy()
     array = np.asarray(data)
@@ -45,8 +46,10 @@ def tensor(data, dtype: "DType | str | None" = None, device: "Device | str | Non
             dtype = as_dtype(array.dtype) if isinstance(data, (np.ndarray, np.generic)) else default_float()
         elif array.dtype.kind == "b":
             dtype = as_dtype("bool")
+        elif array.dtype == np.uint8 and isinstance(data, (np.ndarray, np.generic)):
+            dtype = as_dtype("u8")
         elif array.dtype.kind in "iu":
-            dtype = i64
+            dtype = i64  # Deers' one signed integer type
         else:
             dtype = as_dtype(array.dtype)
     return Tensor(NDArray.from_numpy(array, as_dtype(dtype), as_device(device)), requires_grad=requires_grad)

@@ -580,3 +580,21 @@ def test_the_edge_cases_on_cuda(cuda):
     test_chunk_of_an_empty_dim_tril_of_bool_logsumexp_of_nothing("cuda")
     test_argmax_keepdim_index_select_0d_and_bool_dims("cuda")
     test_dtype_rules_of_alpha_trunc_bool_pow_and_fill("cuda")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bool_and_u8_unary_and_power_follow_pytorch(device):
+    b = deers.tensor([True, False], device=device)
+    assert b.sign().dtype is deers.bool_ and b.sign().numpy().tolist() == [True, False]
+    assert b.square().dtype is deers.i64 and b.square().numpy().tolist() == [1, 0]
+    for name in ("relu", "abs"):  # PyTorch: not implemented for Bool
+        with pytest.raises(DeersError, match=f"{name}: not defined for a bool tensor"):
+            getattr(b, name)()
+    x = deers.tensor(np.array([200, 7], np.uint8), device=device)  # a uint8 array stays u8, as torch.tensor
+    assert x.dtype is deers.u8
+    assert (x * x).numpy().tolist() == [64, 49] and (x ** 3).numpy().tolist() == [0, 87]  # wraps mod 256
+    if torch is not None:
+        t = torch.tensor(np.array([200, 7], np.uint8))
+        assert (x ** 3).numpy().tolist() == (t ** 3).numpy().tolist()
+        assert torch.sign(torch.tensor([True, False])).tolist() == [True, False]
+        assert torch.square(torch.tensor([True, False])).dtype == torch.int64

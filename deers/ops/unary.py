@@ -143,9 +143,15 @@ def unary(op: "type[UnaryOp]", x: Tensor) -> Tensor:
     """op(x) for a UnaryOp class, e.g. unary(Exp, x)."""
     if op.float_only:
         require_float(op.fn.value, x)
-    if op is Neg and x.dtype is bool_:
-        raise DTypeError(f"neg: negating a bool tensor is not supported ({describe(x)}), as in PyTorch; "
-                         "use ~x for logical not")
+    if x.dtype is bool_:
+        if op is Neg:
+            raise DTypeError(f"neg: negating a bool tensor is not supported ({describe(x)}), as in PyTorch; "
+                             "use ~x for logical not")
+        if op in (Relu, Abs):
+            raise DTypeError(f"{op.fn.value}: not defined for a bool tensor ({describe(x)}), as in PyTorch; "
+                             "cast it first (x.to_dtype('i64'))")
+        if op is Sign:  # sign(True) = True, sign(False) = False: the values themselves, as PyTorch gives
+            return x.detach() * True
     return apply(op(), x)
 
 
@@ -158,7 +164,9 @@ def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
 
 # ---- composite: written from the ops above and the binary ops, no backward of their own ---------
 def square(x: Tensor) -> Tensor:
-    """x^2 = x * x (the engine sums Mul's two gradients: 2x)."""
+    """x^2 = x * x (the engine sums Mul's two gradients: 2x); a bool tensor squares as i64, as in PyTorch."""
+    if x.dtype is bool_:
+        x = x.to_dtype("i64")
     return x * x
 
 
