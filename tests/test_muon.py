@@ -111,12 +111,35 @@ def test_newton_schulz_flattens_the_singular_values():
     assert out.dtype is deers.f32
 
 
+def test_newton_schulz_in_bf16_is_f32_at_bf16_precision():
+    if not deers.bf16.available:
+        pytest.skip("bf16 needs ml_dtypes (pip install 'deers[bf16]')")
+    g = RNG.standard_normal((16, 48)).astype(np.float32)
+    f32 = newton_schulz(deers.tensor(g).data, dtype="f32")
+    bf16 = newton_schulz(deers.tensor(g).data, dtype=deers.bf16)
+    assert bf16.dtype is deers.bf16 and f32.dtype is deers.f32
+    assert np.abs(bf16.cast(deers.f32).numpy() - f32.numpy()).max() < 0.05  # a few bf16 ulps of entries ~0.2
+    s = np.linalg.svd(bf16.cast(deers.f32).numpy(), compute_uv=False)
+    assert 0.5 < s.min() and s.max() < 1.3
+
+
+def test_default_newton_schulz_precision_is_bf16_on_cuda_only():
+    from deers.device import Device
+    from deers.optim.muon import default_ns_dtype
+    assert default_ns_dtype(Device.CPU) is deers.f32 and default_ns_dtype(Device.MPS) is deers.f32
+    assert default_ns_dtype(Device.cuda(0)) is (deers.bf16 if deers.bf16.available else deers.f32)
+    with pytest.raises(ValueError, match="ns_dtype"):
+        Muon([deers.Var(deers.tensor(WEIGHTS[0]))], ns_dtype="f16")
+    with pytest.raises(ValueError, match="newton_schulz: dtype"):
+        newton_schulz(deers.tensor(WEIGHTS[0]).data, dtype="f64")
+
+
 @pytest.mark.parametrize("device", ACCELERATORS)
 def test_five_steps_on_an_accelerator_match_the_cpu(device):
-    """Newton-Schulz is plain deers array ops, so Muon runs on every backend."""
+    """Newton-Schulz is plain deers array ops, so Muon runs on every backend (in f32 here, as on the CPU)."""
     want, _ = run_deers(lr=0.02)
     params = [deers.Var(deers.tensor(w, device=device)) for w in WEIGHTS]
-    opt = Muon(params, lr=0.02)
+    opt = Muon(params, lr=0.02, ns_dtype="f32")
     for arrays in GRADS:
         grads = Grads()
         for p, g in zip(params, arrays):
@@ -174,3 +197,34 @@ def test_muon_with_adamw_splits_a_gpt_like_nanochat():
     muon.step(grads)
     adamw.step(grads)
     assert all(not np.array_equal(before[name], p.numpy()) for name, p in model.named_parameters())
+
+
+@pytest.fixture(params=["emulated", "gpu"])
+def cuda(request):
+    from cuda_emulator import cuda_backend_fixture
+    yield from cuda_backend_fixture(request)
+
+
+def test_muon_on_cuda_iterates_in_bf16_and_stays_near_the_f32_update(cuda, monkeypatch):
+    """CUDA's default: Newton-Schulz's GEMMs in bf16 (tensor cores); the update differs from the f32
+    one by bf16's rounding, under a tenth of the change, as torch.optim.Muon's does."""
+    if not deers.bf16.available:
+        pytest.skip("bf16 needs ml_dtypes (pip install 'deers[bf16]')")
+    want, _ = run_deers(lr=0.02)
+    suffixes = []
+    if hasattr(cuda.rt, "gemms"):  # the emulator: record the precision of every cuBLAS call
+        gemm = cuda.rt.gemm
+        monkeypatch.setattr(cuda.rt, "gemm", lambda call, a, b, out, sfx, *rest, **kw:
+                            suffixes.append(sfx) or gemm(call, a, b, out, sfx, *rest, **kw))
+    params = [deers.Var(deers.tensor(w, device="cuda")) for w in WEIGHTS]
+    opt = Muon(params, lr=0.02)
+    for arrays in GRADS:
+        grads = Grads()
+        for p, g in zip(params, arrays):
+            grads.set_array(p, deers.tensor(g, device="cuda").data)
+        opt.step(grads)
+    if hasattr(cuda.rt, "gemms"):
+        assert suffixes and set(suffixes) == {"bf16"}
+    for p, w, start in zip(params, want, WEIGHTS):
+        assert p.dtype is deers.f32
+        assert np.abs(p.numpy() - w).max() < 0.1 * np.abs(w - start).max()

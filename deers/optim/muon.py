@@ -15,9 +15,11 @@ about the same amount however large or small its gradient was. Embeddings, the o
 matrices (a row of an embedding is updated only when its token appears): give them to AdamW,
 as `muon_with_adamw` does.
 
-Newton-Schulz runs in f32 on the parameter's device with ordinary deers array ops (matmul,
-addmm), so it works on every backend. torch.optim.Muon runs it in bf16, so its updates differ
-from these at bf16's precision.
+Newton-Schulz runs on the parameter's device with ordinary deers array ops (matmul, addmm), so it
+works on every backend: in bf16 on CUDA, whose tensor cores multiply bf16 several times faster than
+f32 (torch.optim.Muon iterates in bf16 everywhere), and in f32 elsewhere, where bf16 has no fast
+GEMM and would only lose precision. `ns_dtype=` chooses either explicitly. The orthogonalized
+update needs little precision: its singular values only have to land near 1.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import math
 from typing import Any, Iterable
 
 from ..array import NDArray
-from ..dtype import f32
+from ..dtype import DType, as_dtype, bf16, f32
 from ..errors import ShapeError, describe
 from ..tensor import Tensor, Var
 from .adamw import AdamW
@@ -37,9 +39,15 @@ EPS = 1e-7
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
 
+def default_ns_dtype(device) -> DType:
+    """bf16 on CUDA (tensor cores; when ml_dtypes is installed), f32 on every other device."""
+    return bf16 if device.kind == "cuda" and bf16.available else f32
+
+
 def newton_schulz(g: NDArray, coefficients: tuple[float, float, float] = NS_COEFFICIENTS, steps: int = NS_STEPS,
-                  eps: float = EPS) -> NDArray:
-    """An approximately orthogonal matrix U S' V^T (S' near 1) from a 2-D g = U S V^T, in f32.
+                  eps: float = EPS, dtype: "DType | str | None" = None) -> NDArray:
+    """An approximately orthogonal matrix U S' V^T (S' near 1) from a 2-D g = U S V^T, in `dtype`
+    (None: `default_ns_dtype` of g's device).
 
     X = g / max(||g||_F, eps) has every singular value <= 1; each step maps X to
     a X + (b A + c A^2) X with A = X X^T, which pushes every singular value s towards 1 along the
@@ -50,8 +58,11 @@ def newton_schulz(g: NDArray, coefficients: tuple[float, float, float] = NS_COEF
         raise ShapeError(f"newton_schulz: needs a 2-D matrix, got shape {g.shape} {g.dtype.name} on {g.device}")
     if not 0 <= steps < 100:
         raise ValueError(f"newton_schulz: steps must be in [0, 100), got {steps}")
+    dtype = default_ns_dtype(g.device) if dtype is None else as_dtype(dtype)
+    if dtype not in (f32, bf16):
+        raise ValueError(f"newton_schulz: dtype must be f32 or bf16, got {dtype.name}")
     a, b, c = coefficients
-    x = g.cast(f32)
+    x = g.cast(dtype)
     tall = g.shape[0] > g.shape[1]
     if tall:
         x = x.transpose(0, 1)  # (cols, rows): the Gram matrix below is the smaller one
@@ -80,12 +91,14 @@ class Muon(Optimizer):
     Arguments and defaults follow torch.optim.Muon: lr 1e-3, weight_decay 0.1, momentum 0.95,
     nesterov True, ns_coefficients (3.4445, -4.7750, 2.0315), eps 1e-7, ns_steps 5,
     adjust_lr_fn None ("original": lr * sqrt(max(1, rows / cols))) or "match_rms_adamw".
+    One more than torch: ns_dtype, the precision of Newton-Schulz (None: bf16 on CUDA, f32 elsewhere).
     """
 
     def __init__(self, params: "Iterable[Var] | Iterable[dict]", lr: float = 1e-3, weight_decay: float = 0.1,
                  momentum: float = 0.95, nesterov: bool = True,
                  ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS, eps: float = EPS,
-                 ns_steps: int = NS_STEPS, adjust_lr_fn: str | None = None):
+                 ns_steps: int = NS_STEPS, adjust_lr_fn: str | None = None,
+                 ns_dtype: "DType | str | None" = None):
         if lr < 0.0 or momentum < 0.0 or weight_decay < 0.0:
             raise ValueError(f"Muon: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         if adjust_lr_fn not in ADJUST_LR_FNS:
@@ -94,10 +107,13 @@ class Muon(Optimizer):
             raise ValueError(f"Muon: ns_coefficients must be three numbers (a, b, c), got {ns_coefficients}")
         if not 0 <= ns_steps < 100:
             raise ValueError(f"Muon: ns_steps must be in [0, 100), got {ns_steps}")
+        if ns_dtype is not None and as_dtype(ns_dtype) not in (f32, bf16):
+            raise ValueError(f"Muon: ns_dtype must be None, f32 or bf16, got {ns_dtype!r}")
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay), momentum=float(momentum),
                                       nesterov=bool(nesterov),
                                       ns_coefficients=tuple(float(v) for v in ns_coefficients),
-                                      eps=float(eps), ns_steps=int(ns_steps), adjust_lr_fn=adjust_lr_fn))
+                                      eps=float(eps), ns_steps=int(ns_steps), adjust_lr_fn=adjust_lr_fn,
+                                      ns_dtype=None if ns_dtype is None else as_dtype(ns_dtype).name))
         for p in self.params:
             _check_matrix(p)
 
@@ -115,7 +131,8 @@ class Muon(Optimizer):
         buf = state["momentum_buffer"] * momentum + grad * (1.0 - momentum)  # torch's buf.lerp_(g, 1 - momentum)
         state["momentum_buffer"] = buf
         update = grad * (1.0 - momentum) + buf * momentum if group["nesterov"] else buf  # g.lerp(buf, momentum)
-        ortho = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"]).cast(param.dtype)
+        ortho = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                              group.get("ns_dtype")).cast(param.dtype)
         step = adjusted_lr(group["lr"], group["adjust_lr_fn"], param.shape)
         write_into(param, param.data * (1.0 - group["lr"] * group["weight_decay"]) - ortho * step)
 
@@ -130,7 +147,7 @@ def _check_matrix(p: Var) -> None:
 def muon_with_adamw(model, lr: float = 0.02, adamw_lr: float = 3e-4, weight_decay: float = 0.0,
                     adamw_weight_decay: float = 0.0, momentum: float = 0.95,
                     betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                    adjust_lr_fn: str | None = None) -> tuple[Muon, AdamW]:
+                    adjust_lr_fn: str | None = None, ns_dtype: "DType | str | None" = None) -> tuple[Muon, AdamW]:
     """Split a model the way nanochat does: (Muon for the hidden 2-D matrices, AdamW for the rest).
 
     Muon gets every 2-D parameter except the token embedding and the output head, found by name
@@ -152,7 +169,8 @@ def muon_with_adamw(model, lr: float = 0.02, adamw_lr: float = 3e-4, weight_deca
             hidden.append(p)
     if not hidden:
         raise ValueError(f"muon_with_adamw: {type(model).__name__} has no hidden 2-D matrices for Muon")
-    muon = Muon(hidden, lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn=adjust_lr_fn)
+    muon = Muon(hidden, lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn=adjust_lr_fn,
+                ns_dtype=ns_dtype)
     groups = [{"params": embeddings, "weight_decay": adamw_weight_decay}, {"params": vectors, "weight_decay": 0.0}]
     adamw = AdamW([g for g in groups if g["params"]], lr=adamw_lr, betas=betas, eps=eps)
     return muon, adamw
