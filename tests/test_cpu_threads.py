@@ -38,6 +38,7 @@ SPLIT_CASES = [
 @pytest.mark.parametrize("forms", ["NN", "TN", "NT", "SS"])
 def test_split_matmul_matches_numpy(shapes, forms, threads, monkeypatch):
     monkeypatch.setattr(cpu_threads, "MIN_SPLIT_FLOPS", SPLIT_FLOPS)
+    monkeypatch.setattr(cpu_threads, "MIN_SPLIT_ROWS", 0)  # the few-rows rule has its own test below
     rng = np.random.default_rng(0)
     x, y = _operand(rng, shapes[0], forms[0]), _operand(rng, shapes[1], forms[1])
     expected = np.matmul(x, y)
@@ -57,6 +58,23 @@ def test_small_matmul_goes_to_openblas_own_threads():
     cpu_threads.matmul(cpu_threads.RowPool(2), x, y, out, blas_threads.append)
     np.testing.assert_array_equal(out, 4.0)
     assert blas_threads == [2]  # as many as the pool has
+
+
+def test_a_forward_gemm_of_few_rows_goes_to_openblas_and_a_weight_gradient_does_not():
+    """Generation's GEMMs (a prompt's or one token's rows of row-major activations) all stay with
+    OpenBLAS's threads, however large the weight; a weight gradient G^T X of as few rows (x a
+    transposed view) is split by the pool as before."""
+    rng = np.random.default_rng(0)
+    rows, k, n = cpu_threads.MIN_SPLIT_ROWS - 1, 1024, 4096  # 2 GFLOP: far over MIN_SPLIT_FLOPS
+    assert 2 * rows * k * n >= cpu_threads.MIN_SPLIT_FLOPS
+    for x, expected_threads in ((rng.standard_normal((rows, k)), [2]),  # activations x W^T
+                                (np.ascontiguousarray(rng.standard_normal((k, rows))).T, [1])):  # G^T X
+        y = _operand(rng, (k, n), "T")  # a weight's transpose, as in x @ W^T
+        out = np.full((rows, n), np.nan)
+        blas_threads = []
+        cpu_threads.matmul(cpu_threads.RowPool(2), x, y, out, blas_threads.append)
+        assert blas_threads == expected_threads
+        np.testing.assert_allclose(out, x @ y, rtol=1e-12, atol=1e-12)
 
 
 def test_without_a_setter_every_matmul_is_the_blas_own():

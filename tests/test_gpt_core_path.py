@@ -52,6 +52,19 @@ def fused_primitives() -> set[str]:
     return names
 
 
+def refuse_fused_primitives(monkeypatch) -> None:
+    """Make every fused primitive of the CPU backend raise an AssertionError naming it."""
+    backend = deers.backend.backend_for("cpu")
+
+    def refuse(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"the core path called the fused primitive {name}")
+        return call
+
+    for name in fused_primitives():
+        monkeypatch.setattr(backend, name, refuse(name))
+
+
 @functools.cache
 def fused_array_methods() -> set[str]:
     """NDArray methods that reach a fused primitive (directly, or through another such method)."""
@@ -179,15 +192,7 @@ def test_the_core_path_never_calls_a_fused_primitive(monkeypatch):
     """Not only the graph: forward, backward and cached generation run without items 14-22 at all."""
     fused, core = twins(seed=4)
     x, y = ids((2, 6), seed=5), ids((2, 6), seed=6)
-    backend = deers.backend.backend_for("cpu")
-
-    def refuse(name):
-        def call(*args, **kwargs):
-            raise AssertionError(f"the core path called the fused primitive {name}")
-        return call
-
-    for name in fused_primitives():
-        monkeypatch.setattr(backend, name, refuse(name))
+    refuse_fused_primitives(monkeypatch)
     core.loss(x, y).backward()
     core(x, y)[1].backward()
     core.generate(x[:, :2], 7, temperature=0.0)  # past sequence_len 8: cached steps, then a recompute

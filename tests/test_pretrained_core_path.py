@@ -18,7 +18,7 @@ pytest.importorskip("safetensors", reason="transformers writes the test models w
 import deers  # noqa: E402
 from deers.models import GPT2, GPT2Config, Llama, LlamaConfig, from_pretrained  # noqa: E402
 from hf_tiny_models import FAMILIES, VOCAB, build, save  # noqa: E402
-from test_gpt_core_path import fused_primitives, graph_ops, is_fused  # noqa: E402
+from test_gpt_core_path import graph_ops, is_fused, refuse_fused_primitives  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +82,7 @@ def test_core_kv_cache_and_greedy_samples(folders, family):
 def test_the_core_path_never_calls_a_fused_primitive(folders, family, monkeypatch):
     _, core = twins(folders[family])
     x, y = ids((2, 6), seed=3), ids((2, 6), seed=4)
-    backend = deers.backend.backend_for("cpu")
-
-    def refuse(name):
-        def call(*args, **kwargs):
-            raise AssertionError(f"the core path called the fused primitive {name}")
-        return call
-
-    for name in fused_primitives():
-        monkeypatch.setattr(backend, name, refuse(name))
+    refuse_fused_primitives(monkeypatch)
     core.loss(x, y).backward()
     core.generate(x[:, :2], 3, temperature=0.0)
     core.fused = True

@@ -12,6 +12,15 @@ cheap call) and splits the GEMM into one share per pool thread itself: as fast a
 threads on a training step's shapes, and nothing spins after it. A small GEMM (under
 MIN_SPLIT_FLOPS) is not worth the pool's hand-off (waking a thread costs tens of microseconds);
 it goes to OpenBLAS's own threads instead, whose spinning workers start it sooner.
+
+So does a forward GEMM of few rows: x row-major (activations, not a gradient's transpose) with
+fewer than MIN_SPLIT_ROWS rows, all batch dims counted. That is a model's forward pass over one
+prompt or one new token (generation), where every GEMM has the same few rows. Sending the
+large ones of those to the pool and the small ones to OpenBLAS would alternate the two teams,
+and each pool GEMM would share a core with OpenBLAS's still-spinning worker (half speed); one
+team for all of them avoids that, and OpenBLAS's spinning workers also read a one-row GEMM's
+weights (memory-bound) faster than a woken pool thread. A training step's GEMMs have a batch of
+tokens as rows, or (the weight gradients G^T X) a transposed x: they stay with the pool.
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ OWN_BLAS_ENV = "DEERS_OWN_BLAS_THREADS"  # "0": leave NumPy's BLAS threads as th
 # core), so work is split only where each thread gets several times that:
 MIN_SHARE_ELEMENTS = 1 << 18  # element-wise work per thread at least (a few NumPy passes over 256k elements)
 MIN_SPLIT_FLOPS = 1 << 26  # GEMMs under ~67 MFLOP go to OpenBLAS's own threads
+MIN_SPLIT_ROWS = 256  # and so do forward GEMMs of fewer rows (generation's forward passes)
 MIN_SHARE = 16  # rows (or columns) per thread at least, when a GEMM is split along M (or N)
 
 
@@ -124,11 +134,14 @@ def matmul(pool: RowPool, x: np.ndarray, y: np.ndarray, out: np.ndarray, set_bla
     then reads only its rows of x, as in the lm_head's dW = dY^T x) and along N otherwise (y's
     columns: the lm_head's x W^T). Every share is a view, each GEMM writes its part of out in
     place (a column share of out is still a BLAS-ready matrix: unit column stride, full row
-    stride). A smaller GEMM runs on OpenBLAS's own threads, as many as the pool has."""
+    stride). A smaller GEMM runs on OpenBLAS's own threads, as many as the pool has; so does one
+    of fewer than MIN_SPLIT_ROWS row-major rows of x."""
     m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
     if set_blas_threads is None:
         return np.matmul(x, y, out=out)
-    if pool.threads == 1 or 2 * prod(out.shape[:-2]) * m * k * n < MIN_SPLIT_FLOPS:
+    batch = prod(out.shape[:-2])
+    few_rows = batch * m < MIN_SPLIT_ROWS and x.flags.c_contiguous  # a forward pass over a few tokens
+    if pool.threads == 1 or 2 * batch * m * k * n < MIN_SPLIT_FLOPS or few_rows:
         set_blas_threads(pool.threads)
         return np.matmul(x, y, out=out)
     set_blas_threads(1)
