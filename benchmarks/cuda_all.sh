@@ -84,7 +84,8 @@ TIMEOUT_FLAG=""
 if python3 -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_FLAG="--timeout=60"; fi
 step "pytest cuda (gpu)" tests.log 100 bash -c "python3 -m pytest -q -rs -p no:cacheprovider $TIMEOUT_FLAG \
     tests/test_backend_cuda.py && python3 -m pytest -q -rs -p no:cacheprovider --maxfail=20 $TIMEOUT_FLAG -k gpu \
-    tests/test_cuda_kernels.py tests/test_cuda_fused.py tests/test_cuda_models.py tests/test_backend_contract.py"
+    tests/test_cuda_kernels.py tests/test_cuda_fused.py tests/test_cuda_models.py tests/test_backend_contract.py \
+    tests/test_muon.py"
 
 # ---- 3. numerics only a GPU shows: GEMMs vs f64, > 2^31 elements, atomics, run-to-run bits ------------
 step "correctness sweep" sweep.log 45 python3 benchmarks/cuda_checks.py sweep
