@@ -44,6 +44,16 @@ def default_ns_dtype(device) -> DType:
     return bf16 if device.kind == "cuda" and bf16.available else f32
 
 
+def ns_dtype_of(value: "DType | str | None", who: str) -> DType | None:
+    """The DType Newton-Schulz is asked to run in (None: the device's default); ValueError unless f32 or bf16."""
+    if value is None:
+        return None
+    dtype = as_dtype(value)
+    if dtype not in (f32, bf16):
+        raise ValueError(f"{who}: the Newton-Schulz dtype must be None, f32 or bf16, got {value!r}")
+    return dtype
+
+
 def newton_schulz(g: NDArray, coefficients: tuple[float, float, float] = NS_COEFFICIENTS, steps: int = NS_STEPS,
                   eps: float = EPS, dtype: "DType | str | None" = None) -> NDArray:
     """An approximately orthogonal matrix U S' V^T (S' near 1) from a 2-D g = U S V^T, in `dtype`
@@ -58,9 +68,7 @@ def newton_schulz(g: NDArray, coefficients: tuple[float, float, float] = NS_COEF
         raise ShapeError(f"newton_schulz: needs a 2-D matrix, got shape {g.shape} {g.dtype.name} on {g.device}")
     if not 0 <= steps < 100:
         raise ValueError(f"newton_schulz: steps must be in [0, 100), got {steps}")
-    dtype = default_ns_dtype(g.device) if dtype is None else as_dtype(dtype)
-    if dtype not in (f32, bf16):
-        raise ValueError(f"newton_schulz: dtype must be f32 or bf16, got {dtype.name}")
+    dtype = ns_dtype_of(dtype, "newton_schulz") or default_ns_dtype(g.device)
     a, b, c = coefficients
     x = g.cast(dtype)
     tall = g.shape[0] > g.shape[1]
@@ -107,13 +115,11 @@ class Muon(Optimizer):
             raise ValueError(f"Muon: ns_coefficients must be three numbers (a, b, c), got {ns_coefficients}")
         if not 0 <= ns_steps < 100:
             raise ValueError(f"Muon: ns_steps must be in [0, 100), got {ns_steps}")
-        if ns_dtype is not None and as_dtype(ns_dtype) not in (f32, bf16):
-            raise ValueError(f"Muon: ns_dtype must be None, f32 or bf16, got {ns_dtype!r}")
         super().__init__(params, dict(lr=float(lr), weight_decay=float(weight_decay), momentum=float(momentum),
                                       nesterov=bool(nesterov),
                                       ns_coefficients=tuple(float(v) for v in ns_coefficients),
                                       eps=float(eps), ns_steps=int(ns_steps), adjust_lr_fn=adjust_lr_fn,
-                                      ns_dtype=None if ns_dtype is None else as_dtype(ns_dtype).name))
+                                      ns_dtype=ns_dtype if ns_dtype is None else ns_dtype_of(ns_dtype, "Muon").name))
         for p in self.params:
             _check_matrix(p)
 
